@@ -1,0 +1,177 @@
+"""Data commands: export CORD (or any image + JSON dataset) and register it with LLaMA-Factory."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlm.commands.common import JsonOpt, examples
+
+CORD_HUB_ID = "naver-clova-ix/cord-v2"  # also in vlm.export; repeated to keep --help free of imports
+
+
+class Split(str, Enum):
+    train = "train"
+    validation = "validation"
+    test = "test"
+    all = "all"
+
+
+SplitOpt = Annotated[Split, typer.Option("--split", help="Which split to export, or all three.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Export at most this many records per split.")]
+PromptFileOpt = Annotated[
+    Optional[Path], typer.Option("--prompt-file", exists=True, dir_okay=False, help="Use this prompt instead of the built-in one.")
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Parallel image writers.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first split with a bad record instead of skipping it.")]
+NoRegisterOpt = Annotated[
+    bool, typer.Option("--no-register", help="Do not register the splits in DIR/dataset_info.json.")
+]
+
+
+def _splits(split: Split) -> tuple[str, ...]:
+    return ("train", "validation", "test") if split is Split.all else (split.value,)
+
+
+def _prompt(prompt_file: Path | None, default: str) -> str:
+    if prompt_file is None:
+        return default
+    text = prompt_file.read_text(encoding="utf-8").strip()
+    if not text:
+        from vlm.errors import VlmError
+
+        raise VlmError(f"prompt file {prompt_file} is empty")
+    return text
+
+
+def _report(result: dict, as_json: bool) -> None:
+    from rich.table import Table
+
+    from vlm.output import err, out, print_json
+
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"exported to {result['out_dir']}")
+    for col in ("split", "file", "records", "skipped", "reused images"):
+        table.add_column(col)
+    for split, row in result["splits"].items():
+        table.add_row(split, Path(row["file"]).name, str(row["records"]), str(row["skipped"]), str(row["reused_images"]))
+    out.print(table)
+    for s in result["skipped"][:20]:
+        err.print(f"[yellow]skipped[/yellow] {s['id']}: {s['reason']}", highlight=False)
+    if len(result["skipped"]) > 20:
+        err.print(f"... and {len(result['skipped']) - 20} more (see manifest.json)")
+    if result["registered"]:
+        err.print(f"registered {', '.join(result['registered'])} in {result['dataset_info']}", highlight=False)
+
+
+def save_cord(
+    out_dir: Annotated[Path, typer.Argument(help="Output directory for the JSON files, images and manifest.")],
+    source: Annotated[str, typer.Option("--source", help="Hub id, or a local directory in the hub layout.")] = CORD_HUB_ID,
+    split: SplitOpt = Split.all,
+    limit: LimitOpt = None,
+    prompt_file: PromptFileOpt = None,
+    workers: WorkersOpt = 8,
+    strict: StrictOpt = False,
+    no_register: NoRegisterOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export CORD-v2 to LLaMA-Factory's multimodal ShareGPT format (cord_<split>.json + images/).
+
+    Images keep their original bytes (no re-encoding). Bad records are skipped and
+    reported (exit 0) unless --strict. A rerun after a kill finishes the job.
+    """
+    from vlm.export import ExportSpec, run_export
+    from vlm.schema import cord_prompt
+
+    spec = ExportSpec(out_dir=out_dir, source=source, name="cord", prompt=_prompt(prompt_file, cord_prompt()),
+                      splits=_splits(split), limit=limit, workers=workers, strict=strict)
+    _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
+
+
+save_cord.__doc__ += examples(
+    "vlm save-cord-dataset-in-sharegpt-format data/cord",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --source ./cord-v2-local --split test --limit 10",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --json",
+)
+
+
+def export_generic(
+    out_dir: Annotated[Path, typer.Argument(help="Output directory.")],
+    source: Annotated[str, typer.Option("--source", help="Hub id, or a local directory in the hub layout.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name; files are <name>_<split>.json.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The instruction shown with each image.")] = None,
+    prompt_file: PromptFileOpt = None,
+    image_column: Annotated[str, typer.Option("--image-column", help="Column holding the image.")] = "image",
+    target_column: Annotated[str, typer.Option("--target-column", help="Column holding the JSON target.")] = "ground_truth",
+    target_field: Annotated[
+        Optional[str], typer.Option("--target-field", help="Field inside the target column to use (e.g. gt_parse).")
+    ] = None,
+    split: SplitOpt = Split.all,
+    limit: LimitOpt = None,
+    workers: WorkersOpt = 8,
+    strict: StrictOpt = False,
+    no_register: NoRegisterOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export any image + JSON dataset (hub or local) to LLaMA-Factory's ShareGPT format."""
+    from vlm.errors import VlmError
+    from vlm.export import ExportSpec, run_export
+
+    if prompt and prompt_file:
+        raise VlmError("cannot use both --prompt and --prompt-file", hint="use one of them.")
+    if not prompt and not prompt_file:
+        raise VlmError("no prompt given", hint="pass --prompt TEXT or --prompt-file FILE.")
+    spec = ExportSpec(out_dir=out_dir, source=source, name=name, prompt=prompt or _prompt(prompt_file, ""),
+                      splits=_splits(split), image_column=image_column, target_column=target_column,
+                      target_field=target_field, limit=limit, workers=workers, strict=strict)
+    _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
+
+
+export_generic.__doc__ += examples(
+    "vlm export data/invoices --source ./my-invoices --name invoices --prompt-file prompt.txt --target-column label",
+    "vlm export data/sroie --source some-org/sroie --name sroie --prompt 'Extract the fields as JSON.' --split train",
+)
+
+
+def register_cmd(
+    data_json: Annotated[Path, typer.Argument(help="An exported ShareGPT JSON file, e.g. data/cord/cord_train.json.")],
+    name: Annotated[str, typer.Option("--name", help="Entry name, used as `dataset:` in the training YAML.")],
+    dataset_info: Annotated[
+        Optional[Path], typer.Option("--dataset-info", help="dataset_info.json to patch (default: beside DATA_JSON).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing entry of the same name.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an exported dataset in a LLaMA-Factory dataset_info.json (idempotent, atomic, locked, backed up)."""
+    from vlm.output import info, print_json
+    from vlm.registry import register_dataset
+
+    reg = register_dataset(data_json, name, dataset_info, force=force)
+    if as_json:
+        print_json({"name": reg.name, "dataset_info": str(reg.dataset_info), "changed": reg.changed, "entry": reg.entry})
+    else:
+        verb = "registered" if reg.changed else "already registered (file unchanged):"
+        info(f"{verb} {reg.name} in {reg.dataset_info}")
+
+
+register_cmd.__doc__ += examples(
+    "vlm register-dataset data/cord/cord_train.json --name cord_train",
+    "vlm register-dataset data/cord/cord_train.json --name cord_train --dataset-info ~/LLaMA-Factory/data/dataset_info.json",
+)
+
+
+COMMANDS = {
+    "save-cord-dataset-in-sharegpt-format": save_cord,
+    "export": export_generic,
+    "register-dataset": register_cmd,
+}
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in COMMANDS.items():
+        app.command(name)(fn)

@@ -1,0 +1,164 @@
+"""Prediction and evaluation commands: predict a group, compare groups, export the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, examples
+
+SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    import yaml
+
+    from vlm.errors import VlmError
+
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise VlmError(f"override {pair!r} is not key=value", hint="e.g. image_max_pixels=262144")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def predict(
+    group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="The training YAML: model, template, image pixels, adapter dir.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model (default: the config's model_name_or_path).")] = None,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Predict with the base model alone.")] = False,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
+    dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
+    split: SplitOpt = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size for generation.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Documents per LLaMA-Factory run; each chunk is saved when done.")] = 32,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
+    store: StoreOpt = DEFAULT_STORE,
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Scratch folder for LLaMA-Factory runs and logs.")] = Path("runs/predict"),
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings passed to LLaMA-Factory.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict a split with a base model, with or without a LoRA adapter, and store every document.
+
+    Generation is greedy and batched through LLaMA-Factory's do_predict. Template, prompt
+    and image_max_pixels come from the training config, so inference matches training.
+    A killed run resumes with only the missing documents; --overwrite redoes them.
+    """
+    from vlm.output import info, print_json
+    from vlm.predict import PredictSpec, run_predict
+
+    spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
+                       dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
+                       overwrite=overwrite, overrides=_overrides(overrides))
+    result = run_predict(spec, show_progress=not as_json)
+    if as_json:
+        print_json(result)
+    else:
+        info(f"{result['group']}: {result['predicted']} predicted, {result['skipped_done']} already stored "
+             f"({result['documents']} documents of {result['dataset']}) -> {result['store']}")
+
+
+predict.__doc__ += examples(
+    "vlm predict --group vanilla-model --config configs/cord.yaml --no-adapter",
+    "vlm predict --group finetuned-model --config configs/cord.yaml",
+    "vlm predict --group finetuned-model --config configs/cord.yaml --batch-size 16 --overwrite",
+)
+
+
+def evaluate(
+    groups: Annotated[Optional[list[str]], typer.Option("--groups", help="Stored groups to compare; the first is the baseline.")] = None,
+    predictions: Annotated[Optional[list[Path]], typer.Option("--predictions", help="Prediction JSONL files, one group each.")] = None,
+    split: SplitOpt = "test",
+    store: StoreOpt = DEFAULT_STORE,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write report.md, metrics.json, per_document.csv, chart.png here.")] = None,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="Show the N worst documents of each group.")] = 0,
+    changes: Annotated[bool, typer.Option("--changes", help="List documents each group fixed or broke against the baseline.")] = False,
+    resamples: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    fields: Annotated[bool, typer.Option("--fields/--no-fields", help="Show the per-field table.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
+
+    Groups come from the store (--groups) or from files (--predictions): LLaMA-Factory's
+    generated_predictions.jsonl, or JSONL lines of {"id", "prediction", "ground_truth"}.
+    """
+    from vlm.errors import VlmError
+    from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file, groups_from_store, worst_documents
+    from vlm.output import info, out, print_json
+    from vlm.report import print_tables, write_outputs
+
+    loaded = []
+    if groups:
+        loaded += groups_from_store(store, groups, split)
+    for path in predictions or []:
+        loaded.append(group_from_file(path))
+    if not loaded:
+        raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
+    result = evaluate_groups(loaded, resamples=resamples, seed=seed)
+    extra = {}
+    if worst:
+        extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
+    if changes:
+        extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
+    if output:
+        paths = write_outputs(result, output)
+        info("wrote " + ", ".join(str(p) for p in paths))
+    if as_json:
+        print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
+        return
+    print_tables(result, show_fields=fields)
+    for g, rows in extra.get("worst", {}).items():
+        out.print(f"[bold]{worst} worst documents of {g}[/bold]: " + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
+    for g, ch in extra.get("changes", {}).items():
+        out.print(f"[bold]{g}[/bold] fixed {len(ch['fixed'])}: " + ", ".join(r["id"] for r in ch["fixed"][:20]))
+        out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
+
+
+evaluate.__doc__ += examples(
+    "vlm evaluate --groups vanilla-model finetuned-model",
+    "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --worst 5 --changes",
+    "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
+)
+
+
+def export_predictions(
+    group: Annotated[str, typer.Option("--group", help="Stored group to export.")],
+    out_file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
+    split: SplitOpt = "test",
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Export a stored group to JSONL ({"id", "prediction", "ground_truth", ...} per line)."""
+    import json
+
+    from vlm.errors import VlmError
+    from vlm.fsutil import atomic_write_text
+    from vlm.output import info
+    from vlm.store import Store
+
+    if not store.is_file():
+        raise VlmError(f"prediction store not found: {store}", hint="run vlm predict first.")
+    with Store(store) as s:
+        rows = s.export_jsonl(group, split)
+    if not rows:
+        raise VlmError(f"no predictions for group {group!r} on split {split!r}")
+    atomic_write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    info(f"wrote {len(rows)} predictions to {out_file}")
+
+
+export_predictions.__doc__ += examples("vlm export-predictions --group finetuned-model runs/finetuned.jsonl")
+
+COMMANDS = {"predict": predict, "evaluate": evaluate, "export-predictions": export_predictions}
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in COMMANDS.items():
+        app.command(name)(fn)

@@ -1,0 +1,272 @@
+"""Export an image + JSON dataset (CORD-v2 by default) to LLaMA-Factory's ShareGPT format.
+
+Images are copied as their original encoded bytes: never decoded, never
+re-encoded, so the written files are byte-identical to the source. Every file is
+written atomically, and a rerun after a kill skips the images already on disk and
+ends with output identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm import __version__
+from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from vlm.schema import prompt_hash
+
+CORD_HUB_ID = "naver-clova-ix/cord-v2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SPLITS = ("train", "validation", "test")
+
+# Leading bytes -> file extension. The extension comes from the bytes, not from a name.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+)
+
+
+def sniff_extension(data: bytes) -> str | None:
+    """The image type named by the leading bytes, or None if they name none we know."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    return None
+
+
+@dataclass
+class ExportSpec:
+    """What to export and how: the source, its columns, and the prompt."""
+
+    out_dir: Path
+    source: str
+    name: str
+    prompt: str
+    splits: tuple[str, ...]
+    image_column: str = "image"
+    target_column: str = "ground_truth"
+    target_field: str | None = "gt_parse"
+    limit: int | None = None
+    workers: int = 8
+    strict: bool = False
+
+
+@dataclass
+class SplitResult:
+    split: str
+    file: Path
+    n_records: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    n_reused: int = 0
+
+
+def load_split(source: str, split: str, image_column: str):
+    """Load one split from a hub id or a local directory in the hub layout, images undecoded."""
+    import datasets
+
+    datasets.disable_progress_bars()  # vlm shows its own progress
+    local = Path(source).expanduser()
+    looks_local = local.exists() or not _HUB_ID.match(source)
+    if looks_local and not local.is_dir():
+        raise VlmError(
+            f"source directory not found: {source}",
+            hint="pass --source a directory laid out like the hub dataset (data/train-*.parquet ...), "
+            f"or a hub id such as {CORD_HUB_ID}.",
+        )
+    try:
+        ds = datasets.load_dataset(str(local) if looks_local else source, split=split)
+    except ValueError as e:
+        if "split" in str(e).lower() or "Unknown split" in str(e):
+            raise VlmError(f"split {split!r} not found in {source}", hint="choose --split from the splits it has.") from e
+        raise VlmError(f"could not load {source}: {e}") from e
+    except Exception as e:  # hub unreachable, missing files, bad layout
+        raise VlmError(
+            f"could not load {source} split {split!r}: {type(e).__name__}: {e}",
+            hint=f"no local directory {source!r} exists either. Offline? Download the dataset once and pass --source LOCAL_DIR "
+            "(a directory with data/{train,validation,test}-*.parquet).",
+        ) from e
+    if image_column not in ds.column_names:
+        raise VlmError(f"{source} has no column {image_column!r} (columns: {', '.join(ds.column_names)})",
+                       hint="name the image column with --image-column.")
+    if isinstance(ds.features[image_column], datasets.Image):
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    return ds
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path") and os.path.isfile(value["path"]):
+            return Path(value["path"]).read_bytes()
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and os.path.isfile(value):
+        return Path(value).read_bytes()
+    return None
+
+
+def _target(value: Any, target_field: str | None) -> Any:
+    """The JSON target of one record; raises ValueError with a reason when unusable."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"target is not valid JSON ({e.msg} at char {e.pos})") from None
+    if target_field:
+        if not isinstance(value, dict) or target_field not in value:
+            raise ValueError(f"target has no field {target_field!r}")
+        value = value[target_field]
+    if not isinstance(value, (dict, list)):
+        raise ValueError(f"target is a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _image_info(data: bytes) -> tuple[str, int, int]:
+    """Format and size from the image header only (PIL opens lazily: no pixel decode)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    ext = sniff_extension(data)
+    if ext is None:
+        raise ValueError("image bytes are not a known image format")
+    try:
+        with Image.open(BytesIO(data)) as im:
+            width, height = im.size
+    except Exception as e:
+        raise ValueError(f"image header unreadable: {e}") from None
+    return ext, width, height
+
+
+def _write_image(path: Path, data: bytes, digest: str) -> bool:
+    """Write unless an identical file is already there (a rerun after a kill). True if reused."""
+    if path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest:
+        return True
+    atomic_write_bytes(path, data)
+    return False
+
+
+def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any]) -> dict[str, Any]:
+    doc_id = f"{split}-{index:05d}"
+    try:
+        data = _image_bytes(row[spec.image_column])
+        if not data:
+            raise ValueError("record has no image bytes")
+        ext, width, height = _image_info(data)
+        target = _target(row.get(spec.target_column), spec.target_field)
+    except (ValueError, KeyError) as e:
+        return {"ok": False, "split": split, "index": index, "id": doc_id, "reason": str(e)}
+    digest = sha256_bytes(data)
+    rel = Path("images") / split / f"{doc_id}.{ext}"
+    reused = _write_image(spec.out_dir / rel, data, digest)
+    answer = json.dumps(target, ensure_ascii=False, separators=(",", ":"))
+    record = {
+        "id": doc_id,
+        "messages": [
+            {"role": "user", "content": "<image>" + spec.prompt},
+            {"role": "assistant", "content": answer},
+        ],
+        # Absolute, so LLaMA-Factory finds the image whatever directory it starts in.
+        "images": [str((spec.out_dir / rel).resolve())],
+    }
+    image = {"file": rel.as_posix(), "sha256": digest, "bytes": len(data), "format": ext,
+             "width": width, "height": height}
+    return {"ok": True, "id": doc_id, "record": record, "image": image, "reused": reused}
+
+
+def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=None) -> SplitResult:
+    """Export one split: images in parallel, then the ShareGPT JSON file, atomically."""
+    ds = load_split(spec.source, split, spec.image_column)
+    n = len(ds) if spec.limit is None else min(spec.limit, len(ds))
+    task = progress.add_task(f"export {split}", total=n) if progress else None
+    results: list[dict[str, Any]] = []
+    window = max(1, spec.workers) * 4  # bounds the image bytes held in memory at once
+    with ThreadPoolExecutor(max_workers=max(1, spec.workers)) as pool:
+        for start in range(0, n, window):
+            futures = [pool.submit(_process, spec, split, i, ds[i]) for i in range(start, min(n, start + window))]
+            for fut in futures:
+                results.append(fut.result())
+                if progress:
+                    progress.advance(task)
+    skipped = [{k: r[k] for k in ("split", "index", "id", "reason")} for r in results if not r["ok"]]
+    good = [r for r in results if r["ok"]]
+    if spec.strict and skipped:
+        first = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3])
+        raise VlmError(f"{len(skipped)} bad record(s) in {split} ({first})",
+                       hint="drop --strict to skip and count bad records instead.", exit_code=1)
+    for r in good:
+        images[r["id"]] = r["image"]
+    out_file = spec.out_dir / f"{spec.name}_{split}.json"
+    atomic_write_json(out_file, [r["record"] for r in good])
+    return SplitResult(split, out_file, len(good), skipped, sum(r["reused"] for r in good))
+
+
+def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = True) -> dict[str, Any]:
+    """Export every requested split, write the manifest, and register the splits in ``dataset_info.json``."""
+    from contextlib import nullcontext
+
+    from vlm.output import progress as make_progress
+
+    spec.out_dir = spec.out_dir.resolve()
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in spec.out_dir.rglob(".*.tmp"):  # temp files of a killed run's atomic writes
+        stale.unlink(missing_ok=True)
+    images: dict[str, Any] = {}
+    results: list[SplitResult] = []
+    with make_progress() if show_progress else nullcontext() as progress:
+        for split in spec.splits:
+            results.append(export_split(spec, split, images, progress))
+
+    manifest_path = spec.out_dir / "manifest.json"
+    manifest = {
+        "tool": "vlm",
+        "version": __version__,
+        "source": spec.source,
+        "name": spec.name,
+        "image_column": spec.image_column,
+        "target_column": spec.target_column,
+        "target_field": spec.target_field,
+        "limit": spec.limit,
+        "prompt": spec.prompt,
+        "prompt_sha256": prompt_hash(spec.prompt),
+        "splits": {
+            r.split: {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
+                      "file_sha256": sha256_file(r.file)}
+            for r in results
+        },
+        "skipped": [s for r in results for s in r.skipped],
+        "images": dict(sorted(images.items())),
+    }
+    atomic_write_json(manifest_path, manifest)
+    registered = []
+    if register:
+        from vlm.registry import register_dataset
+
+        for r in results:
+            entry_name = f"{spec.name}_{r.split}"
+            register_dataset(r.file, entry_name, spec.out_dir / "dataset_info.json")
+            registered.append(entry_name)
+    return {
+        "out_dir": str(spec.out_dir),
+        "manifest": str(manifest_path),
+        "splits": {r.split: {"file": str(r.file), "records": r.n_records, "skipped": len(r.skipped),
+                             "reused_images": r.n_reused} for r in results},
+        "skipped": manifest["skipped"],
+        "registered": registered,
+        "dataset_info": str(spec.out_dir / "dataset_info.json") if register else None,
+    }

@@ -1,0 +1,223 @@
+"""Batched, resumable predictions for a named group, through LLaMA-Factory's ``do_predict``.
+
+Documents go to ``llamafactory-cli train`` in chunks (``do_predict`` +
+``predict_with_generate``, greedy). Each finished chunk is committed to the SQLite
+store in one transaction, so a killed run resumes with only the missing
+documents. The template, prompt and image resolution come from the training
+config, so inference sees exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from vlm.store import Prediction, Store
+
+# Settings that must match between training and inference (train/inference skew).
+SKEW_KEYS = ("template", "image_max_pixels", "image_min_pixels", "cutoff_len")
+
+
+@dataclass
+class PredictSpec:
+    """One prediction run: which model, which documents, how to generate."""
+
+    group: str
+    config: Path | None = None
+    model: str | None = None
+    adapter: str | None = None
+    no_adapter: bool = False
+    dataset: str | None = None
+    dataset_dir: str | None = None
+    split: str = "test"
+    store: Path = Path("runs/predictions.sqlite")
+    work_dir: Path = Path("runs/predict")
+    batch_size: int = 8
+    max_new_tokens: int = 1024
+    chunk_size: int = 32
+    limit: int | None = None
+    overwrite: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise VlmError(f"config file not found: {path}", hint="render one with: vlm render-config configs/cord.yaml")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise VlmError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise VlmError(f"{path} must be a YAML mapping of LLaMA-Factory arguments")
+    return cfg
+
+
+def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
+    """Merge the training config, the run manifest and the command line; warn about skew."""
+    from vlm.output import warn
+
+    cfg = load_yaml(spec.config) if spec.config else {}
+    trained = {}
+    if cfg.get("output_dir"):
+        manifest = Path(cfg["output_dir"]) / "vlm_run.json"
+        if manifest.is_file():
+            trained = json.loads(manifest.read_text()).get("config", {}) or {}
+            for key in SKEW_KEYS:
+                if key in trained and key in cfg and trained[key] != cfg[key]:
+                    warn(f"{key} is {cfg[key]!r} in {spec.config} but the run was trained with {trained[key]!r}; "
+                         "using the trained value")
+    base = {**cfg, **{k: trained[k] for k in SKEW_KEYS if k in trained}}
+    settings = {
+        "model_name_or_path": spec.model or base.get("model_name_or_path"),
+        "template": base.get("template"),
+        "dataset_dir": spec.dataset_dir or base.get("dataset_dir"),
+        "cutoff_len": base.get("cutoff_len", 2048),
+        "image_max_pixels": base.get("image_max_pixels"),
+        "image_min_pixels": base.get("image_min_pixels"),
+        "trust_remote_code": base.get("trust_remote_code", True),
+    }
+    for key, value in spec.overrides.items():
+        if key in SKEW_KEYS and key in base and base[key] != value:
+            warn(f"{key}={value!r} differs from training ({base[key]!r}): predictions will not see what training saw")
+        settings[key] = value
+    adapter = None if spec.no_adapter else (spec.adapter or (cfg.get("output_dir") if spec.config else None))
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise VlmError(f"no LoRA adapter in {adapter}",
+                       hint="train first (vlm train CONFIG), pass --adapter DIR, or --no-adapter for the base model.")
+    settings["adapter_name_or_path"] = adapter
+    missing = [k for k in ("model_name_or_path", "template", "dataset_dir") if not settings.get(k)]
+    if missing:
+        raise VlmError(f"missing {', '.join(missing)}", hint="pass --config TRAIN_YAML, or --model/--dataset-dir options.")
+    if settings["image_max_pixels"] is None:
+        settings.pop("image_max_pixels")
+    if settings["image_min_pixels"] is None:
+        settings.pop("image_min_pixels")
+    base_ds = cfg.get("dataset", "cord_train")
+    base_ds = base_ds.split(",")[0].strip() if isinstance(base_ds, str) else base_ds[0]
+    settings["dataset"] = spec.dataset or f"{base_ds.rsplit('_', 1)[0]}_{spec.split}"
+    return settings
+
+
+def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
+    """The exported ShareGPT records of one registered dataset."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    if not info_path.is_file():
+        raise VlmError(f"no dataset_info.json in {dataset_dir}",
+                       hint="export the data first: vlm save-cord-dataset-in-sharegpt-format DIR")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if dataset not in info:
+        raise VlmError(f"dataset {dataset!r} is not registered in {info_path}",
+                       hint=f"registered: {', '.join(info) or 'none'}; pass --dataset NAME.")
+    file = Path(dataset_dir) / info[dataset]["file_name"]
+    records = json.loads(file.read_text(encoding="utf-8"))
+    for i, rec in enumerate(records):
+        rec.setdefault("id", f"{dataset}-{i:05d}")
+    return records
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _model_hash(model: str) -> str:
+    cfg = Path(model) / "config.json"
+    return _digest({"model": model, "config": sha256_file(cfg) if cfg.is_file() else None})
+
+
+def _adapter_hash(adapter: str | None) -> str | None:
+    if not adapter:
+        return None
+    weights = sorted(Path(adapter).glob("adapter_model.*"))
+    return _digest([sha256_file(w) for w in weights] or adapter)
+
+
+def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> dict[str, Any]:
+    cfg = {k: v for k, v in settings.items() if k not in ("dataset", "dataset_dir") and v is not None}
+    cfg.update(
+        stage="sft", do_predict=True, predict_with_generate=True, finetuning_type="lora",
+        eval_dataset="chunk", dataset_dir=str(chunk_dir), output_dir=str(chunk_dir / "out"),
+        overwrite_output_dir=True, per_device_eval_batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
+        do_sample=False, report_to="none", preprocessing_num_workers=1, overwrite_cache=True,
+    )
+    return cfg
+
+
+def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> list[str]:
+    """Predict one chunk with the real ``llamafactory-cli``; return the raw generations in order."""
+    from vlm.procs import find_llamafactory_cli, log_tail, run_child
+    from vlm.registry import sharegpt_entry
+
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    data = chunk_dir / "chunk.json"
+    atomic_write_json(data, [{"messages": r["messages"], "images": r["images"]} for r in records])
+    atomic_write_json(chunk_dir / "dataset_info.json", {"chunk": sharegpt_entry(data, chunk_dir / "dataset_info.json")})
+    cfg_path = chunk_dir / "predict.yaml"
+    atomic_write_text(cfg_path, yaml.safe_dump(_chunk_yaml(settings, spec, chunk_dir), sort_keys=False))
+    out_file = chunk_dir / "out" / "generated_predictions.jsonl"
+    if out_file.exists():
+        out_file.unlink()
+    log = chunk_dir / "predict.log"
+    env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
+    code = run_child([find_llamafactory_cli(), "train", str(cfg_path)], log, env=env)
+    if code != 0:
+        raise VlmError(f"llamafactory-cli predict failed (exit {code}):\n{log_tail(log)}",
+                       hint=f"full log: {log}", exit_code=code)
+    lines = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) != len(records):
+        raise VlmError(f"LLaMA-Factory returned {len(lines)} predictions for {len(records)} documents",
+                       hint=f"some examples were dropped; see {log}")
+    return [line.get("predict", "") for line in lines]
+
+
+def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:
+    """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results."""
+    from contextlib import nullcontext
+
+    from vlm.output import progress
+    from vlm.parsing import parse_prediction
+
+    settings = resolve_settings(spec)
+    docs = load_documents(settings["dataset_dir"], settings["dataset"])
+    if spec.limit:
+        docs = docs[: spec.limit]
+    prompt = docs[0]["messages"][0]["content"] if docs else ""
+    gen = {"max_new_tokens": spec.max_new_tokens, "do_sample": False, "batch_size": spec.batch_size}
+    hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
+              "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
+              "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
+    with Store(spec.store) as store:
+        if spec.overwrite:
+            store.delete(spec.group, spec.split, [d["id"] for d in docs])
+        done = store.done_ids(spec.group, spec.split)
+        pending = [d for d in docs if d["id"] not in done]
+        store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
+                                               "pending": len(pending), "spec": asdict(spec)})
+        work = spec.work_dir / spec.group / spec.split
+        with progress() if show_progress else nullcontext() as bar:
+            task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
+            for start in range(0, len(pending), spec.chunk_size):
+                chunk = pending[start: start + spec.chunk_size]
+                t0 = time.perf_counter()
+                raws = _run_chunk(chunk, settings, spec, work / "chunk")
+                latency = (time.perf_counter() - t0) / len(chunk)
+                rows = []
+                for doc, raw in zip(chunk, raws):
+                    parsed = parse_prediction(raw)
+                    rows.append(Prediction(spec.group, spec.split, doc["id"], raw, parsed.value, parsed.error,
+                                           parsed.repairs, json.loads(doc["messages"][1]["content"]), latency,
+                                           **hashes))
+                store.put_many(rows)
+                if bar:
+                    bar.advance(task, len(chunk))
+    return {"group": spec.group, "split": spec.split, "dataset": settings["dataset"], "documents": len(docs),
+            "predicted": len(pending), "skipped_done": len(docs) - len(pending), "store": str(spec.store),
+            "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}

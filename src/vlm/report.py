@@ -1,0 +1,139 @@
+"""Render an evaluation: rich tables for people, and report.md, metrics.json, CSV and a chart on disk."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from vlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+LABELS = {
+    "valid_json": "valid JSON",
+    "ted_accuracy": "nTED accuracy",
+    "f1": "field F1 (micro)",
+    "ted_accuracy_numnorm": "nTED acc. (numbers normalised)",
+    "f1_numnorm": "field F1 (numbers normalised)",
+    "menu_precision": "menu rows precision",
+    "menu_recall": "menu rows recall",
+    "menu_f1": "menu rows F1",
+}
+
+
+def metric_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(label, cells) per metric: each group's value, and for later groups the delta with its 95% CI."""
+    groups = list(result["groups"])
+    first = result["groups"][groups[0]]
+    keys = [k for k in first if k not in ("documents", "fields", "delta") and isinstance(first[k], (int, float, type(None)))]
+    rows = []
+    for key in keys:
+        cells = []
+        for name in groups:
+            g = result["groups"][name]
+            value = g.get(key)
+            cell = "n/a" if value is None else f"{value:.3f}"
+            d = g.get("delta", {}).get(key)
+            if d:
+                cell += f" ({d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}])"
+            cells.append(cell)
+        rows.append((LABELS.get(key, key.replace("header.", "exact: ")), cells))
+    return rows
+
+
+def field_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    groups = list(result["groups"])
+    paths = sorted({p for g in groups for p in result["groups"][g]["fields"]})
+    rows = []
+    for path in paths:
+        cells = []
+        for g in groups:
+            f = result["groups"][g]["fields"].get(path)
+            cells.append("-" if f is None else f"{f['f1']:.3f} (P {f['precision']:.2f} R {f['recall']:.2f}, n={f['n_gt']})")
+        rows.append((path, cells))
+    return rows
+
+
+def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
+    from rich.table import Table
+
+    from vlm.output import out
+
+    groups = list(result["groups"])
+    table = Table(title=f"{result['documents']} documents; delta vs {result['baseline']} with 95% paired-bootstrap CI")
+    table.add_column("metric")
+    for g in groups:
+        table.add_column(g, justify="right")
+    for label, cells in metric_rows(result):
+        table.add_row(label, *cells)
+    out.print(table)
+    if show_fields:
+        fields = Table(title="per-field F1")
+        fields.add_column("field")
+        for g in groups:
+            fields.add_column(g, justify="right")
+        for label, cells in field_rows(result):
+            fields.add_row(label, *cells)
+        out.print(fields)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    groups = list(result["groups"])
+
+    def table(rows, first):
+        lines = [f"| {first} | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        return "\n".join(lines)
+
+    return (
+        f"# Evaluation\n\n{result['documents']} documents. Deltas are against `{result['baseline']}`, "
+        "with 95% paired-bootstrap confidence intervals over documents.\n\n"
+        f"{table(metric_rows(result), 'metric')}\n\n## Per-field F1\n\n{table(field_rows(result), 'field')}\n\n"
+        "![comparison](chart.png)\n"
+    )
+
+
+def per_document_csv(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["group", "id", "valid_json", "ted_accuracy"])
+    for group, rows in result["per_document"].items():
+        for r in rows:
+            writer.writerow([group, r["id"], int(bool(r["valid"])), f"{r['ted_accuracy']:.6f}"])
+    return buf.getvalue()
+
+
+def chart_png(result: dict[str, Any], keys: tuple[str, ...] = ("valid_json", "ted_accuracy", "f1", "menu_f1")) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(result["groups"])
+    keys = tuple(k for k in keys if all(result["groups"][g].get(k) is not None for g in groups))
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    width = 0.8 / max(1, len(groups))
+    for i, g in enumerate(groups):
+        xs = [k + i * width for k in range(len(keys))]
+        ax.bar(xs, [result["groups"][g][k] for k in keys], width, label=g)
+    ax.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(keys))], [LABELS.get(k, k) for k in keys])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend()
+    ax.set_title(f"{result['documents']} documents")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """report.md, metrics.json, per_document.csv and chart.png in ``out_dir``, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / n for n in ("report.md", "metrics.json", "per_document.csv", "chart.png")]
+    atomic_write_text(paths[0], markdown(result))
+    atomic_write_json(paths[1], {k: v for k, v in result.items() if k != "per_document"})
+    atomic_write_text(paths[2], per_document_csv(result))
+    atomic_write_bytes(paths[3], chart_png(result))
+    return paths

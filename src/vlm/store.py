@@ -1,0 +1,133 @@
+"""The prediction store: one SQLite file, one row per (group, split, document).
+
+Rows are committed a chunk at a time in one transaction, so a killed run keeps
+every finished chunk and loses nothing that was committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    grp TEXT NOT NULL,
+    split TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    parsed TEXT,
+    parse_error TEXT,
+    repairs TEXT NOT NULL DEFAULT '[]',
+    ground_truth TEXT NOT NULL,
+    latency_s REAL,
+    model_hash TEXT,
+    adapter_hash TEXT,
+    prompt_hash TEXT,
+    gen_hash TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (grp, split, doc_id)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    grp TEXT NOT NULL,
+    split TEXT NOT NULL,
+    started REAL NOT NULL,
+    settings TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class Prediction:
+    group: str
+    split: str
+    doc_id: str
+    raw: str
+    parsed: dict | None
+    parse_error: str | None
+    repairs: list[str]
+    ground_truth: Any
+    latency_s: float | None = None
+    model_hash: str | None = None
+    adapter_hash: str | None = None
+    prompt_hash: str | None = None
+    gen_hash: str | None = None
+
+
+class Store:
+    """A thin wrapper over the SQLite file; open it with ``Store(path)``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def done_ids(self, group: str, split: str) -> set[str]:
+        rows = self.db.execute("SELECT doc_id FROM predictions WHERE grp=? AND split=?", (group, split))
+        return {r[0] for r in rows}
+
+    def delete(self, group: str, split: str, doc_ids: Iterable[str] | None = None) -> None:
+        with self.db:
+            if doc_ids is None:
+                self.db.execute("DELETE FROM predictions WHERE grp=? AND split=?", (group, split))
+            else:
+                self.db.executemany("DELETE FROM predictions WHERE grp=? AND split=? AND doc_id=?",
+                                    [(group, split, d) for d in doc_ids])
+
+    def log_run(self, group: str, split: str, settings: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO runs VALUES (?,?,?,?)",
+                            (group, split, time.time(), json.dumps(settings, sort_keys=True, default=str)))
+
+    def put_many(self, preds: list[Prediction]) -> None:
+        """Insert or replace a chunk of predictions in one transaction."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(p.group, p.split, p.doc_id, p.raw,
+                  None if p.parsed is None else json.dumps(p.parsed, ensure_ascii=False),
+                  p.parse_error, json.dumps(p.repairs), json.dumps(p.ground_truth, ensure_ascii=False),
+                  p.latency_s, p.model_hash, p.adapter_hash, p.prompt_hash, p.gen_hash, now) for p in preds],
+            )
+
+    def groups(self) -> list[tuple[str, str, int]]:
+        rows = self.db.execute("SELECT grp, split, COUNT(*) FROM predictions GROUP BY grp, split ORDER BY grp, split")
+        return [tuple(r) for r in rows]
+
+    def load(self, group: str, split: str) -> list[Prediction]:
+        rows = self.db.execute(
+            "SELECT grp, split, doc_id, raw, parsed, parse_error, repairs, ground_truth, latency_s, model_hash, "
+            "adapter_hash, prompt_hash, gen_hash FROM predictions WHERE grp=? AND split=? ORDER BY doc_id",
+            (group, split),
+        )
+        return [
+            Prediction(r[0], r[1], r[2], r[3], None if r[4] is None else json.loads(r[4]), r[5], json.loads(r[6]),
+                       json.loads(r[7]), r[8], r[9], r[10], r[11], r[12])
+            for r in rows
+        ]
+
+    def export_jsonl(self, group: str, split: str) -> list[dict[str, Any]]:
+        """Rows in the ``{"id", "prediction", "ground_truth"}`` form that ``vlm evaluate --predictions`` reads."""
+        return [
+            {"id": p.doc_id, "group": p.group, "split": p.split, "prediction": p.raw, "parsed": p.parsed,
+             "parse_error": p.parse_error, "repairs": p.repairs, "ground_truth": p.ground_truth,
+             "latency_s": p.latency_s, "model_hash": p.model_hash, "adapter_hash": p.adapter_hash,
+             "prompt_hash": p.prompt_hash, "gen_hash": p.gen_hash}
+            for p in self.load(group, split)
+        ]

@@ -1,0 +1,149 @@
+"""CORD export: byte-identical images, bad records, and kill-and-rerun identity."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+VLM = [sys.executable, "-m", "vlm.cli"]
+
+
+def _jpeg(width: int, height: int, pad: int = 0, seed: int = 0) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (255, 250 - seed % 50, 240)).save(buf, "JPEG", quality=90)
+    # Trailing bytes after EOI keep the file valid and make it big (a photo-sized payload, cheaply).
+    return buf.getvalue() + os.urandom(pad)
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 200).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_source(root: Path, n: int = 6, pad: int = 0, bad: bool = False) -> Path:
+    """A local directory in the hub layout: data/{split}-00000-of-00001.parquet."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "ground_truth": datasets.Value("string")})
+    for split in ("train", "validation", "test"):
+        images, gts = [], []
+        for i in range(n):
+            data = _png(90 + i, 60) if i % 3 == 0 else _jpeg(120 + 10 * i, 80 + i, pad, seed=i)
+            images.append({"bytes": data, "path": None})
+            menu = {"nm": "Café Latte", "price": "30,000"} if i % 2 else [{"nm": f"item {i}", "cnt": "1 x", "price": "5,000"}]
+            gts.append(json.dumps({"gt_parse": {"menu": menu, "total": {"total_price": "35,000"}}, "meta": {}, "valid_line": []}))
+        if bad and split == "train":
+            images += [{"bytes": b"\xff\xd8 not really a jpeg", "path": None}, {"bytes": _png(30, 30), "path": None},
+                       {"bytes": _png(31, 31), "path": None}]
+            gts += [gts[0], "{not json", json.dumps({"meta": {}})]
+        ds = datasets.Dataset.from_dict({"image": images, "ground_truth": gts}, features=features)
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_images_are_byte_identical_and_records_are_sharegpt(tmp_path: Path):
+    import datasets
+
+    src = make_source(tmp_path / "src")
+    out = tmp_path / "out"
+    r = subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(out), "--source", str(src), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["registered"] == ["cord_train", "cord_validation", "cord_test"]
+    source = datasets.load_dataset(str(src), split="test").cast_column("image", datasets.Image(decode=False))
+    records = json.loads((out / "cord_test.json").read_text())
+    assert len(records) == len(source) == 6
+    for rec, row in zip(records, source):
+        image = Path(rec["images"][0])
+        assert image.is_absolute() and image.read_bytes() == row["image"]["bytes"]
+        assert image.suffix == (".png" if row["image"]["bytes"].startswith(b"\x89PNG") else ".jpg")
+        assert rec["messages"][0]["content"].startswith("<image>")
+        assert "sub_total" in rec["messages"][0]["content"] and "subtotal\"" not in rec["messages"][0]["content"]
+        assert json.loads(rec["messages"][1]["content"]) == json.loads(row["ground_truth"])["gt_parse"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["test"]["records"] == 6 and len(manifest["images"]) == 18
+    from vlm.fsutil import sha256_file
+
+    for entry in manifest["images"].values():
+        assert sha256_file(out / entry["file"]) == entry["sha256"]
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["cord_test"]["file_name"] == "cord_test.json"
+
+
+def test_bad_records_are_skipped_and_reported(tmp_path: Path):
+    src = make_source(tmp_path / "src", n=3, bad=True)
+    out = tmp_path / "out"
+    r = subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(out), "--source", str(src),
+                        "--split", "train", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    reasons = sorted(s["reason"] for s in result["skipped"])
+    assert len(reasons) == 3 and result["splits"]["train"]["records"] == 3
+    assert any("not valid JSON" in x for x in reasons) and any("gt_parse" in x for x in reasons)
+    assert any("image" in x for x in reasons)
+    strict = subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(tmp_path / "strict"), "--source",
+                             str(src), "--split", "train", "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 1 and "bad record" in strict.stderr and "Traceback" not in strict.stderr
+    assert not (tmp_path / "strict" / "cord_train.json").exists()
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path):
+    r = subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(tmp_path / "o"), "--source",
+                        str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert r.returncode == 2 and "source directory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_limit_and_single_split(tmp_path: Path):
+    src = make_source(tmp_path / "src")
+    r = subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(tmp_path / "o"), "--source", str(src),
+                        "--split", "validation", "--limit", "2", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert list(json.loads(r.stdout)["splits"]) == ["validation"]
+    assert len(json.loads((tmp_path / "o" / "cord_validation.json").read_text())) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_a_clean_run(tmp_path: Path):
+    src = make_source(tmp_path / "src", n=150, pad=400_000)
+    out = tmp_path / "out"
+    cmd = [*VLM, "save-cord-dataset-in-sharegpt-format", str(out), "--source", str(src), "--workers", "1"]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    clean = snapshot(out)
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train_images = out / "images" / "train"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not train_images.exists() or len(list(train_images.glob("*"))) < 20):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Killed part-way: some images, no JSON for the last split yet, no half-written file.
+    assert not (out / "cord_test.json").exists() and not (out / "manifest.json").exists()
+    assert not any(p.name.endswith(".tmp") and not p.name.startswith(".") for p in out.rglob("*"))
+
+    r = subprocess.run([*cmd, "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["splits"]["train"]["reused_images"] > 0
+    assert snapshot(out) == clean
+    assert not list(out.rglob(".*.tmp"))  # leftovers of the killed run's atomic writes are cleaned up
