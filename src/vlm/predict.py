@@ -197,6 +197,13 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     with Store(spec.store) as store:
         if spec.overwrite:
             store.delete(spec.group, spec.split, [d["id"] for d in docs])
+        current = (hashes["model_hash"], hashes["adapter_hash"], hashes["prompt_hash"], hashes["gen_hash"])
+        stale = store.hashes(spec.group, spec.split) - {current}
+        if stale:
+            raise VlmError(
+                f"group {spec.group!r} already holds {spec.split} predictions made with a different model, adapter, "
+                "prompt or generation settings",
+                hint="pass --overwrite to redo them, or use a new --group name.")
         done = store.done_ids(spec.group, spec.split)
         pending = [d for d in docs if d["id"] not in done]
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,

@@ -81,6 +81,12 @@ class Store:
         rows = self.db.execute("SELECT doc_id FROM predictions WHERE grp=? AND split=?", (group, split))
         return {r[0] for r in rows}
 
+    def hashes(self, group: str, split: str) -> set[tuple]:
+        """The distinct (model, adapter, prompt, generation) hashes stored for a group."""
+        rows = self.db.execute("SELECT DISTINCT model_hash, adapter_hash, prompt_hash, gen_hash FROM predictions "
+                               "WHERE grp=? AND split=?", (group, split))
+        return {tuple(r) for r in rows}
+
     def delete(self, group: str, split: str, doc_ids: Iterable[str] | None = None) -> None:
         with self.db:
             if doc_ids is None:

@@ -1,10 +1,256 @@
-"""Training commands: render-config, validate, train, merge, sweep (being written)."""
+"""Training commands: render-config, validate, train, merge, sweep.
+
+Each command checks its options, calls one function in ``vlm.config`` or ``vlm.train``
+and prints the result. Nothing heavy is imported here, so ``vlm --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples
+
+OverridesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="key=value overrides of any LLaMA-Factory argument (values are YAML scalars).", show_default=False),
+]
+
+
+class Method(str, Enum):
+    lora = "lora"
+    qlora = "qlora"
+    full = "full"
+    freeze = "freeze"
+
+
+class DeepSpeed(str, Enum):
+    z2 = "z2"
+    z3 = "z3"
+
+
+def _grid(text: str | None, kind: type, flag: str) -> list:
+    """``"1e-4,5e-5"`` as a list of distinct numbers."""
+    from vlm.errors import VlmError
+
+    if text is None:
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [kind(float(t)) if kind is int and float(t).is_integer() else kind(t) for t in items]
+    except ValueError:
+        raise VlmError(f"{flag} takes comma-separated numbers, got {text!r}", hint=f"e.g. {flag} 1e-4,5e-5") from None
+    if not values or len(set(values)) != len(values):
+        raise VlmError(f"{flag} needs distinct values, got {text!r}")
+    return values
+
+
+def _print_relaxed(validation) -> None:
+    from vlm.output import info
+
+    for line in validation.relaxed:
+        info(f"  [dim]relaxed:[/dim] {line}")
+    for line in validation.notes:
+        info(f"  [dim]note:[/dim] {line}")
+
+
+def render_config(
+    out: Annotated[str, typer.Argument(help="Where to write the YAML ('-' for stdout).")] = "configs/cord.yaml",
+    overrides: OverridesArg = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model: hub id or local dir.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset name(s), comma-separated.")] = None,
+    dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Where checkpoints and the adapter go.")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", min=0, help="num_train_epochs.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option("--learning-rate", min=0, help="learning_rate.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="per_device_train_batch_size.")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", min=1, help="lora_rank (lora/qlora).")] = None,
+    method: Annotated[Method, typer.Option("--method", help="lora, qlora (4-bit base), full or freeze.")] = Method.lora,
+    deepspeed: Annotated[Optional[DeepSpeed], typer.Option("--deepspeed", help="Ship a DeepSpeed ZeRO-2/3 preset.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT even if it holds a different config.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render the CORD LoRA recipe (Qwen2-VL-2B) as a commented LLaMA-Factory YAML, validated before writing."""
+    from vlm.config import RenderOptions, config_header, render_recipe, render_yaml, validate_config
+    from vlm.errors import VlmError
+    from vlm.fsutil import atomic_write_text
+    from vlm.output import info, out as stdout, print_json
+
+    def _num(x):
+        return int(x) if x is not None and float(x).is_integer() else x
+
+    flags = dict(model=model, dataset=dataset, dataset_dir=dataset_dir, output_dir=output_dir, epochs=_num(epochs),
+                 learning_rate=learning_rate, batch_size=batch_size, lora_rank=lora_rank)
+    opts = RenderOptions(out=out, flags=flags, method=method.value, deepspeed=deepspeed.value if deepspeed else None,
+                         overrides=list(overrides or []))
+    cfg = render_recipe(opts)
+    validation = validate_config(cfg)
+    text = render_yaml(cfg, config_header(opts.command(), out if out != "-" else "CONFIG.yaml"))
+    if out == "-":
+        stdout.print(text, end="", markup=False, highlight=False)
+        return
+    path = Path(out)
+    changed = not path.is_file() or path.read_text(encoding="utf-8") != text
+    if changed and path.is_file() and not force:
+        raise VlmError(f"{path} exists and holds a different config", hint="pass --force to replace it, or choose another OUT.")
+    if changed:
+        atomic_write_text(path, text)
+    if as_json:
+        print_json({"path": str(path), "changed": changed, "config": cfg, "relaxed": validation.relaxed})
+        return
+    info(f"{'wrote' if changed else 'unchanged:'} {path} (validated)")
+    _print_relaxed(validation)
+
+
+def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
+    """Check a training config with LLaMA-Factory's own parser, in-process and without loading a model.
+
+    Every problem is listed at once. Checks that depend on this machine (bf16 with no GPU,
+    DeepSpeed outside torchrun) are relaxed and named."""
+    from vlm.config import load_config, parse_overrides, validate_config
+    from vlm.errors import ConfigError
+    from vlm.output import out as stdout, print_json
+
+    cfg = load_config(config, parse_overrides(overrides or []))
+    try:
+        validation = validate_config(cfg)
+    except ConfigError as e:
+        if as_json:
+            print_json({"config": str(config), "ok": False, "problems": e.problems})
+        raise
+    if as_json:
+        print_json({"config": str(config), "ok": True, "relaxed": validation.relaxed, "notes": validation.notes,
+                    "problems": []})
+        return
+    stdout.print(f"OK {config}", highlight=False)
+    _print_relaxed(validation)
+
+
+def train(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint-N in output_dir.")] = False,
+    dry_run: DryRunOpt = False,
+    allow_truncation: Annotated[bool, typer.Option(
+        "--allow-truncation", help="Train even when samples exceed cutoff_len (LLaMA-Factory truncates them).")] = False,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="GPUs (processes) per node.")] = None,
+    nnodes: Annotated[Optional[int], typer.Option("--nnodes", help="Number of nodes.")] = None,
+    node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This node's rank, 0..nnodes-1.")] = None,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.")] = None,
+    master_port: Annotated[Optional[int], typer.Option("--master-port", help="Port on node 0.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Launch with Ray (USE_RAY=1; set ray_num_workers=N).")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(
+        "--log-file", help="Where the child's output goes [default: OUTPUT_DIR/train.log].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Preflight the config and data, then train with llamafactory-cli, showing live progress.
+
+    Writes OUTPUT_DIR/vlm_resolved_config.yaml, train.log and vlm_run.json. Ctrl-C stops
+    the run (exit 130); --resume continues it. The child's exit code is vlm's exit code."""
+    from vlm.config import parse_overrides
+    from vlm.launch import ScaleOut
+    from vlm.output import out as stdout, print_json
+    from vlm.train import TrainSpec, train as run_train
+
+    scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
+    spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
+                     allow_truncation=allow_truncation, scale=scale, log_file=log_file)
+    result = run_train(spec)
+    if dry_run:
+        if as_json:
+            print_json(result.plan.as_dict())
+        else:
+            stdout.print(result.plan.describe(), markup=False, highlight=False)
+        return
+    if as_json:
+        print_json({**result.plan.as_dict(), "exit_code": result.exit_code, "manifest": str(result.manifest),
+                    "resumed_from": result.resumed_from})
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def merge(
+    config: ConfigArg,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter dir [default: the config's output_dir].")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option("--export-dir", help="Where the merged model goes [default: OUTPUT_DIR-merged].")] = None,
+    export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
+    from vlm.output import info, out as stdout, print_json
+    from vlm.train import MergeSpec, merge as run_merge
+
+    plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
+    if as_json:
+        print_json({**plan.as_dict(), "config": merged, "exit_code": code})
+    elif dry_run:
+        stdout.print(plan.describe(), markup=False, highlight=False)
+    elif not code:
+        info(f"merged model in {merged['export_dir']}")
+    if code:
+        raise typer.Exit(code)
+
+
+def sweep(
+    config: ConfigArg,
+    lr: Annotated[Optional[str], typer.Option("--lr", help="Learning rates, comma-separated.")] = None,
+    lora_rank: Annotated[Optional[str], typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
+    epochs: Annotated[Optional[str], typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs go.")] = Path("configs/sweep"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Render one validated config per grid point, each with its own output_dir."""
+    from vlm.config import config_header, load_config, render_yaml, sweep_points, validate_config
+    from vlm.errors import VlmError
+    from vlm.fsutil import atomic_write_text
+    from vlm.output import info, out as stdout, print_json
+
+    grid = {"learning_rate": _grid(lr, float, "--lr"), "lora_rank": _grid(lora_rank, int, "--lora-rank"),
+            "num_train_epochs": _grid(epochs, float, "--epochs")}
+    grid["num_train_epochs"] = [int(e) if e.is_integer() else e for e in grid["num_train_epochs"]]
+    if not any(grid.values()):
+        raise VlmError("nothing to sweep", hint="pass at least one of --lr, --lora-rank, --epochs, e.g. --lr 1e-4,5e-5")
+    points = sweep_points(load_config(config), config.stem, out_dir, grid)
+    for point in points:
+        validate_config(point.config)
+    for point in points:
+        command = f"vlm sweep {config} " + " ".join(
+            f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs)) if text)
+        header = config_header(f"{command} --out-dir {out_dir}", str(point.path))
+        header.insert(2, "Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()))
+        atomic_write_text(point.path, render_yaml(point.config, header))
+    rows = [{"config": str(p.path), **p.settings, "output_dir": p.config["output_dir"]} for p in points]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        stdout.print(row["config"], highlight=False)
+    info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG")
 
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to ``app``."""
-    return None
+    app.command("render-config", help=(render_config.__doc__ or "") + examples(
+        "vlm render-config configs/cord.yaml",
+        "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
+        "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
+        "vlm render-config - learning_rate=5e-5 num_train_epochs=3"))(render_config)
+    app.command("validate", help=(validate.__doc__ or "") + examples(
+        "vlm validate configs/cord.yaml",
+        "vlm validate configs/cord.yaml learning_rate=5e-5 --json"))(validate)
+    app.command("train", help=(train.__doc__ or "") + examples(
+        "vlm train configs/cord.yaml",
+        "vlm train configs/cord.yaml --resume",
+        "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
+        "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
+        "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8"))(train)
+    app.command("merge", help=(merge.__doc__ or "") + examples(
+        "vlm merge configs/cord.yaml",
+        "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 --export-dir saves/merged"))(merge)
+    app.command("sweep", help=(sweep.__doc__ or "") + examples(
+        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
+        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json"))(sweep)

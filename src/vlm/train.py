@@ -1,0 +1,362 @@
+"""``vlm train`` and ``vlm merge``: preflight, resume, the run manifest, and the LLaMA-Factory launch.
+
+A run writes, beside its checkpoints in ``output_dir``:
+
+* ``vlm_resolved_config.yaml``: the config LLaMA-Factory actually reads (overrides
+  merged, paths absolute, ``resume_from_checkpoint`` set by ``--resume``);
+* ``train.log``: the child's stdout and stderr;
+* ``vlm_run.json``: the resolved config, argv, the environment vlm set, package
+  versions, git revision, dataset manifest digest, start/end time and exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vlm.config import load_config, render_yaml, validate_config
+from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from vlm.launch import LaunchPlan, ScaleOut, log_banner, make_plan, report_failure, run_plan
+
+RESOLVED_CONFIG = "vlm_resolved_config.yaml"
+RUN_MANIFEST = "vlm_run.json"
+TRAIN_LOG = "train.log"
+MERGE_CONFIG = "vlm_merge_config.yaml"
+# Files that mean "a finished model is here" (LLaMA-Factory's CHECKPOINT_NAMES).
+MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "pytorch_model.bin.index.json")
+PACKAGES = ("vlm", "llamafactory", "transformers", "torch", "peft", "datasets")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainSpec:
+    """What ``vlm train`` was asked to do."""
+
+    config: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    dry_run: bool = False
+    allow_truncation: bool = False
+    scale: ScaleOut = field(default_factory=ScaleOut)
+    log_file: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    """The plan that was (or, for a dry run, would be) run, and how it ended."""
+
+    plan: LaunchPlan
+    config: dict[str, Any]
+    exit_code: int | None = None
+    manifest: Path | None = None
+    resumed_from: str | None = None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete ``checkpoint-N`` dirs, oldest first. The trainer writes trainer_state.json last, so a
+    checkpoint without it was cut short (e.g. by Ctrl-C) and cannot be resumed from."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+
+
+def plan_resume(cfg: dict[str, Any], output_dir: Path, resume: bool) -> str | None:
+    """Set ``resume_from_checkpoint`` for ``--resume``, or refuse to silently continue or overwrite a run."""
+    found = checkpoints(output_dir)
+    if resume:
+        if not found:
+            raise VlmError(f"--resume: no complete checkpoint-N in {output_dir}",
+                           hint="train without --resume first (checkpoints are written every save_steps steps).")
+        cfg["resume_from_checkpoint"] = str(found[-1])
+        cfg["overwrite_output_dir"] = False
+        return str(found[-1])
+    if cfg.get("overwrite_output_dir") or cfg.get("resume_from_checkpoint"):
+        return None
+    if found:
+        raise VlmError(f"{output_dir} already has checkpoints (newest: {found[-1].name})",
+                       hint="continue that run with --resume, start over with overwrite_output_dir=true, "
+                            "or pick another output_dir=...")
+    if output_dir.is_dir() and any((output_dir / name).is_file() for name in MODEL_FILES):
+        raise VlmError(f"{output_dir} already holds a trained model",
+                       hint="start over with overwrite_output_dir=true, or pick another output_dir=...")
+    return None
+
+
+def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """Absolute dataset_dir, output_dir, media_dir and deepspeed; model paths too when they exist locally."""
+    base = base or Path.cwd()
+    cfg = dict(cfg)
+    cfg.setdefault("dataset_dir", "data")  # LLaMA-Factory's default
+    for key in ("dataset_dir", "output_dir", "media_dir"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = str((base / cfg[key]).resolve())
+    for key in ("deepspeed", "model_name_or_path", "adapter_name_or_path"):
+        value = cfg.get(key)
+        if isinstance(value, str) and "," not in value and (base / value).exists():
+            cfg[key] = str((base / value).resolve())
+    return cfg
+
+
+def _dataset_names(cfg: dict[str, Any]) -> list[str]:
+    names = []
+    for key in ("dataset", "eval_dataset"):
+        value = cfg.get(key)
+        names += [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or [])
+    return [n for n in names if n]
+
+
+def _records(path: Path) -> list[dict[str, Any]] | None:
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, list) else None
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return None  # parquet, csv...: LLaMA-Factory reads them; vlm does not look inside
+
+
+def check_datasets(cfg: dict[str, Any]) -> list[str]:
+    """Every dataset is registered, its file exists and every image it names exists; returns notes."""
+    dataset_dir, notes = Path(cfg["dataset_dir"]), []
+    media_dir = Path(cfg.get("media_dir") or dataset_dir)
+    export_hint = f"rerun the export: vlm save-cord-dataset-in-sharegpt-format {dataset_dir}"
+    info_path = dataset_dir / "dataset_info.json"
+    if not info_path.is_file():
+        raise VlmError(f"no dataset_info.json in dataset_dir {dataset_dir}", hint=export_hint)
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VlmError(f"{info_path} is not valid JSON: {e}", hint=export_hint) from None
+    for name in _dataset_names(cfg):
+        entry = info.get(name)
+        if not isinstance(entry, dict):
+            raise VlmError(f"dataset {name!r} is not registered in {info_path} (it has: {', '.join(info) or 'nothing'})",
+                           hint=f"register it: vlm register-dataset FILE --name {name}, or {export_hint}")
+        if "file_name" not in entry:
+            notes.append(f"dataset {name}: not a local file (hub or script); not checked")
+            continue
+        path = dataset_dir / entry["file_name"]
+        if not path.exists():
+            raise VlmError(f"dataset {name!r}: {path} not found", hint=export_hint)
+        try:
+            records = _records(path) if path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VlmError(f"dataset {name!r}: {path} is not valid JSON: {e}", hint=export_hint) from None
+        if records is None:
+            notes.append(f"dataset {name}: images not checked ({path.name} is not a JSON list)")
+            continue
+        column = entry.get("columns", {}).get("images", "images")
+        images = [img for r in records if isinstance(r, dict) for img in (r.get(column) or []) if isinstance(img, str)]
+        missing = [img for img in images if not (media_dir / img).is_file()]  # absolute paths stay absolute
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise VlmError(f"dataset {name!r}: {len(missing)} of {len(images)} images are missing: {shown}",
+                           hint=f"the images moved or were deleted; {export_hint}")
+    return notes
+
+
+def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any] | None:
+    """Refuse samples longer than cutoff_len (LLaMA-Factory would truncate them) unless allowed."""
+    from vlm.output import warn
+
+    try:
+        from vlm import preflight
+    except ImportError:
+        warn("token budget not checked: vlm.preflight is not available")
+        return None
+    report = preflight.check_config(cfg)
+    if report.n_over:
+        cutoff = cfg.get("cutoff_len", 2048)
+        message = (f"{report.n_over} of {report.n_total} samples exceed cutoff_len={cutoff} "
+                   f"(longest: {report.max_total_tokens} tokens) and would be truncated")
+        if not allow_truncation:
+            raise VlmError(message, hint=f"{report.recommendation}; or pass --allow-truncation to train anyway.")
+        warn(message + " (--allow-truncation)")
+    return report.to_dict()
+
+
+def preflight(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any]:
+    """Everything that can be checked before spending GPU time; raises VlmError on the first failing step."""
+    import torch
+
+    from vlm.output import info, warn
+
+    validation = validate_config(cfg)
+    for line in validation.relaxed + validation.notes:
+        info(f"[dim]config:[/dim] {line}")
+    gpu = torch.cuda.is_available()
+    if not gpu:
+        precision = [k for k in ("bf16", "fp16", "pure_bf16") if cfg.get(k)]
+        if precision:
+            raise VlmError(f"{precision[0]}: true needs a GPU, and none is visible",
+                           hint=f"train on a GPU machine, or pass {precision[0]}=false to train on the CPU (slow).")
+        warn("no GPU visible (torch.cuda.is_available() is False): training runs on the CPU")
+    notes = check_datasets(cfg)
+    for line in notes:
+        info(f"[dim]data:[/dim] {line}")
+    budget = check_token_budget(cfg, allow_truncation)
+    return {"relaxed": validation.relaxed, "notes": validation.notes + notes, "gpu": gpu, "token_budget": budget}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a run."""
+    from importlib import metadata
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the working directory, or None outside a repository (or before a commit)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _node_suffix(scale: ScaleOut) -> str:
+    return f".node{scale.node_rank}" if scale.node_rank else ""  # node 0 keeps the plain names
+
+
+def prepare(spec: TrainSpec) -> TrainResult:
+    """Load and resolve the config and build the launch plan; writes nothing."""
+    from vlm.procs import find_llamafactory_cli
+
+    spec.scale.check()
+    cfg = load_config(spec.config, spec.overrides)
+    if not cfg.get("output_dir"):
+        raise VlmError(f"{spec.config} has no output_dir", hint="add output_dir: saves/NAME, or pass output_dir=...")
+    cfg = resolve_paths(cfg)
+    output_dir = Path(cfg["output_dir"])
+    resumed_from = plan_resume(cfg, output_dir, spec.resume)
+    suffix = _node_suffix(spec.scale)
+    log = spec.log_file.resolve() if spec.log_file else output_dir / f"{Path(TRAIN_LOG).stem}{suffix}.log"
+    env_set = spec.scale.env(deepspeed=bool(cfg.get("deepspeed")))
+    plan = make_plan(find_llamafactory_cli(), "train", output_dir / RESOLVED_CONFIG, log, env_set)
+    manifest = output_dir / f"{Path(RUN_MANIFEST).stem}{suffix}.json"
+    return TrainResult(plan, cfg, manifest=manifest, resumed_from=resumed_from)
+
+
+def train(spec: TrainSpec) -> TrainResult:
+    """Preflight, write the resolved config and manifest, run LLaMA-Factory, record how it ended.
+
+    A dry run returns after ``prepare``. Ctrl-C or SIGTERM stops the child's process
+    group; the result's exit code is then 130.
+    """
+    from vlm.output import info, warn
+    from vlm.progress import TRAINER_LOG, progress_from_file
+
+    result = prepare(spec)
+    if spec.dry_run:
+        return result
+    cfg, plan = result.config, result.plan
+    checks = preflight(cfg, spec.allow_truncation)
+    header = [f"Resolved by vlm train from {spec.config} at {now()}; LLaMA-Factory reads this file.",
+              f"Rerun: {plan.describe()}"]
+    atomic_write_text(plan.config_path, render_yaml(cfg, header))
+    data_manifest = Path(cfg["dataset_dir"]) / "manifest.json"
+    record: dict[str, Any] = {
+        "command": "train", "config_path": str(spec.config), "config": cfg, "argv": plan.argv, "env": plan.env_set,
+        "cwd": plan.cwd, "log": str(plan.log_path), "resumed_from": result.resumed_from, "versions": versions(),
+        "git_revision": git_revision(plan.cwd),
+        "dataset_manifest_sha256": sha256_file(data_manifest) if data_manifest.is_file() else None,
+        "preflight": checks, "started_at": now(), "ended_at": None, "exit_code": None,
+    }
+    atomic_write_json(result.manifest, record)
+    log_banner(plan, record["started_at"])
+    info(f"training: {plan.describe()}\n  log: {plan.log_path}"
+         + (f"\n  resuming from {result.resumed_from}" if result.resumed_from else ""))
+    trainer_log = Path(cfg["output_dir"]) / TRAINER_LOG
+    try:
+        code = run_plan(plan, trainer_log)
+    except KeyboardInterrupt:
+        code = 130
+        warn(f"interrupted; the child was stopped. Continue with: vlm train {spec.config} --resume")
+    final = progress_from_file(trainer_log) if trainer_log.is_file() else None
+    record.update(ended_at=now(), exit_code=code, final_progress=final.as_dict() if final else None)
+    atomic_write_json(result.manifest, record)
+    result.exit_code = code
+    if code not in (0, 130):
+        report_failure(plan, code)
+    return result
+
+
+# ---------------------------------------------------------------- merge
+
+
+@dataclass
+class MergeSpec:
+    """What ``vlm merge`` was asked to do."""
+
+    config: Path
+    adapter: Path | None = None
+    export_dir: Path | None = None
+    export_size: int = 5
+    dry_run: bool = False
+
+
+def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_size: int = 5) -> dict[str, Any]:
+    """The ``llamafactory-cli export`` config that merges a LoRA adapter into its base model."""
+    merged = {
+        "model_name_or_path": cfg["model_name_or_path"],
+        "adapter_name_or_path": str(adapter),
+        "template": cfg["template"],
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "export_size": export_size,  # GB per safetensors shard
+        "export_device": "cpu",
+        "export_legacy_format": False,
+    }
+    if cfg.get("trust_remote_code") is not None:
+        merged["trust_remote_code"] = cfg["trust_remote_code"]
+    return merged
+
+
+def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
+    """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
+    from vlm.output import info
+    from vlm.procs import find_llamafactory_cli
+
+    cfg = resolve_paths(load_config(spec.config))
+    missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
+    if missing:
+        raise VlmError(f"{spec.config} has no {', '.join(missing)}", hint="pass the training config of the run.")
+    if cfg.get("finetuning_type", "lora") != "lora":
+        raise VlmError(f"merge applies to LoRA runs; this config trains with {cfg['finetuning_type']}",
+                       hint="a full or freeze run's output_dir already holds the whole model.")
+    adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
+    if not (adapter / "adapter_config.json").is_file():
+        raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
+                       hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")
+    export_dir = (spec.export_dir or Path(f"{cfg['output_dir']}-merged")).resolve()
+    if export_dir == adapter:
+        raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
+    merged = merge_config(cfg, adapter, export_dir, spec.export_size)
+    plan = make_plan(find_llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
+    if spec.dry_run:
+        return plan, merged, None
+    header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]
+    atomic_write_text(plan.config_path, render_yaml(merged, header))
+    log_banner(plan, now())
+    info(f"merging {adapter} into {merged['model_name_or_path']} -> {export_dir}\n  log: {plan.log_path}")
+    code = run_plan(plan)
+    if code:
+        report_failure(plan, code)
+    return plan, merged, code
