@@ -106,6 +106,8 @@ def parse_value(text: str) -> Any:
     if _NUMBER.match(text.strip()):
         number = float(text.replace("_", ""))
         return int(number) if number.is_integer() and not re.search(r"[.eE]", text) else number
+    if text.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+        return text.strip()  # YAML 1.1 would make these booleans; eval_strategy=no means the string
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -351,6 +353,9 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
     import typing
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, bool) and not _accepts_bool(hint):
+        return (f"{key}: got the boolean {str(value).lower()}, which it does not take "
+                f"(YAML reads unquoted no/yes/on/off as booleans: quote the word, e.g. {key}: 'no')")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -368,6 +373,18 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
         choices = [m.value for m in hint]
         return None if value in choices else f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
     return None
+
+
+def _accepts_bool(hint: Any) -> bool:
+    import types
+    import typing
+
+    if hint is None or hint is bool or hint is typing.Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_bool(a) for a in args)
+    return origin is typing.Literal and any(isinstance(a, bool) for a in args)
 
 
 def _construct(cls: type, kwargs: dict[str, Any]) -> tuple[list[str], set[str]]:

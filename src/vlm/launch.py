@@ -18,6 +18,7 @@ from typing import Any
 from vlm.errors import VlmError
 
 # LLaMA-Factory's launcher reads these to start torchrun (llamafactory/launcher.py).
+DEFAULT_MASTER_PORT = 29500  # torchrun's own default
 SCALE_ENV = {"nnodes": "NNODES", "node_rank": "NODE_RANK", "master_addr": "MASTER_ADDR",
              "master_port": "MASTER_PORT", "nproc_per_node": "NPROC_PER_NODE"}
 
@@ -67,6 +68,8 @@ class ScaleOut:
             value = getattr(self, name)
             if value is not None:
                 env[var] = str(value)
+        if (self.nnodes or 1) > 1 and self.master_port is None:
+            env["MASTER_PORT"] = str(DEFAULT_MASTER_PORT)  # every node must agree; LLaMA-Factory would pick a random one
         if self.ray:
             env["USE_RAY"] = "1"
         return env

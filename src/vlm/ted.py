@@ -47,23 +47,24 @@ class Tree:
         return sum(self.cost[1:-1])
 
 
-def build_tree(data: Any) -> Tree:
-    """Postorder arrays of Donut's tree for ``data`` (already normalised)."""
+def build_tree(data: Any, mirror: bool = False) -> Tree:
+    """Postorder arrays of Donut's tree for ``data`` (already normalised); ``mirror`` reverses every child order."""
+    step = -1 if mirror else 1
     labels, lml = [""], [0]
 
     def visit(value: Any, label: str) -> int:
         first = 0
         if isinstance(value, dict):
-            for key, child in value.items():
+            for key, child in list(value.items())[::step]:
                 k = visit(child, key)
                 first = first or k
         elif isinstance(value, list):
             if all(isinstance(item, dict) for item in value):
-                for item in value:
+                for item in value[::step]:
                     k = visit(item, "<subtree>")
                     first = first or k
             else:
-                for item in value:
+                for item in value[::step]:
                     labels.append(f"{LEAF}{item}")
                     lml.append(len(labels) - 1)
                     first = first or len(labels) - 1
@@ -107,70 +108,194 @@ def update_matrix(t1: Tree, t2: Tree) -> np.ndarray:
     return u
 
 
+def _first_child_end(t: Tree) -> int:
+    """Postorder index of the root's first child (its subtree is nodes 1..that index)."""
+    return max(k for k in range(1, t.size) if t.lml[k] == 1)
+
+
 def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]]) -> int:
-    """Zhang–Shasha edit distance of ``t1`` into ``t2`` under ``upd`` and the trees' insert/remove costs."""
+    """Zhang–Shasha edit distance of ``t1`` into ``t2`` under ``upd`` and the trees' insert/remove costs.
+
+    Both roots are ``"<root>"`` and each tree has more than one node. An optimal
+    mapping then always maps root to root (mapping them costs 0, and dropping
+    any other use of a root never costs more), so the distance is the forest
+    distance of the two roots' children. Hence, besides the final pair, the
+    root keyroot of either tree only needs the part of its table that covers its
+    first child's subtree (the tree distances found there are the only ones read
+    later). Keyroots of two nodes (a key over one value, the commonest shape)
+    get their own loops without per-row or per-pair set-up.
+    """
     n1, n2 = t1.size, t2.size
     l1, l2, c1, c2 = t1.lml, t2.lml, t1.cost, t2.cost
+    end1, end2 = _first_child_end(t1), _first_child_end(t2)
     td = [[0] * (n2 + 1) for _ in range(n1 + 1)]
     fd = [[0] * (n2 + 1) for _ in range(n1 + 1)]
-    # per keyroot of t2: its columns as (column, insert cost, leftmost-leaf - 1, on the keyroot's leftmost path)
-    columns = []
-    for j in t2.keyroots:
+    p1 = [0] * (n1 + 1)
+    for k in range(1, n1 + 1):
+        p1[k] = p1[k - 1] + c1[k]
+
+    def col_plan(j: int, last: int) -> tuple:
         lj = l2[j]
-        columns.append((j, lj, [(dj, c2[dj], l2[dj] - 1, l2[dj] == lj) for dj in range(lj, j + 1)]))
-    for i in t1.keyroots:
+        cum = [0]
+        for dj in range(lj, last + 1):
+            cum.append(cum[-1] + c2[dj])
+        generic = [(dj, c2[dj], l2[dj] - 1, l2[dj] == lj) for dj in range(lj, last + 1)]
+        # for a two-node keyroot on the t1 side: (column, insert cost, on path, base value, base value at lm)
+        paired = [(dj, c2[dj], l2[dj] == lj, cum[dj - lj + 1], cum[l2[dj] - lj]) for dj in range(lj, last + 1)]
+        return j, lj, last - lj + 1 == 2 and last == j, cum, generic, paired
+
+    def row_plan(i: int, last: int) -> tuple:
         li = l1[i]
-        rows = [(di, c1[di], l1[di]) for di in range(li, i + 1)]
+        generic = [(di, c1[di], l1[di]) for di in range(li, last + 1)]
+        # for a two-node keyroot on the t2 side: (row, remove cost, on path, cumulative removes before l(row))
+        paired = [(di, c1[di], l1[di] == li, p1[l1[di] - 1] - p1[li - 1]) for di in range(li, last + 1)]
+        return i, li, last - li + 1 == 2 and last == i, generic, paired
+
+    plans2 = [col_plan(j, j if j != n2 else end2) for j in t2.keyroots]
+    plans1 = [row_plan(i, i if i != n1 else end1) for i in t1.keyroots]
+    for i, li, small_i, rows, rows_paired in plans1:
         base = fd[li - 1]
-        for j, lj, cols in columns:
-            acc = 0
-            base[lj - 1] = 0
-            for dj, ic, _, _ in cols:
-                acc += ic
-                base[dj] = acc
-            prev = base
-            accd = 0
-            for di, dc, ldi in rows:
-                row = fd[di]
-                accd += dc
-                row[lj - 1] = accd
-                left = accd
-                diag = prev[lj - 1]
-                tdrow = td[di]
-                if ldi == li:
-                    urow = upd[di]
-                    for dj, ic, lm, on_path in cols:
-                        up = prev[dj]
-                        v = up + dc
-                        w = left + ic
-                        if w < v:
-                            v = w
-                        if on_path:
-                            w = diag + urow[dj]
-                            if w < v:
-                                v = w
-                            tdrow[dj] = v
-                        else:
-                            w = base[lm] + tdrow[dj]
-                            if w < v:
-                                v = w
-                        row[dj] = v
-                        left = v
-                        diag = up
+        for j, lj, small_j, cum, cols_j, cols_paired in plans2:
+            if i == n1 and j == n2:
+                break
+            if small_i:
+                _pair_small_rows(li, i, c1[li], c1[i], upd[li], upd[i], td[li], td[i], cols_paired)
+            elif small_j:
+                _pair_small_cols(lj, j, c2[lj], c2[j], upd, td, rows_paired)
+            else:
+                base[lj - 1:lj + len(cum) - 1] = cum
+                _pair(li, lj, base, rows, cols_j, fd, td, upd)
+    # the final pair: the roots' children forests, in full
+    _, lj, _, cum, cols_j, _ = col_plan(n2, n2 - 1)
+    fd[0][0:len(cum)] = cum
+    _pair(1, 1, fd[0], row_plan(n1, n1 - 1)[3], cols_j, fd, td, upd)
+    return fd[n1 - 1][n2 - 1]
+
+
+def _pair_small_rows(a, k, da, dk, ua, uk, ta, tk, cols):
+    """Keyroot pair whose t1 side is a node ``k`` over a single node ``a``."""
+    va = da
+    vk = da + dk
+    bprev = 0
+    for dj, ic, on_path, bj, blm in cols:
+        v = bj + da
+        w = va + ic
+        if w < v:
+            v = w
+        if on_path:
+            w = bprev + ua[dj]
+            if w < v:
+                v = w
+            ta[dj] = v
+            x = v + dk
+            w = vk + ic
+            if w < x:
+                x = w
+            w = va + uk[dj]
+            if w < x:
+                x = w
+            tk[dj] = x
+        else:
+            w = blm + ta[dj]
+            if w < v:
+                v = w
+            x = v + dk
+            w = vk + ic
+            if w < x:
+                x = w
+            w = blm + tk[dj]
+            if w < x:
+                x = w
+        va = v
+        vk = x
+        bprev = bj
+
+
+def _pair_small_cols(b, k, ib, ik, upd, td, rows):
+    """Keyroot pair whose t2 side is a node ``k`` over a single node ``b``."""
+    pb = ib
+    pk = ib + ik
+    accd = 0
+    for di, dc, on_path, dbase in rows:
+        prevd = accd
+        accd += dc
+        v = pb + dc
+        w = accd + ib
+        if w < v:
+            v = w
+        x = pk + dc
+        tdrow = td[di]
+        if on_path:
+            urow = upd[di]
+            w = prevd + urow[b]
+            if w < v:
+                v = w
+            tdrow[b] = v
+            w = v + ik
+            if w < x:
+                x = w
+            w = pb + urow[k]
+            if w < x:
+                x = w
+            tdrow[k] = x
+        else:
+            w = dbase + tdrow[b]
+            if w < v:
+                v = w
+            w = v + ik
+            if w < x:
+                x = w
+            w = dbase + tdrow[k]
+            if w < x:
+                x = w
+        pb = v
+        pk = x
+
+
+def _pair(li, lj, base, rows, cols_j, fd, td, upd):
+    """One keyroot pair, row by row, over the generic recurrence."""
+    prev = base
+    accd = 0
+    for di, dc, ldi in rows:
+        row = fd[di]
+        accd += dc
+        row[lj - 1] = accd
+        left = accd
+        diag = prev[lj - 1]
+        tdrow = td[di]
+        if ldi == li:
+            urow = upd[di]
+            for dj, ic, lm, on_path in cols_j:
+                up = prev[dj]
+                v = up + dc
+                w = left + ic
+                if w < v:
+                    v = w
+                if on_path:
+                    w = diag + urow[dj]
+                    if w < v:
+                        v = w
+                    tdrow[dj] = v
                 else:
-                    frow = fd[ldi - 1]
-                    for dj, ic, lm, _ in cols:
-                        v = prev[dj] + dc
-                        w = left + ic
-                        if w < v:
-                            v = w
-                        w = frow[lm] + tdrow[dj]
-                        if w < v:
-                            v = w
-                        row[dj] = v
-                        left = v
-                prev = row
-    return td[n1][n2]
+                    w = base[lm] + tdrow[dj]
+                    if w < v:
+                        v = w
+                row[dj] = v
+                left = v
+                diag = up
+        else:
+            frow = fd[ldi - 1]
+            for dj, ic, lm, _ in cols_j:
+                v = prev[dj] + dc
+                w = left + ic
+                if w < v:
+                    v = w
+                w = frow[lm] + tdrow[dj]
+                if w < v:
+                    v = w
+                row[dj] = v
+                left = v
+        prev = row
 
 
 def same_tree(t1: Tree, t2: Tree) -> bool:

@@ -231,14 +231,21 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def llamafactory_cli() -> str:
+    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else the one beside this Python."""
+    import os
+
+    from vlm.procs import find_llamafactory_cli
+
+    return os.environ.get("VLM_LLAMAFACTORY_CLI") or find_llamafactory_cli()
+
+
 def _node_suffix(scale: ScaleOut) -> str:
     return f".node{scale.node_rank}" if scale.node_rank else ""  # node 0 keeps the plain names
 
 
 def prepare(spec: TrainSpec) -> TrainResult:
     """Load and resolve the config and build the launch plan; writes nothing."""
-    from vlm.procs import find_llamafactory_cli
-
     spec.scale.check()
     cfg = load_config(spec.config, spec.overrides)
     if not cfg.get("output_dir"):
@@ -249,7 +256,7 @@ def prepare(spec: TrainSpec) -> TrainResult:
     suffix = _node_suffix(spec.scale)
     log = spec.log_file.resolve() if spec.log_file else output_dir / f"{Path(TRAIN_LOG).stem}{suffix}.log"
     env_set = spec.scale.env(deepspeed=bool(cfg.get("deepspeed")))
-    plan = make_plan(find_llamafactory_cli(), "train", output_dir / RESOLVED_CONFIG, log, env_set)
+    plan = make_plan(llamafactory_cli(), "train", output_dir / RESOLVED_CONFIG, log, env_set)
     manifest = output_dir / f"{Path(RUN_MANIFEST).stem}{suffix}.json"
     return TrainResult(plan, cfg, manifest=manifest, resumed_from=resumed_from)
 
@@ -332,7 +339,6 @@ def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_si
 def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
     from vlm.output import info
-    from vlm.procs import find_llamafactory_cli
 
     cfg = resolve_paths(load_config(spec.config))
     missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
@@ -349,7 +355,7 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     if export_dir == adapter:
         raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
     merged = merge_config(cfg, adapter, export_dir, spec.export_size)
-    plan = make_plan(find_llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
+    plan = make_plan(llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
     if spec.dry_run:
         return plan, merged, None
     header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]
