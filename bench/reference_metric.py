@@ -76,11 +76,14 @@ def build(data: Any, name: str = "<root>") -> zss.Node:
     return node
 
 
-def update_cost(a: zss.Node, b: zss.Node) -> int:
+def update_cost(a: zss.Node, b: zss.Node, key=None) -> int:
     la, lb = a.label, b.label
     leaf_a, leaf_b = "<leaf>" in la, "<leaf>" in lb
     if leaf_a and leaf_b:
-        return levenshtein(la.replace("<leaf>", ""), lb.replace("<leaf>", ""))
+        ta, tb = la.replace("<leaf>", ""), lb.replace("<leaf>", "")
+        if key is not None and key(ta) == key(tb):
+            return 0
+        return levenshtein(ta, tb)
     if leaf_b:
         return 1 + len(lb.replace("<leaf>", ""))
     if leaf_a:
@@ -92,18 +95,20 @@ def insert_remove_cost(node: zss.Node) -> int:
     return len(node.label.replace("<leaf>", "")) if "<leaf>" in node.label else 1
 
 
-def ted(a: zss.Node, b: zss.Node) -> float:
+def ted(a: zss.Node, b: zss.Node, key=None) -> float:
+    """Tree edit distance; with ``key``, leaves whose texts have equal keys update for free."""
     return zss.distance(a, b, get_children=zss.Node.get_children, insert_cost=insert_remove_cost,
-                        remove_cost=insert_remove_cost, update_cost=update_cost)
+                        remove_cost=insert_remove_cost, update_cost=lambda x, y: update_cost(x, y, key))
 
 
-def ted_accuracy(pred: Any, gt: Any) -> float:
-    """Donut's ``cal_acc``; a gt that normalises to nothing scores 1.0 for an empty prediction, else 0.0."""
-    p, g = normalize(pred), normalize(gt)
-    denom = ted(build(normalize({})), build(g))
+def ted_accuracy(pred: Any, gt: Any, key=None) -> float:
+    """Donut's ``cal_acc``. Where TED({}, gt) is 0 (Donut divides by zero): 1.0 if TED(pred, gt) is 0, else 0.0."""
+    p, g = build(normalize(pred)), build(normalize(gt))
+    denom = ted(build(normalize({})), g)
+    d = ted(p, g, key)
     if denom == 0:
-        return 1.0 if not p else 0.0
-    return max(0.0, 1 - ted(build(p), build(g)) / denom)
+        return 1.0 if d == 0 else 0.0
+    return max(0.0, 1 - d / denom)
 
 
 def f1_counts(pred: Any, gt: Any) -> tuple[int, int, int]:

@@ -104,6 +104,11 @@ def build(out_dir: Path, seed: int = 0) -> Path:
         tie_word_embeddings=True,
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
+    # The tied embedding is also the output head, and LoRA leaves it frozen. At the default 0.02
+    # init the logits span only about +-0.6, so no adapter could push the loss far below ln(vocab).
+    # A wider embedding lets a LoRA fine-tune actually learn, as it does on a real model.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 0.5)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False

@@ -9,12 +9,18 @@ parser in-process (imported lazily: it takes seconds), collecting every problem.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
+import enum
+import importlib.util
 import json
 import os
 import re
 import shlex
+import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -262,45 +268,6 @@ def config_header(produced_by: str, config_path: str) -> list[str]:
     ]
 
 
-# ---------------------------------------------------------------- sweeps
-
-
-def _fmt_number(x: float) -> str:
-    """``1e-4`` rather than ``0.0001``; integers without a decimal point."""
-    if float(x).is_integer() and abs(x) < 1e4:
-        return str(int(x))
-    mantissa, exponent = f"{x:e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-@dataclass
-class SweepPoint:
-    """One grid point: its file, its settings and its output_dir."""
-
-    name: str
-    path: Path
-    settings: dict[str, Any]
-    config: dict[str, Any]
-
-
-def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]]) -> list[SweepPoint]:
-    """The cartesian product of ``grid`` (LLaMA-Factory key -> values) over ``base``, one config per point."""
-    tags = {"learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
-    keys = [k for k in grid if grid[k]]
-    if "lora_rank" in keys and base.get("finetuning_type", "lora") != "lora":
-        raise VlmError("--lora-rank needs a LoRA config", hint="drop --lora-rank for freeze/full configs.")
-    points = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        settings = dict(zip(keys, combo))
-        suffix = "_".join(f"{tags.get(k, k)}{_fmt_number(v)}" for k, v in settings.items())
-        name = f"{base_name}_{suffix}"
-        cfg = {**base, **settings}
-        cfg["output_dir"] = f"{str(base.get('output_dir', 'saves/sweep')).rstrip('/')}_{suffix}"
-        points.append(SweepPoint(name, out_dir / f"{name}.yaml", settings, cfg))
-    return points
-
-
 # ---------------------------------------------------------------- validation
 
 PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
@@ -325,20 +292,18 @@ def _quiet_llamafactory():
     import llamafactory.extras.logging  # noqa: F401  (configures its loggers first, so ours stick)
     import transformers  # noqa: F401
 
-    loggers = [logging.getLogger(name) for name in ("llamafactory", "transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
+    levels = {lg: lg.level for lg in map(logging.getLogger, ("llamafactory", "transformers"))}
+    for lg in levels:
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in levels.items():
             lg.setLevel(level)
-        if old_env is None:
-            os.environ.pop("LLAMAFACTORY_VERBOSITY", None)
-        else:
+        os.environ.pop("LLAMAFACTORY_VERBOSITY")
+        if old_env is not None:
             os.environ["LLAMAFACTORY_VERBOSITY"] = old_env
 
 
@@ -348,10 +313,6 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
     LLaMA-Factory hands YAML values to the dataclasses unconverted, so a wrong type or an
     unknown Literal choice would only fail (or silently misbehave) once training starts.
     """
-    import enum
-    import types
-    import typing
-
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if isinstance(value, bool) and not _accepts_bool(hint):
         return (f"{key}: got the boolean {str(value).lower()}, which it does not take "
@@ -376,9 +337,6 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
 
 
 def _accepts_bool(hint: Any) -> bool:
-    import types
-    import typing
-
     if hint is None or hint is bool or hint is typing.Any:
         return True
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -417,8 +375,6 @@ def _message(e: Exception) -> str:
 
 
 def _deepspeed_problems(value: Any, validation: Validation) -> list[str]:
-    import importlib.util
-
     if isinstance(value, str):
         path = Path(value)
         if not path.is_file():
@@ -440,12 +396,6 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
     Checks that depend on this machine (bf16 without a GPU, DeepSpeed without torchrun)
     are relaxed on a copy of the config and named in the result.
     """
-    import dataclasses
-    import importlib.util
-    import tempfile
-    import typing
-    from difflib import get_close_matches
-
     with _quiet_llamafactory():
         import torch
         from llamafactory.data.template import TEMPLATES

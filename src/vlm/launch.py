@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from vlm.errors import VlmError
 
 # LLaMA-Factory's launcher reads these to start torchrun (llamafactory/launcher.py).
 DEFAULT_MASTER_PORT = 29500  # torchrun's own default
+MERGE_CONFIG = "vlm_merge_config.yaml"
 SCALE_ENV = {"nnodes": "NNODES", "node_rank": "NODE_RANK", "master_addr": "MASTER_ADDR",
              "master_port": "MASTER_PORT", "nproc_per_node": "NPROC_PER_NODE"}
 
@@ -145,3 +147,96 @@ def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
     if tail:
         err.print(tail, markup=False, highlight=False)
     err.print(f"full log: {plan.log_path}", highlight=False)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def llamafactory_cli() -> str:
+    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else the one beside this Python."""
+    import os
+
+    from vlm.procs import find_llamafactory_cli
+
+    return os.environ.get("VLM_LLAMAFACTORY_CLI") or find_llamafactory_cli()
+
+
+def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """Absolute dataset_dir, output_dir, media_dir and deepspeed; model paths too when they exist locally."""
+    base = base or Path.cwd()
+    cfg = dict(cfg)
+    cfg.setdefault("dataset_dir", "data")  # LLaMA-Factory's default
+    for key in ("dataset_dir", "output_dir", "media_dir"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = str((base / cfg[key]).resolve())
+    for key in ("deepspeed", "model_name_or_path", "adapter_name_or_path"):
+        value = cfg.get(key)
+        if isinstance(value, str) and "," not in value and (base / value).exists():
+            cfg[key] = str((base / value).resolve())
+    return cfg
+
+
+# ---------------------------------------------------------------- merge
+
+
+@dataclass
+class MergeSpec:
+    """What ``vlm merge`` was asked to do."""
+
+    config: Path
+    adapter: Path | None = None
+    export_dir: Path | None = None
+    export_size: int = 5
+    dry_run: bool = False
+
+
+def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_size: int = 5) -> dict[str, Any]:
+    """The ``llamafactory-cli export`` config that merges a LoRA adapter into its base model."""
+    merged = {
+        "model_name_or_path": cfg["model_name_or_path"],
+        "adapter_name_or_path": str(adapter),
+        "template": cfg["template"],
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "export_size": export_size,  # GB per safetensors shard
+        "export_device": "cpu",
+        "export_legacy_format": False,
+    }
+    if cfg.get("trust_remote_code") is not None:
+        merged["trust_remote_code"] = cfg["trust_remote_code"]
+    return merged
+
+
+def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
+    """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
+    from vlm.config import load_config, render_yaml
+    from vlm.fsutil import atomic_write_text
+    from vlm.output import info
+
+    cfg = resolve_paths(load_config(spec.config))
+    missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
+    if missing:
+        raise VlmError(f"{spec.config} has no {', '.join(missing)}", hint="pass the training config of the run.")
+    if cfg.get("finetuning_type", "lora") != "lora":
+        raise VlmError(f"merge applies to LoRA runs; this config trains with {cfg['finetuning_type']}",
+                       hint="a full or freeze run's output_dir already holds the whole model.")
+    adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
+    if not (adapter / "adapter_config.json").is_file():
+        raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
+                       hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")
+    export_dir = (spec.export_dir or Path(f"{cfg['output_dir']}-merged")).resolve()
+    if export_dir == adapter:
+        raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
+    merged = merge_config(cfg, adapter, export_dir, spec.export_size)
+    plan = make_plan(llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
+    if spec.dry_run:
+        return plan, merged, None
+    header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]
+    atomic_write_text(plan.config_path, render_yaml(merged, header))
+    log_banner(plan, now())
+    info(f"merging {adapter} into {merged['model_name_or_path']} -> {export_dir}\n  log: {plan.log_path}")
+    code = run_plan(plan)
+    if code:
+        report_failure(plan, code)
+    return plan, merged, code

@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-out = Console(soft_wrap=True)  # data
-err = Console(stderr=True, soft_wrap=True)  # logs, hints, progress
+# Piped or redirected output is not cut to 80 columns: comparison tables are wide.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # data
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)  # logs, hints, progress
 
 
 def print_json(obj: Any) -> None:

@@ -124,7 +124,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def progress_fields(p: TrainProgress) -> list[tuple[str, str]]:
     """Label and text of every number the display shows (the same in the live view and the plain lines)."""
-    step = f"{p.step}/{p.total}" if p.total else str(p.step)
+    step = f"{p.step}/{p.total} ({100 * p.fraction:.0f}%)" if p.total else str(p.step)
     return [
         ("step", step), ("loss", _num(p.loss, ".4f")), ("lr", _num(p.lr, ".2e")),
         ("eval loss", _num(p.eval_loss, ".4f")), ("epoch", _num(p.epoch, ".2f")),
@@ -145,13 +145,11 @@ def render_progress(p: TrainProgress, title: str = "training"):
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(width=30)
-    grid.add_column(no_wrap=True)
     for _ in progress_fields(p):
         grid.add_column(no_wrap=True)
     bar = ProgressBar(total=max(p.total, 1), completed=min(p.step, max(p.total, 1)), width=30)
-    pct = f"{100 * p.fraction:5.1f}%" if p.total else "  -  "
     cells = [f"[dim]{label}[/dim] {text}" for label, text in progress_fields(p)]
-    grid.add_row(title, bar, pct, *cells)
+    grid.add_row(title, bar, *cells)
     return grid
 
 

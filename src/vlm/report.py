@@ -21,24 +21,25 @@ LABELS = {
 }
 
 
-def metric_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(label, cells) per metric: each group's value, and for later groups the delta with its 95% CI."""
+def metric_rows(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Column headers and (label, cells) per metric: each group's value, then each later group's
+    delta against the baseline with its 95% bootstrap interval."""
     groups = list(result["groups"])
-    first = result["groups"][groups[0]]
+    base = groups[0]
+    headers = groups + [f"Δ {g} vs {base} [95% CI]" for g in groups[1:]]
+    first = result["groups"][base]
     keys = [k for k in first if k not in ("documents", "fields", "delta") and isinstance(first[k], (int, float, type(None)))]
     rows = []
     for key in keys:
         cells = []
         for name in groups:
-            g = result["groups"][name]
-            value = g.get(key)
-            cell = "n/a" if value is None else f"{value:.3f}"
-            d = g.get("delta", {}).get(key)
-            if d:
-                cell += f" ({d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}])"
-            cells.append(cell)
+            value = result["groups"][name].get(key)
+            cells.append("n/a" if value is None else f"{value:.3f}")
+        for name in groups[1:]:
+            d = result["groups"][name].get("delta", {}).get(key)
+            cells.append(f"{d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "n/a")
         rows.append((LABELS.get(key, key.replace("header.", "exact: ")), cells))
-    return rows
+    return headers, rows
 
 
 def field_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -49,7 +50,9 @@ def field_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
         cells = []
         for g in groups:
             f = result["groups"][g]["fields"].get(path)
-            cells.append("-" if f is None else f"{f['f1']:.3f} (P {f['precision']:.2f} R {f['recall']:.2f}, n={f['n_gt']})")
+            cells.append("-" if f is None else f"{f['f1']:.3f}")
+        g0 = result["groups"][groups[0]]["fields"].get(path) or {}
+        cells.append(str(g0.get("n_gt", 0)))
         rows.append((path, cells))
     return rows
 
@@ -60,18 +63,20 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
     from vlm.output import out
 
     groups = list(result["groups"])
-    table = Table(title=f"{result['documents']} documents; delta vs {result['baseline']} with 95% paired-bootstrap CI")
+    headers, rows = metric_rows(result)
+    table = Table(title=f"{result['documents']} documents; deltas with 95% paired-bootstrap CIs")
     table.add_column("metric")
-    for g in groups:
-        table.add_column(g, justify="right")
-    for label, cells in metric_rows(result):
+    for h in headers:
+        table.add_column(h, justify="right")
+    for label, cells in rows:
         table.add_row(label, *cells)
     out.print(table)
     if show_fields:
-        fields = Table(title="per-field F1")
+        fields = Table(title="per-field F1 (micro, over documents)")
         fields.add_column("field")
         for g in groups:
             fields.add_column(g, justify="right")
+        fields.add_column("gt count", justify="right")
         for label, cells in field_rows(result):
             fields.add_row(label, *cells)
         out.print(fields)
@@ -80,15 +85,17 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
 def markdown(result: dict[str, Any]) -> str:
     groups = list(result["groups"])
 
-    def table(rows, first):
-        lines = [f"| {first} | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    def table(headers, rows, first):
+        lines = [f"| {first} | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
         return "\n".join(lines)
 
+    metric_headers, metric_table = metric_rows(result)
     return (
         f"# Evaluation\n\n{result['documents']} documents. Deltas are against `{result['baseline']}`, "
         "with 95% paired-bootstrap confidence intervals over documents.\n\n"
-        f"{table(metric_rows(result), 'metric')}\n\n## Per-field F1\n\n{table(field_rows(result), 'field')}\n\n"
+        f"{table(metric_headers, metric_table, 'metric')}\n\n## Per-field F1\n\n"
+        f"{table(groups + ['gt count'], field_rows(result), 'field')}\n\n"
         "![comparison](chart.png)\n"
     )
 

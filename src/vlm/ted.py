@@ -3,28 +3,34 @@
 Trees are built straight into flat postorder arrays (no node objects), the
 leaf/leaf update costs come in one bulk ``rapidfuzz`` call, and the dynamic
 programme runs over plain Python lists with the keyroot and leftmost-leaf
-tables precomputed. Node labels follow Donut's ``construct_tree_from_dict``:
-``"<root>"`` for the root, the key for a dict entry, ``"<subtree>"`` for each
-dict in a list of dicts and ``"<leaf>{value}"`` for each scalar; a node counts
-as a leaf when its label contains ``"<leaf>"`` (Donut's own test), and its
-text is the label with every ``"<leaf>"`` removed.
+tables precomputed (and cached on the tree). Node labels follow Donut's
+``construct_tree_from_dict``: ``"<root>"`` for the root, the key for a dict
+entry, ``"<subtree>"`` for each dict in a list of dicts and ``"<leaf>{value}"``
+for each scalar; a node counts as a leaf when its label contains ``"<leaf>"``
+(Donut's own test), and its text is the label with every ``"<leaf>"`` removed.
 
 Costs: inserting or removing a leaf costs the length of its text, any other
 node 1; updating leaf to leaf costs the Levenshtein distance of the texts,
 leaf to non-leaf (either way) 1 + the leaf's text length, non-leaf to non-leaf
 0 when the labels match and 1 otherwise.
+
+Exact shortcuts on top of the textbook algorithm (each argued where it lives):
+identical trees; a bare root on either side (closed form); the root-to-root
+mapping (``zhang_shasha``); and a band search for similar trees (``_search``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 LEAF = "<leaf>"
+_INF = 1 << 60
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Tree:
     cost: list[int]  # insert / remove cost of each node
     lml: list[int]  # leftmost leaf descendant of each node
     keyroots: list[int]
+    _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -47,33 +54,30 @@ class Tree:
         return sum(self.cost[1:-1])
 
 
-def build_tree(data: Any, mirror: bool = False) -> Tree:
-    """Postorder arrays of Donut's tree for ``data`` (already normalised); ``mirror`` reverses every child order."""
-    step = -1 if mirror else 1
+def build_tree(data: Any) -> Tree:
+    """Postorder arrays of Donut's tree for ``data`` (already normalised)."""
     labels, lml = [""], [0]
 
-    def visit(value: Any, label: str) -> int:
-        first = 0
+    def visit(value: Any, label: str) -> None:
+        first = 0  # the leftmost leaf of a node is that of its first child, or the node itself
         if isinstance(value, dict):
-            for key, child in list(value.items())[::step]:
-                k = visit(child, key)
-                first = first or k
+            for key, child in value.items():
+                visit(child, key)
+                first = first or lml[-1]
         elif isinstance(value, list):
             if all(isinstance(item, dict) for item in value):
-                for item in value[::step]:
-                    k = visit(item, "<subtree>")
-                    first = first or k
+                for item in value:
+                    visit(item, "<subtree>")
+                    first = first or lml[-1]
             else:
-                for item in value[::step]:
+                for item in value:
                     labels.append(f"{LEAF}{item}")
                     lml.append(len(labels) - 1)
-                    first = first or len(labels) - 1
+                    first = first or lml[-1]
         else:
             raise TypeError(f"cannot build a tree node from {type(value).__name__} under {label!r}")
         labels.append(label)
         lml.append(first or len(labels) - 1)
-        # the leftmost leaf of a node is the leftmost leaf of its first child
-        return lml[-1]
 
     visit(data, "<root>")
     is_leaf = [LEAF in s for s in labels]
@@ -82,21 +86,17 @@ def build_tree(data: Any, mirror: bool = False) -> Tree:
     cost[0] = 0
     last: dict[int, int] = {}
     for k in range(1, len(labels)):
-        last[lml[k]] = k
+        last[lml[k]] = k  # a keyroot is the highest node with its leftmost leaf
     return Tree(labels, is_leaf, texts, cost, lml, sorted(last.values()))
 
 
 def update_matrix(t1: Tree, t2: Tree) -> np.ndarray:
     """(n1+1) x (n2+1) update costs (row and column 0 unused)."""
-    n1, n2 = t1.size, t2.size
     ids: dict[str, int] = {}
     lab1 = np.array([ids.setdefault(s, len(ids)) for s in t1.labels[1:]], dtype=np.int64)
     lab2 = np.array([ids.setdefault(s, len(ids)) for s in t2.labels[1:]], dtype=np.int64)
-    leaf1 = np.array(t1.is_leaf[1:], dtype=bool)
-    leaf2 = np.array(t2.is_leaf[1:], dtype=bool)
-    len1 = np.array(t1.cost[1:], dtype=np.int64)  # for leaves the cost is the text length
-    len2 = np.array(t2.cost[1:], dtype=np.int64)
-    u = np.zeros((n1 + 1, n2 + 1), dtype=np.int64)
+    leaf1, leaf2 = np.array(t1.is_leaf[1:], dtype=bool), np.array(t2.is_leaf[1:], dtype=bool)
+    len1, len2 = np.array(t1.cost[1:], dtype=np.int64), np.array(t2.cost[1:], dtype=np.int64)  # leaves: text length
     core = (lab1[:, None] != lab2[None, :]).astype(np.int64)
     core[np.ix_(~leaf1, leaf2)] = 1 + len2[leaf2][None, :]
     core[np.ix_(leaf1, ~leaf2)] = 1 + len1[leaf1][:, None]
@@ -104,6 +104,7 @@ def update_matrix(t1: Tree, t2: Tree) -> np.ndarray:
         a = [t for t, f in zip(t1.texts[1:], t1.is_leaf[1:]) if f]
         b = [t for t, f in zip(t2.texts[1:], t2.is_leaf[1:]) if f]
         core[np.ix_(leaf1, leaf2)] = cdist(a, b, scorer=Levenshtein.distance, dtype=np.int32)
+    u = np.zeros((t1.size + 1, t2.size + 1), dtype=np.int64)
     u[1:, 1:] = core
     return u
 
@@ -113,7 +114,48 @@ def _first_child_end(t: Tree) -> int:
     return max(k for k in range(1, t.size) if t.lml[k] == 1)
 
 
-def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]]) -> int:
+def _col_plans(t: Tree) -> tuple:
+    """Per keyroot j of ``t`` as the column tree: the tuples its loops walk (cached on the tree)."""
+    if "cols" not in t._plans:
+        l, c, n = t.lml, t.cost, t.size
+
+        def plan(j: int, last: int) -> tuple:
+            lj = l[j]
+            cum = [0]
+            for dj in range(lj, last + 1):
+                cum.append(cum[-1] + c[dj])
+            generic = [(dj, c[dj], l[dj] - 1, l[dj] == lj) for dj in range(lj, last + 1)]
+            # for a two-node keyroot on the row side: (column, insert cost, on path, base value, base value at lm)
+            paired = [(dj, c[dj], l[dj] == lj, cum[dj - lj + 1], cum[l[dj] - lj]) for dj in range(lj, last + 1)]
+            return j, lj, last, last - lj == 1 and last == j, cum, generic, paired
+
+        plans = [plan(j, j if j != n else _first_child_end(t)) for j in t.keyroots]
+        small = [p for p in plans if p[3]]
+        t._plans["cols"] = (small, [p[0] for p in small], [p for p in plans if not p[3]], plan(n, n - 1))
+    return t._plans["cols"]
+
+
+def _row_plans(t: Tree) -> tuple:
+    """Per keyroot i of ``t`` as the row tree: the tuples its loops walk (cached on the tree)."""
+    if "rows" not in t._plans:
+        l, c, n = t.lml, t.cost, t.size
+        p = [0] * (n + 1)
+        for k in range(1, n + 1):
+            p[k] = p[k - 1] + c[k]
+
+        def plan(i: int, last: int) -> tuple:
+            li = l[i]
+            generic = [(di, c[di], l[di], p[di] - p[li - 1]) for di in range(li, last + 1)]
+            # for a two-node keyroot on the column side:
+            # (row, remove cost, on path, removes before l(row), removes up to row), counted from li
+            paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1]) for di in range(li, last + 1)]
+            return i, li, last, last - li == 1 and last == i, generic, paired
+
+        t._plans["rows"] = ([plan(i, i if i != n else _first_child_end(t)) for i in t.keyroots], plan(n, n - 1))
+    return t._plans["rows"]
+
+
+def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]], bound: int | None = None) -> int:
     """Zhang–Shasha edit distance of ``t1`` into ``t2`` under ``upd`` and the trees' insert/remove costs.
 
     Both roots are ``"<root>"`` and each tree has more than one node. An optimal
@@ -123,60 +165,62 @@ def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]]) -> int:
     root keyroot of either tree only needs the part of its table that covers its
     first child's subtree (the tree distances found there are the only ones read
     later). Keyroots of two nodes (a key over one value, the commonest shape)
-    get their own loops without per-row or per-pair set-up.
+    get their own loops without per-row or per-pair set-up; they are visited
+    before the larger keyroots, which only read tree distances of keyroots
+    inside them.
+
+    ``bound`` (every node costing at least 1): only mappings that delete at most
+    ``dmax = (bound + n1 - n2) // 2`` and insert at most ``imax = (bound - n1 + n2) // 2``
+    nodes are searched. A mapped pair (x, y) of such a mapping, and every cell
+    (x, y) its computation passes through, has ``-imax <= x - y <= dmax`` in
+    postorder (x - y = nodes removed before x - nodes inserted before y), so
+    cells and keyroot pairs outside that band are skipped (read as infinite).
+    Every value computed is still the cost of a valid mapping, so the result is
+    the exact distance whenever that is ``<= bound``, and an upper bound otherwise.
     """
     n1, n2 = t1.size, t2.size
-    l1, l2, c1, c2 = t1.lml, t2.lml, t1.cost, t2.cost
-    end1, end2 = _first_child_end(t1), _first_child_end(t2)
-    td = [[0] * (n2 + 1) for _ in range(n1 + 1)]
+    c1, c2 = t1.cost, t2.cost
+    dmax, imax = (n1 + n2, n1 + n2) if bound is None else ((bound + n1 - n2) // 2, (bound - n1 + n2) // 2)
+    td = [[_INF] * (n2 + 1) for _ in range(n1 + 1)]
     fd = [[0] * (n2 + 1) for _ in range(n1 + 1)]
-    p1 = [0] * (n1 + 1)
-    for k in range(1, n1 + 1):
-        p1[k] = p1[k - 1] + c1[k]
+    small_js, small_keys, big_js, final_cols = _col_plans(t2)
+    plans1, final_rows = _row_plans(t1)
 
-    def col_plan(j: int, last: int) -> tuple:
-        lj = l2[j]
-        cum = [0]
-        for dj in range(lj, last + 1):
-            cum.append(cum[-1] + c2[dj])
-        generic = [(dj, c2[dj], l2[dj] - 1, l2[dj] == lj) for dj in range(lj, last + 1)]
-        # for a two-node keyroot on the t1 side: (column, insert cost, on path, base value, base value at lm)
-        paired = [(dj, c2[dj], l2[dj] == lj, cum[dj - lj + 1], cum[l2[dj] - lj]) for dj in range(lj, last + 1)]
-        return j, lj, last - lj + 1 == 2 and last == j, cum, generic, paired
-
-    def row_plan(i: int, last: int) -> tuple:
-        li = l1[i]
-        generic = [(di, c1[di], l1[di]) for di in range(li, last + 1)]
-        # for a two-node keyroot on the t2 side: (row, remove cost, on path, cumulative removes before l(row))
-        paired = [(di, c1[di], l1[di] == li, p1[l1[di] - 1] - p1[li - 1]) for di in range(li, last + 1)]
-        return i, li, last - li + 1 == 2 and last == i, generic, paired
-
-    plans2 = [col_plan(j, j if j != n2 else end2) for j in t2.keyroots]
-    plans1 = [row_plan(i, i if i != n1 else end1) for i in t1.keyroots]
-    for i, li, small_i, rows, rows_paired in plans1:
+    def run(li, last_i, rows, lj, last_j, cum, cols_j) -> None:
         base = fd[li - 1]
-        for j, lj, small_j, cum, cols_j, cols_paired in plans2:
-            if i == n1 and j == n2:
-                break
+        base[lj - 1:last_j + 1] = cum
+        if last_i - lj <= dmax and li - last_j >= -imax:
+            _pair(li, lj, base, rows, cols_j, fd, td, upd)
+        else:
+            _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax)
+
+    for i, li, last_i, small_i, rows, rows_paired in plans1:
+        lo, hi = li - dmax, last_i + imax  # a pair is visited when some row - column lies in [-imax, dmax]
+        # two-node column keyroots (last_j = j, lj = j - 1) in the band are a contiguous run
+        for j, lj, last_j, small_j, cum, cols_j, cols_paired in [*small_js[bisect_left(small_keys, lo):
+                                                                     bisect_right(small_keys, hi + 1)], *big_js]:
+            if last_j < lo or lj > hi or (i == n1 and j == n2):
+                continue
             if small_i:
-                _pair_small_rows(li, i, c1[li], c1[i], upd[li], upd[i], td[li], td[i], cols_paired)
+                start = max(li - dmax, lj) - lj
+                stop = min(i + imax, last_j) - lj + 1
+                _pair_small_rows(li, i, c1[li], c1[i], upd[li], upd[i], td[li], td[i],
+                                 cols_paired[start:stop], start > 0, cum[start])
             elif small_j:
-                _pair_small_cols(lj, j, c2[lj], c2[j], upd, td, rows_paired)
+                start = max(lj - imax, li) - li
+                stop = min(j + dmax, last_i) - li + 1
+                _pair_small_cols(lj, j, c2[lj], c2[j], upd, td, rows_paired[start:stop], start > 0)
             else:
-                base[lj - 1:lj + len(cum) - 1] = cum
-                _pair(li, lj, base, rows, cols_j, fd, td, upd)
+                run(li, last_i, rows, lj, last_j, cum, cols_j)
     # the final pair: the roots' children forests, in full
-    _, lj, _, cum, cols_j, _ = col_plan(n2, n2 - 1)
-    fd[0][0:len(cum)] = cum
-    _pair(1, 1, fd[0], row_plan(n1, n1 - 1)[3], cols_j, fd, td, upd)
+    _, _, _, _, cum, cols_j, _ = final_cols
+    run(1, n1 - 1, final_rows[4], 1, n2 - 1, cum, cols_j)
     return fd[n1 - 1][n2 - 1]
 
 
-def _pair_small_rows(a, k, da, dk, ua, uk, ta, tk, cols):
-    """Keyroot pair whose t1 side is a node ``k`` over a single node ``a``."""
-    va = da
-    vk = da + dk
-    bprev = 0
+def _pair_small_rows(a, k, da, dk, ua, uk, ta, tk, cols, cut, bprev):
+    """Keyroot pair whose row side is a node ``k`` over a single node ``a``; ``cut``: columns before are skipped."""
+    va, vk = (_INF, _INF) if cut else (da, da + dk)
     for dj, ic, on_path, bj, blm in cols:
         v = bj + da
         w = va + ic
@@ -211,23 +255,19 @@ def _pair_small_rows(a, k, da, dk, ua, uk, ta, tk, cols):
         bprev = bj
 
 
-def _pair_small_cols(b, k, ib, ik, upd, td, rows):
-    """Keyroot pair whose t2 side is a node ``k`` over a single node ``b``."""
-    pb = ib
-    pk = ib + ik
-    accd = 0
-    for di, dc, on_path, dbase in rows:
-        prevd = accd
-        accd += dc
+def _pair_small_cols(b, k, ib, ik, upd, td, rows, cut):
+    """Keyroot pair whose column side is a node ``k`` over a single node ``b``; ``cut``: rows before are skipped."""
+    pb, pk = (_INF, _INF) if cut else (ib, ib + ik)
+    for di, dc, on_path, dbase, acc in rows:
         v = pb + dc
-        w = accd + ib
+        w = acc + ib
         if w < v:
             v = w
         x = pk + dc
         tdrow = td[di]
         if on_path:
             urow = upd[di]
-            w = prevd + urow[b]
+            w = acc - dc + urow[b]
             if w < v:
                 v = w
             tdrow[b] = v
@@ -252,18 +292,83 @@ def _pair_small_cols(b, k, ib, ik, upd, td, rows):
         pk = x
 
 
-def _pair(li, lj, base, rows, cols_j, fd, td, upd):
-    """One keyroot pair, row by row, over the generic recurrence."""
-    prev = base
-    accd = 0
-    for di, dc, ldi in rows:
+def _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax):
+    """``_pair`` restricted to the cells with ``-imax <= row - column <= dmax``; the others read as infinite.
+
+    Rows before the band are not visited (they read as an infinite row), rows
+    after it are not needed by any row in it.
+    """
+    first = max(lj - imax - li, 0)
+    prev = fd[li - 1] if first == 0 else _inf_row(len(base))
+    skipped = li + first  # rows li .. skipped-1 lie wholly outside the band
+    for di, dc, ldi, accd in rows[first:max(last_j + dmax - li + 1, 0)]:
         row = fd[di]
-        accd += dc
         row[lj - 1] = accd
-        left = accd
-        diag = prev[lj - 1]
+        lo, hi = di - dmax, di + imax
+        if hi > last_j:
+            hi = last_j
+        if lo <= lj:
+            lo, left, diag = lj, accd, prev[lj - 1]
+        else:
+            left, diag = _INF, prev[lo - 1]
+            row[lj:lo] = [_INF] * (lo - lj)
+        if hi < last_j:
+            row[hi + 1:last_j + 1] = [_INF] * (last_j - hi)
         tdrow = td[di]
         if ldi == li:
+            urow = upd[di]
+            for dj, ic, lm, on_path in cols_j[lo - lj:hi - lj + 1]:
+                up = prev[dj]
+                v = up + dc
+                w = left + ic
+                if w < v:
+                    v = w
+                if on_path:
+                    w = diag + urow[dj]
+                    if w < v:
+                        v = w
+                    tdrow[dj] = v
+                else:
+                    w = base[lm] + tdrow[dj]
+                    if w < v:
+                        v = w
+                row[dj] = v
+                left = v
+                diag = up
+        else:
+            frow = fd[ldi - 1] if ldi >= skipped or ldi == li else _inf_row(len(base))
+            for dj, ic, lm, _ in cols_j[lo - lj:hi - lj + 1]:
+                v = prev[dj] + dc
+                w = left + ic
+                if w < v:
+                    v = w
+                w = frow[lm] + tdrow[dj]
+                if w < v:
+                    v = w
+                row[dj] = v
+                left = v
+        prev = row
+
+
+_INF_ROWS: dict[int, list[int]] = {}
+
+
+def _inf_row(n: int) -> list[int]:
+    row = _INF_ROWS.get(n)
+    if row is None:
+        row = _INF_ROWS[n] = [_INF] * n
+    return row
+
+
+def _pair(li, lj, base, rows, cols_j, fd, td, upd):
+    """One keyroot pair, row by row: the forest distances of the prefixes of both keyroots' subtrees."""
+    prev = base
+    for di, dc, ldi, accd in rows:
+        row = fd[di]
+        row[lj - 1] = left = accd
+        diag = prev[lj - 1]
+        tdrow = td[di]
+        if ldi == li:  # the row node is on the row keyroot's leftmost path
             urow = upd[di]
             for dj, ic, lm, on_path in cols_j:
                 up = prev[dj]
@@ -271,7 +376,7 @@ def _pair(li, lj, base, rows, cols_j, fd, td, upd):
                 w = left + ic
                 if w < v:
                     v = w
-                if on_path:
+                if on_path:  # both nodes head their prefixes: a tree distance
                     w = diag + urow[dj]
                     if w < v:
                         v = w
@@ -298,16 +403,66 @@ def _pair(li, lj, base, rows, cols_j, fd, td, upd):
         prev = row
 
 
+def _search(t1: Tree, t2: Tree, upd: list[list[int]], upper: int | None = None) -> int:
+    """The exact distance, searched in a narrow band first (see ``zhang_shasha``'s ``bound``).
+
+    The first pass bounds the distance by a small guess. If it finds a mapping
+    within the guess, that is the distance; otherwise the mapping's cost bounds
+    the distance and a second pass under that bound is exact. ``upper``, a known
+    bound, replaces the guess. Needs every node to cost at least 1 (an empty leaf
+    costs 0); otherwise the full table is computed.
+    """
+    n1, n2 = t1.size, t2.size
+    if min(t1.cost[1:]) < 1 or min(t2.cost[1:]) < 1:
+        return zhang_shasha(t1, t2, upd)
+    if upper is None:
+        low = max(abs(n1 - n2), abs(sum(t1.cost) - sum(t2.cost)))  # the distance is at least this
+        guess = max(2 * low, 24)
+        if guess >= n1 + n2:
+            return zhang_shasha(t1, t2, upd)
+        d = zhang_shasha(t1, t2, upd, guess)
+        if d <= guess:
+            return d
+        upper = d
+    return zhang_shasha(t1, t2, upd, upper if upper < n1 + n2 else None)
+
+
 def same_tree(t1: Tree, t2: Tree) -> bool:
     return t1.labels == t2.labels and t1.lml == t2.lml
 
 
 def tree_distance(t1: Tree, t2: Tree) -> int:
     """TED(t1 -> t2) with Donut's costs."""
+    return tree_distances(t1, t2)[0]
+
+
+def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) -> tuple[int, int | None]:
+    """TED(t1 -> t2), and with ``key`` also the TED in which two leaves with equal ``key(text)`` update for free.
+
+    The second distance reuses the first whenever no pair of different leaf
+    texts across the trees shares a key (the cost matrices are then equal), and
+    otherwise searches under the first as its bound.
+    """
     if same_tree(t1, t2):
-        return 0
-    if t1.size == 1:  # a bare root: the roots match, everything else is inserted
-        return t2.closed_form_insert_all()
-    if t2.size == 1:
-        return t1.closed_form_insert_all()
-    return zhang_shasha(t1, t2, update_matrix(t1, t2).tolist())
+        return 0, (0 if key else None)
+    if t1.size == 1 or t2.size == 1:
+        # a bare root: the roots match and everything else is inserted (or removed)
+        d = t2.closed_form_insert_all() if t1.size == 1 else t1.closed_form_insert_all()
+        return d, (d if key else None)
+    u = update_matrix(t1, t2)
+    d = _search(t1, t2, u.tolist())
+    if key is None:
+        return d, None
+    leaves1 = [k for k in range(1, t1.size + 1) if t1.is_leaf[k]]
+    leaves2 = [k for k in range(1, t2.size + 1) if t2.is_leaf[k]]
+    if not leaves1 or not leaves2:
+        return d, d
+    ids: dict[str, int] = {}
+    k1 = np.array([ids.setdefault(key(t1.texts[k]), len(ids)) for k in leaves1], dtype=np.int64)
+    k2 = np.array([ids.setdefault(key(t2.texts[k]), len(ids)) for k in leaves2], dtype=np.int64)
+    free = (k1[:, None] == k2[None, :]) & (u[np.ix_(leaves1, leaves2)] > 0)
+    if not free.any():
+        return d, d
+    rows, cols = np.nonzero(free)
+    u[np.asarray(leaves1)[rows], np.asarray(leaves2)[cols]] = 0
+    return d, _search(t1, t2, u.tolist(), d)

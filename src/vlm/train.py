@@ -11,23 +11,23 @@ A run writes, beside its checkpoints in ``output_dir``:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vlm.config import load_config, render_yaml, validate_config
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
-from vlm.launch import LaunchPlan, ScaleOut, log_banner, make_plan, report_failure, run_plan
+from vlm.launch import (LaunchPlan, ScaleOut, llamafactory_cli, log_banner, make_plan, now, report_failure,
+                        resolve_paths, run_plan)
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
 RUN_MANIFEST = "vlm_run.json"
 TRAIN_LOG = "train.log"
-MERGE_CONFIG = "vlm_merge_config.yaml"
 # Files that mean "a finished model is here" (LLaMA-Factory's CHECKPOINT_NAMES).
 MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -59,10 +59,6 @@ class TrainResult:
     resumed_from: str | None = None
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def checkpoints(output_dir: Path) -> list[Path]:
     """Complete ``checkpoint-N`` dirs, oldest first. The trainer writes trainer_state.json last, so a
     checkpoint without it was cut short (e.g. by Ctrl-C) and cannot be resumed from."""
@@ -92,21 +88,6 @@ def plan_resume(cfg: dict[str, Any], output_dir: Path, resume: bool) -> str | No
         raise VlmError(f"{output_dir} already holds a trained model",
                        hint="start over with overwrite_output_dir=true, or pick another output_dir=...")
     return None
-
-
-def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
-    """Absolute dataset_dir, output_dir, media_dir and deepspeed; model paths too when they exist locally."""
-    base = base or Path.cwd()
-    cfg = dict(cfg)
-    cfg.setdefault("dataset_dir", "data")  # LLaMA-Factory's default
-    for key in ("dataset_dir", "output_dir", "media_dir"):
-        if isinstance(cfg.get(key), str):
-            cfg[key] = str((base / cfg[key]).resolve())
-    for key in ("deepspeed", "model_name_or_path", "adapter_name_or_path"):
-        value = cfg.get(key)
-        if isinstance(value, str) and "," not in value and (base / value).exists():
-            cfg[key] = str((base / value).resolve())
-    return cfg
 
 
 def _dataset_names(cfg: dict[str, Any]) -> list[str]:
@@ -231,15 +212,6 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def llamafactory_cli() -> str:
-    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else the one beside this Python."""
-    import os
-
-    from vlm.procs import find_llamafactory_cli
-
-    return os.environ.get("VLM_LLAMAFACTORY_CLI") or find_llamafactory_cli()
-
-
 def _node_suffix(scale: ScaleOut) -> str:
     return f".node{scale.node_rank}" if scale.node_rank else ""  # node 0 keeps the plain names
 
@@ -305,64 +277,40 @@ def train(spec: TrainSpec) -> TrainResult:
     return result
 
 
-# ---------------------------------------------------------------- merge
+# ---------------------------------------------------------------- sweeps
+
+
+def _fmt_number(x: float) -> str:
+    """``1e-4`` rather than ``0.0001``; integers without a decimal point."""
+    if float(x).is_integer() and abs(x) < 1e4:
+        return str(int(x))
+    mantissa, exponent = f"{x:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 @dataclass
-class MergeSpec:
-    """What ``vlm merge`` was asked to do."""
+class SweepPoint:
+    """One grid point: its file, its settings and its output_dir."""
 
-    config: Path
-    adapter: Path | None = None
-    export_dir: Path | None = None
-    export_size: int = 5
-    dry_run: bool = False
-
-
-def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_size: int = 5) -> dict[str, Any]:
-    """The ``llamafactory-cli export`` config that merges a LoRA adapter into its base model."""
-    merged = {
-        "model_name_or_path": cfg["model_name_or_path"],
-        "adapter_name_or_path": str(adapter),
-        "template": cfg["template"],
-        "finetuning_type": "lora",
-        "export_dir": str(export_dir),
-        "export_size": export_size,  # GB per safetensors shard
-        "export_device": "cpu",
-        "export_legacy_format": False,
-    }
-    if cfg.get("trust_remote_code") is not None:
-        merged["trust_remote_code"] = cfg["trust_remote_code"]
-    return merged
+    name: str
+    path: Path
+    settings: dict[str, Any]
+    config: dict[str, Any]
 
 
-def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
-    """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
-    from vlm.output import info
-
-    cfg = resolve_paths(load_config(spec.config))
-    missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
-    if missing:
-        raise VlmError(f"{spec.config} has no {', '.join(missing)}", hint="pass the training config of the run.")
-    if cfg.get("finetuning_type", "lora") != "lora":
-        raise VlmError(f"merge applies to LoRA runs; this config trains with {cfg['finetuning_type']}",
-                       hint="a full or freeze run's output_dir already holds the whole model.")
-    adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
-    if not (adapter / "adapter_config.json").is_file():
-        raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
-                       hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")
-    export_dir = (spec.export_dir or Path(f"{cfg['output_dir']}-merged")).resolve()
-    if export_dir == adapter:
-        raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
-    merged = merge_config(cfg, adapter, export_dir, spec.export_size)
-    plan = make_plan(llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
-    if spec.dry_run:
-        return plan, merged, None
-    header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]
-    atomic_write_text(plan.config_path, render_yaml(merged, header))
-    log_banner(plan, now())
-    info(f"merging {adapter} into {merged['model_name_or_path']} -> {export_dir}\n  log: {plan.log_path}")
-    code = run_plan(plan)
-    if code:
-        report_failure(plan, code)
-    return plan, merged, code
+def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]]) -> list[SweepPoint]:
+    """The cartesian product of ``grid`` (LLaMA-Factory key -> values) over ``base``, one config per point."""
+    tags = {"learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
+    keys = [k for k in grid if grid[k]]
+    if "lora_rank" in keys and base.get("finetuning_type", "lora") != "lora":
+        raise VlmError("--lora-rank needs a LoRA config", hint="drop --lora-rank for freeze/full configs.")
+    points = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, combo))
+        suffix = "_".join(f"{tags.get(k, k)}{_fmt_number(v)}" for k, v in settings.items())
+        name = f"{base_name}_{suffix}"
+        cfg = {**base, **settings}
+        cfg["output_dir"] = f"{str(base.get('output_dir', 'saves/sweep')).rstrip('/')}_{suffix}"
+        points.append(SweepPoint(name, out_dir / f"{name}.yaml", settings, cfg))
+    return points

@@ -143,7 +143,7 @@ def train(
     master_port: Annotated[Optional[int], typer.Option("--master-port", help="Port on node 0.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Launch with Ray (USE_RAY=1; set ray_num_workers=N).")] = False,
     log_file: Annotated[Optional[Path], typer.Option(
-        "--log-file", help="Where the child's output goes [default: OUTPUT_DIR/train.log].")] = None,
+        "--log-file", help="Where the child's output goes (default: OUTPUT_DIR/train.log).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Preflight the config and data, then train with llamafactory-cli, showing live progress.
@@ -158,7 +158,10 @@ def train(
     scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
     spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
                      allow_truncation=allow_truncation, scale=scale, log_file=log_file)
-    result = run_train(spec)
+    try:
+        result = run_train(spec)
+    except KeyboardInterrupt:  # during preflight, before there is a child to stop
+        raise typer.Exit(130) from None
     if dry_run:
         if as_json:
             print_json(result.plan.as_dict())
@@ -174,8 +177,8 @@ def train(
 
 def merge(
     config: ConfigArg,
-    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter dir [default: the config's output_dir].")] = None,
-    export_dir: Annotated[Optional[Path], typer.Option("--export-dir", help="Where the merged model goes [default: OUTPUT_DIR-merged].")] = None,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option("--export-dir", help="Where the merged model goes (default: OUTPUT_DIR-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -232,25 +235,31 @@ def sweep(
     info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG")
 
 
+def _doc(command) -> str:
+    import inspect
+
+    return inspect.cleandoc(command.__doc__ or "")
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to ``app``."""
-    app.command("render-config", help=(render_config.__doc__ or "") + examples(
+    app.command("render-config", help=_doc(render_config) + examples(
         "vlm render-config configs/cord.yaml",
         "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
         "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
         "vlm render-config - learning_rate=5e-5 num_train_epochs=3"))(render_config)
-    app.command("validate", help=(validate.__doc__ or "") + examples(
+    app.command("validate", help=_doc(validate) + examples(
         "vlm validate configs/cord.yaml",
         "vlm validate configs/cord.yaml learning_rate=5e-5 --json"))(validate)
-    app.command("train", help=(train.__doc__ or "") + examples(
+    app.command("train", help=_doc(train) + examples(
         "vlm train configs/cord.yaml",
         "vlm train configs/cord.yaml --resume",
         "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
         "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
         "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8"))(train)
-    app.command("merge", help=(merge.__doc__ or "") + examples(
+    app.command("merge", help=_doc(merge) + examples(
         "vlm merge configs/cord.yaml",
         "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 --export-dir saves/merged"))(merge)
-    app.command("sweep", help=(sweep.__doc__ or "") + examples(
+    app.command("sweep", help=_doc(sweep) + examples(
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json"))(sweep)

@@ -1,0 +1,304 @@
+"""Donut's CORD metrics (clovaai/donut ``JSONParseEvaluator``), fast, plus a few diagnostic extras.
+
+Standard (as in Donut):
+
+* **nTED accuracy** per document: ``max(0, 1 - TED(pred, gt) / TED({}, gt))`` on
+  Donut's normalised trees (see ``vlm.ted`` for the tree and the costs); the
+  summary is the mean over documents. ``TED({}, gt)`` is computed in closed form
+  (the insert costs of every non-root node of gt). Donut divides by zero when the
+  ground truth normalises to nothing; here such a document scores 1.0 when the
+  prediction's tree equals the ground truth's and 0.0 otherwise.
+* **field F1** (Donut ``cal_f1``): the flattened ``(key path, value)`` pairs of
+  prediction and ground truth matched as multisets; micro-averaged over documents
+  as ``tp / (tp + (fp + fn) / 2)``. With nothing predicted and nothing to find
+  (0/0) it is 1.0, mirroring the nTED rule.
+
+Extras, reported under their own keys and never replacing the standard ones:
+
+* ``*_numnorm``: numbers compared by value as printed (``"60.000"``, ``"60,000"``,
+  ``"Rp 60000"`` are equal; see ``number_key``). For F1 the values are replaced
+  by their key; for nTED two leaves with equal keys update at cost 0 (insert
+  and remove costs, hence the denominator, are unchanged).
+* ``header.<group.key>``: exact match of each of ``HEADER_FIELDS`` over the
+  documents whose ground truth has it (``None`` where none has).
+* ``menu_precision`` / ``menu_recall`` / ``menu_f1``: whole ``menu`` rows matched
+  one to one (multiset of normalised rows). Precision is undefined (``None``)
+  without predicted rows, recall without gt rows; F1 over neither is 1.0.
+
+A ``None`` prediction (invalid JSON) is scored as ``{}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from vlm.schema import HEADER_FIELDS
+from vlm.ted import build_tree, tree_distances
+
+Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
+
+
+def normalize(data: Any) -> Any:
+    """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts."""
+    if not data:
+        return {}
+    if isinstance(data, dict):
+        if not all(type(k) is str for k in data):  # only Python callers can pass other keys; match them as str
+            data = {str(k): v for k, v in data.items()}
+        out = {}
+        for key in sorted(data, key=lambda k: (len(k), k)):
+            value = normalize(data[key])
+            if value:
+                out[key] = value if isinstance(value, list) else [value]
+        return out
+    if isinstance(data, list):
+        if all(isinstance(item, dict) for item in data):
+            return [n for n in (normalize(item) for item in data) if n]
+        return [str(item).strip() for item in data if type(item) in {str, int, float} and str(item).strip()]
+    return [str(data).strip()]
+
+
+def flatten(data: Any) -> list[tuple[str, Any]]:
+    """Donut's ``flatten``: ``(dotted key path, leaf)`` pairs; list items share their parent's key."""
+    pairs: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:  # depth first, in document order
+        value, key = stack.pop()
+        if type(value) is dict:
+            stack.extend((v, f"{key}.{k}" if key else k) for k, v in reversed(list(value.items())))
+        elif type(value) is list:
+            stack.extend((v, key) for v in reversed(value))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+_CURRENCY = re.compile(r"^(?:rp\.?|idr|usd|us\$|rm|s\$|\$|€|£|¥|₩)|(?:rp\.?|idr|usd|rm|\$|€|£|¥|₩)$", re.IGNORECASE)
+_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,](\d{1,2}))?")
+
+
+@lru_cache(maxsize=65536)
+def number_key(text: str) -> str:
+    """``text``'s number, canonical (``"Rp 60.000"`` -> ``"60000"``, ``"12,50"`` -> ``"12.5"``); other text unchanged.
+
+    Currency marks and spaces are dropped; ``.`` or ``,`` before groups of three
+    digits separate thousands, before one or two final digits they mark decimals.
+    """
+    s = "".join(text.split())
+    s = _CURRENCY.sub("", _CURRENCY.sub("", s, count=1), count=1)
+    m = _NUMBER.fullmatch(s)
+    if not m:
+        return text
+    sign, whole, frac = m.groups()
+    frac = (frac or "").rstrip("0")
+    number = str(int(whole.replace(".", "").replace(",", ""))) + (f".{frac}" if frac else "")
+    return number if sign != "-" or number == "0" else f"-{number}"
+
+
+def ted_distances(pred: Any, gt: Any) -> tuple[int, int, int]:
+    """(TED(pred, gt), the same with numbers normalised, TED({}, gt)) on normalised trees."""
+    tp, tg = build_tree(normalize(pred)), build_tree(normalize(gt))
+    d, d_num = tree_distances(tp, tg, number_key)
+    return d, d_num, tg.closed_form_insert_all()
+
+
+def _accuracy(d: int, denom: int) -> float:
+    if denom == 0:
+        return 1.0 if d == 0 else 0.0
+    return max(0.0, 1.0 - d / denom)
+
+
+def ted_accuracy(pred: Any, gt: Any, numnorm: bool = False) -> float:
+    """Donut's nTED accuracy of one document."""
+    d, d_num, denom = ted_distances(pred, gt)
+    return _accuracy(d_num if numnorm else d, denom)
+
+
+def _pair_counts(p: list, g: list) -> Counts:
+    return sum((Counter(p) & Counter(g)).values()), len(p), len(g)
+
+
+def f1_counts(pred: Any, gt: Any, numnorm: bool = False) -> Counts:
+    """Donut ``cal_f1`` counts for one document: (matched pairs, predicted pairs, gt pairs)."""
+    p, g = flatten(normalize(pred)), flatten(normalize(gt))
+    if numnorm:
+        p, g = [(k, number_key(v)) for k, v in p], [(k, number_key(v)) for k, v in g]
+    return _pair_counts(p, g)
+
+
+def field_counts(pred: Any, gt: Any) -> dict[str, Counts]:
+    """Per key path (``menu.nm``, ``total.total_price``): (matched, predicted, gt) pairs."""
+    return _field_counts(flatten(normalize(pred)), flatten(normalize(gt)))
+
+
+def _field_counts(p: list, g: list) -> dict[str, Counts]:
+    cp, cg = Counter(p), Counter(g)
+    out: dict[str, list[int]] = {}
+    for (path, _), n in cp.items():
+        out.setdefault(path, [0, 0, 0])[1] += n
+    for (path, _), n in cg.items():
+        out.setdefault(path, [0, 0, 0])[2] += n
+    for pair, n in (cp & cg).items():
+        out[pair[0]][0] += n
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def _header_value(doc: Any, path: str) -> str | None:
+    group, key = path.split(".", 1)
+    g = doc.get(group) if isinstance(doc, dict) else None
+    if isinstance(g, list):
+        g = next((item for item in g if isinstance(item, dict)), None)
+    v = g.get(key) if isinstance(g, dict) else None
+    if isinstance(v, list):
+        v = v[0] if v else None
+    if type(v) not in (str, int, float):
+        return None
+    return str(v).strip() or None
+
+
+def header_matches(pred: Any, gt: Any) -> dict[str, bool | None]:
+    """Per header field: exact match of the stripped strings, ``None`` where gt lacks the field."""
+    out: dict[str, bool | None] = {}
+    for path in HEADER_FIELDS:
+        want = _header_value(gt, path)
+        out[path] = None if want is None else _header_value(pred, path) == want
+    return out
+
+
+def _menu_rows(doc: Any) -> list[str]:
+    menu = doc.get("menu") if isinstance(doc, dict) else None
+    rows = [menu] if isinstance(menu, dict) else menu if isinstance(menu, list) else []
+    normed = (normalize(r) for r in rows if isinstance(r, dict))
+    return [json.dumps(n, sort_keys=True, ensure_ascii=False) for n in normed if n]
+
+
+def menu_counts(pred: Any, gt: Any) -> Counts:
+    """(matched rows, predicted rows, gt rows); each row matches at most one row on the other side."""
+    return _pair_counts(_menu_rows(pred), _menu_rows(gt))
+
+
+@dataclass
+class DocScores:
+    """Per-document results, index-aligned with the inputs (resample them with ``aggregate(.., indices)``)."""
+
+    valid: list[bool]
+    ted_accuracy: list[float]
+    ted_accuracy_numnorm: list[float]
+    f1: list[Counts]
+    f1_numnorm: list[Counts]
+    header: dict[str, list[bool | None]]
+    menu: list[Counts]
+    fields: list[dict[str, Counts]]
+    _arrays: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-document values as numpy arrays (built once)."""
+        if self._arrays is None:
+            a = {
+                "valid": np.array(self.valid, dtype=float),
+                "ted": np.array(self.ted_accuracy, dtype=float),
+                "ted_num": np.array(self.ted_accuracy_numnorm, dtype=float),
+                "f1": np.array(self.f1, dtype=np.int64).reshape(-1, 3),
+                "f1_num": np.array(self.f1_numnorm, dtype=np.int64).reshape(-1, 3),
+                "menu": np.array(self.menu, dtype=np.int64).reshape(-1, 3),
+            }
+            for path, values in self.header.items():
+                a[f"applies:{path}"] = np.array([v is not None for v in values], dtype=np.int64)
+                a[f"correct:{path}"] = np.array([v is True for v in values], dtype=np.int64)
+            self._arrays = a
+        return self._arrays
+
+
+def score_document(pred: dict | None, gt: Any) -> dict[str, Any]:
+    """Every per-document value for one prediction (``None`` = invalid JSON, scored as ``{}``)."""
+    p = {} if pred is None else pred
+    np_, ng = normalize(p), normalize(gt)
+    tp, tg = build_tree(np_), build_tree(ng)
+    d, d_num = tree_distances(tp, tg, number_key)
+    denom = tg.closed_form_insert_all()
+    fp, fg = flatten(np_), flatten(ng)
+    return {
+        "valid": pred is not None,
+        "ted_accuracy": _accuracy(d, denom),
+        "ted_accuracy_numnorm": _accuracy(d_num, denom),
+        "f1": _pair_counts(fp, fg),
+        "f1_numnorm": _pair_counts([(k, number_key(v)) for k, v in fp], [(k, number_key(v)) for k, v in fg]),
+        "header": header_matches(p, gt),
+        "menu": menu_counts(p, gt),
+        "fields": _field_counts(fp, fg),
+    }
+
+
+def score_documents(preds: list[dict | None], gts: list[Any]) -> DocScores:
+    """Score each prediction against its ground truth."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
+    docs = [score_document(p, g) for p, g in zip(preds, gts)]
+    return DocScores(
+        valid=[d["valid"] for d in docs],
+        ted_accuracy=[d["ted_accuracy"] for d in docs],
+        ted_accuracy_numnorm=[d["ted_accuracy_numnorm"] for d in docs],
+        f1=[d["f1"] for d in docs],
+        f1_numnorm=[d["f1_numnorm"] for d in docs],
+        header={path: [d["header"][path] for d in docs] for path in HEADER_FIELDS},
+        menu=[d["menu"] for d in docs],
+        fields=[d["fields"] for d in docs],
+    )
+
+
+def _f1(tp: int, n_pred: int, n_gt: int) -> float:
+    # tp / (tp + (fp + fn) / 2) == 2 tp / (n_pred + n_gt)
+    return 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt)
+
+
+def aggregate(scores: DocScores, indices: Any = None) -> dict[str, float | None]:
+    """Summary metrics, over all documents or over ``indices`` (a resample, repeats allowed)."""
+    a = scores.arrays()
+    idx = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+    n = len(scores) if indices is None else len(idx)
+    if n == 0:
+        raise ValueError("no documents to aggregate")
+    f1 = a["f1"][idx].sum(axis=0)
+    f1n = a["f1_num"][idx].sum(axis=0)
+    menu = a["menu"][idx].sum(axis=0)
+    out: dict[str, float | None] = {
+        "valid_json": float(a["valid"][idx].mean()),
+        "ted_accuracy": float(a["ted"][idx].mean()),
+        "f1": _f1(*f1.tolist()),
+        "ted_accuracy_numnorm": float(a["ted_num"][idx].mean()),
+        "f1_numnorm": _f1(*f1n.tolist()),
+    }
+    for path in scores.header:
+        applies = int(a[f"applies:{path}"][idx].sum())
+        out[f"header.{path}"] = float(a[f"correct:{path}"][idx].sum()) / applies if applies else None
+    matched, n_pred, n_gt = menu.tolist()
+    out["menu_precision"] = matched / n_pred if n_pred else None
+    out["menu_recall"] = matched / n_gt if n_gt else None
+    out["menu_f1"] = _f1(matched, n_pred, n_gt)
+    return out
+
+
+def field_breakdown(scores: DocScores, indices: Any = None) -> dict[str, dict[str, float | int]]:
+    """Per key path: tp, n_pred, n_gt, precision, recall, f1 (precision or recall 0.0 where undefined)."""
+    docs = range(len(scores)) if indices is None else [int(i) for i in indices]
+    totals: dict[str, list[int]] = {}
+    for k in docs:
+        for path, counts in scores.fields[k].items():
+            t = totals.setdefault(path, [0, 0, 0])
+            for m in range(3):
+                t[m] += counts[m]
+    return {
+        path: {"tp": tp, "n_pred": n_pred, "n_gt": n_gt, "precision": tp / n_pred if n_pred else 0.0,
+               "recall": tp / n_gt if n_gt else 0.0, "f1": _f1(tp, n_pred, n_gt)}
+        for path, (tp, n_pred, n_gt) in sorted(totals.items())
+    }

@@ -1,0 +1,260 @@
+"""Donut's CORD metric, hand-computed cases and a cross-check against the zss reference (bench/reference_metric.py)."""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlm import metrics as M
+from vlm.schema import HEADER_FIELDS
+from vlm.ted import build_tree, tree_distance, update_matrix
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import reference_metric as R  # noqa: E402
+
+TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
+TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
+
+
+def test_normalize_matches_donut():
+    data = {"price": 5, "nm": " Tea ", "menu": {"nm": "x"}, "empty": "", "zero": 0, "blank": " ",
+            "lst": [1, " ", "a", True, None, [2]], "dicts": [{}, {"a": ""}, {"b": "1"}], "b": True}
+    assert M.normalize(data) == {
+        "b": ["True"], "nm": ["Tea"], "lst": ["1", "a"], "menu": [{"nm": ["x"]}], "blank": [""],
+        "dicts": [{"b": ["1"]}], "price": ["5"],
+    }
+    assert list(M.normalize(data)) == ["b", "nm", "lst", "menu", "blank", "dicts", "price"]  # by (len, key)
+    assert M.normalize(None) == {} and M.normalize([]) == {} and M.normalize("x ") == ["x"]
+    assert M.normalize(data) == R.normalize(data)
+
+
+def test_flatten():
+    data = M.normalize({"menu": [{"nm": "a", "sub": [{"nm": "b"}]}, {"nm": "c"}], "total": {"total_price": "5"}})
+    assert M.flatten(data) == [("menu.nm", "a"), ("menu.sub.nm", "b"), ("menu.nm", "c"), ("total.total_price", "5")]
+    assert M.flatten(data) == R.flatten(data)
+
+
+def test_identical():
+    gt = {"menu": [TEA, KOPI], **TOTAL}
+    assert M.ted_distances(gt, copy.deepcopy(gt))[0] == 0
+    assert M.ted_accuracy(gt, gt) == 1.0
+    assert M.f1_counts(gt, gt) == (5, 5, 5)
+
+
+def test_empty_prediction_scores_zero_and_denominator_is_closed_form():
+    assert M.ted_distances({}, TOTAL) == (9, 9, 9)
+    assert M.ted_accuracy({}, TOTAL) == 0.0 and M.ted_accuracy(None, TOTAL) == 0.0
+    assert M.f1_counts({}, TOTAL) == (0, 0, 1)
+    scores = M.score_documents([None], [TOTAL])
+    assert scores.valid == [False] and scores.ted_accuracy == [0.0]
+    assert M.aggregate(scores)["f1"] == 0.0 and M.aggregate(scores)["valid_json"] == 0.0
+
+
+def test_leaf_edit():
+    pred = {"total": {"total_price": "45,500"}}
+    assert M.ted_distances(pred, TOTAL)[0] == 1  # one substituted character
+    assert M.ted_accuracy(pred, TOTAL) == pytest.approx(1 - 1 / 9)
+    assert M.f1_counts(pred, TOTAL) == (0, 1, 1)
+
+
+def test_menu_dict_is_one_row():
+    gt = {"menu": {"nm": "Tea", "price": "5"}}
+    pred = {"menu": [{"price": "5", "nm": "Tea"}]}
+    assert M.ted_accuracy(pred, gt) == 1.0
+    assert M.f1_counts(pred, gt) == (2, 2, 2)
+    assert M.menu_counts(pred, gt) == (1, 1, 1)
+
+
+def test_reordered_menu_f1_invariant_ted_not():
+    gt, pred = {"menu": [TEA, KOPI]}, {"menu": [KOPI, TEA]}
+    assert M.f1_counts(pred, gt) == (4, 4, 4)
+    assert M.menu_counts(pred, gt) == (2, 2, 2)
+    # TED is ordered: the rows pair up by position; Tea->Kopi costs 4, "5"->"12" costs 2, twice.
+    # Denominator: menu 1 + 2 x (<subtree> 1 + nm 1 + price 1) + Tea 3 + 5 1 + Kopi 4 + 12 2 = 17.
+    assert M.ted_distances(pred, gt) == (12, 12, 17)
+    assert M.ted_accuracy(pred, gt) == pytest.approx(5 / 17)
+
+
+def test_nested_sub_items():
+    gt = {"menu": [{"nm": "Nasi", "sub": [{"nm": "Egg"}]}]}
+    pred = {"menu": [{"nm": "Nasi"}]}
+    assert M.flatten(M.normalize(gt)) == [("menu.nm", "Nasi"), ("menu.sub.nm", "Egg")]
+    # removing sub, its <subtree>, nm and "Egg" costs 1 + 1 + 1 + 3; the gt tree costs 13 to build
+    assert M.ted_distances(pred, gt) == (6, 6, 13)
+    assert M.ted_accuracy(pred, gt) == pytest.approx(7 / 13)
+    assert M.f1_counts(pred, gt) == (1, 1, 2)
+    assert M.field_counts(pred, gt) == {"menu.nm": (1, 1, 1), "menu.sub.nm": (0, 0, 1)}
+
+
+def test_update_costs_leaf_and_non_leaf():
+    t1 = build_tree(M.normalize({"k": "abc"}))  # postorder: "abc", k, <root>
+    t2 = build_tree(M.normalize({"k": "abd", "qq": {"z": "w"}}))  # "abd", k, "w", z, <subtree>, qq, <root>
+    assert t1.labels[1:] == ["<leaf>abc", "k", "<root>"]
+    assert t2.labels[1:] == ["<leaf>abd", "k", "<leaf>w", "z", "<subtree>", "qq", "<root>"]
+    u = update_matrix(t1, t2)
+    assert u[1, 1] == 1 and u[1, 3] == 3  # leaf/leaf: Levenshtein
+    assert u[1, 2] == 4 and u[2, 1] == 4  # leaf/non-leaf: 1 + len(leaf text), either way round
+    assert u[2, 2] == 0 and u[2, 4] == 1 and u[2, 5] == 1  # non-leaf: label equality
+    assert t2.cost[1:] == [3, 1, 1, 1, 1, 1, 1]  # insert/remove: leaf text length, else 1
+    # a value that turns from a leaf into a dict: keep a, "xyz"->"q" (3), insert <subtree> and key (2)
+    assert M.ted_distances({"a": "xyz"}, {"a": {"xyz": "q"}})[0] == 5
+
+
+def test_number_key_and_numnorm_variant():
+    for s in ("60.000", "60,000", "60000", "Rp 60.000", "Rp. 60,000", "60 000", "IDR60000", "60.000,00", "$60,000.00"):
+        assert M.number_key(s) == "60000", s
+    assert M.number_key("12,50") == "12.5" and M.number_key("-5.000") == "-5000" and M.number_key("0,0") == "0"
+    assert M.number_key("1 x") == "1 x" and M.number_key("Nasi Goreng") == "Nasi Goreng"
+    assert M.number_key("12.3456") == "12.3456"
+    pred = {"total": {"total_price": "45.000"}}
+    d, d_num, denom = M.ted_distances(pred, TOTAL)
+    assert (d, d_num, denom) == (1, 0, 9)
+    assert M.f1_counts(pred, TOTAL) == (0, 1, 1) and M.f1_counts(pred, TOTAL, numnorm=True) == (1, 1, 1)
+    summary = M.aggregate(M.score_documents([pred], [TOTAL]))
+    assert summary["ted_accuracy"] == pytest.approx(8 / 9) and summary["ted_accuracy_numnorm"] == 1.0
+    assert summary["f1"] == 0.0 and summary["f1_numnorm"] == 1.0
+
+
+def test_header_exact_match():
+    gt = {"total": {"total_price": "45,000", "cashprice": "50,000"}, "sub_total": [{"subtotal_price": "40,000"}]}
+    pred = {"total": {"total_price": " 45,000 ", "cashprice": "50.000"}}
+    assert M.header_matches(pred, gt) == {
+        "sub_total.subtotal_price": False, "sub_total.tax_price": None, "total.total_price": True,
+        "total.cashprice": False, "total.changeprice": None,
+    }
+    assert set(M.header_matches(None, {})) == set(HEADER_FIELDS) and not any(
+        v is not None for v in M.header_matches(None, {}).values())
+    scores = M.score_documents([pred, None], [gt, {"total": {"changeprice": "0"}}])
+    summary = M.aggregate(scores)
+    assert summary["header.total.total_price"] == 1.0 and summary["header.total.changeprice"] == 0.0
+    assert summary["header.sub_total.tax_price"] is None
+
+
+def test_menu_precision_recall_asymmetric():
+    gt = {"menu": [TEA, KOPI, {"nm": "Roti", "price": "8"}, {"nm": "Susu", "price": "7"}]}
+    pred = {"menu": [{"price": "5", "nm": "Tea"}, KOPI]}
+    assert M.menu_counts(pred, gt) == (2, 2, 4)
+    summary = M.aggregate(M.score_documents([pred], [gt]))
+    assert summary["menu_precision"] == 1.0 and summary["menu_recall"] == 0.5
+    assert summary["menu_f1"] == pytest.approx(2 / 3)
+    over = M.aggregate(M.score_documents([gt], [pred]))  # the other way round
+    assert over["menu_precision"] == 0.5 and over["menu_recall"] == 1.0
+    assert M.menu_counts({"menu": [TEA, TEA]}, {"menu": [TEA]}) == (1, 2, 1)  # one match per row
+    empty = M.aggregate(M.score_documents([{}], [{}]))
+    assert empty["menu_precision"] is None and empty["menu_recall"] is None and empty["menu_f1"] == 1.0
+
+
+def test_empty_ground_truth():
+    assert M.ted_accuracy({}, {}) == 1.0 and M.ted_accuracy(None, {"a": ""}) == 1.0
+    assert M.ted_accuracy({"a": "b"}, {}) == 0.0
+    assert M.aggregate(M.score_documents([{}], [{}]))["f1"] == 1.0  # 0/0: nothing to find, nothing claimed
+    assert R.ted_accuracy({}, {}) == 1.0 and R.ted_accuracy({"a": "b"}, {}) == 0.0
+
+
+def test_aggregate_micro_f1_and_resampling():
+    gts = [{"menu": [{"nm": "A"}, {"nm": "B"}]}, {"menu": [{"nm": "C"}, {"nm": "D"}]}]
+    preds = [{"menu": [{"nm": "A"}]}, {"menu": [{"nm": "C"}, {"nm": "D"}, {"nm": "E"}]}]
+    scores = M.score_documents(preds, gts)
+    assert scores.f1 == [(1, 1, 2), (2, 3, 2)]
+    summary = M.aggregate(scores)
+    assert summary["f1"] == pytest.approx(3 / (3 + (1 + 1) / 2))  # tp / (tp + (fp + fn) / 2)
+    assert summary["ted_accuracy"] == pytest.approx(np.mean(scores.ted_accuracy))
+    assert set(summary) == {"valid_json", "ted_accuracy", "f1", "ted_accuracy_numnorm", "f1_numnorm",
+                            *(f"header.{f}" for f in HEADER_FIELDS), "menu_precision", "menu_recall", "menu_f1"}
+    first_twice = M.aggregate(scores, np.array([0, 0]))
+    assert first_twice["f1"] == pytest.approx(2 / 3) and first_twice["ted_accuracy"] == scores.ted_accuracy[0]
+    fields = M.field_breakdown(scores)
+    assert fields["menu.nm"] == {"tp": 3, "n_pred": 4, "n_gt": 4, "precision": 0.75, "recall": 0.75, "f1": 0.75}
+    assert M.field_breakdown(scores, [0])["menu.nm"]["recall"] == 0.5
+
+
+# --- cross-check against the reference on random CORD-like trees -------------------------------------------
+
+WORDS = ["Nasi Goreng", "Es Teh", "Kopi", "Ayam", "1 x", "2", "45,000", "45.000", "12,500", "Rp 5.000", "", " "]
+
+
+def _price(r: random.Random) -> str:
+    return r.choice(["{:,}", "{:,}", "Rp {:,}", "{}"]).format(r.randint(1, 90) * 500).replace(",", r.choice(",."))
+
+
+def cord_like(r: random.Random) -> dict:
+    rows = []
+    for _ in range(r.randint(0, 5)):
+        row = {"nm": r.choice(WORDS), "price": _price(r)}
+        if r.random() < 0.5:
+            row["cnt"] = r.choice(["1", "2 x", "1x"])
+        if r.random() < 0.2:
+            row["sub"] = [{"nm": r.choice(WORDS), "price": _price(r)} for _ in range(r.randint(1, 2))]
+        rows.append(row)
+    doc: dict = {"menu": rows if len(rows) != 1 or r.random() < 0.5 else rows[0]}
+    if r.random() < 0.7:
+        doc["sub_total"] = {"subtotal_price": _price(r), "tax_price": _price(r)}
+    if r.random() < 0.8:
+        doc["total"] = {"total_price": _price(r), **({"cashprice": _price(r)} if r.random() < 0.5 else {})}
+    return doc
+
+
+def mutate(r: random.Random, doc: dict) -> dict:
+    doc = copy.deepcopy(doc)
+    menu = doc.get("menu")
+    if isinstance(menu, list) and menu and r.random() < 0.4:
+        menu.pop(r.randrange(len(menu)))
+    if isinstance(menu, list) and len(menu) > 1 and r.random() < 0.2:
+        menu.reverse()
+    if "total" in doc and r.random() < 0.5:
+        doc["total"]["total_price"] = _price(r)
+    if r.random() < 0.2:
+        doc["sub_total"], doc["total"] = doc.get("total", {}), doc.get("sub_total", {})
+    if r.random() < 0.1:
+        doc["menu"] = [{"price": v, "nm": k} for k, v in (("a", "1"), ("b", "2"))]
+    return doc
+
+
+def odd_tree(r: random.Random, depth: int = 0):
+    k = r.random()
+    if depth > 3 or k < 0.35:
+        return r.choice(["a", "ab", "", "  ", "x y", 1, 2.5, "abc", "<leaf>z"])
+    if k < 0.7:
+        return {r.choice(["nm", "cnt", "price", "sub", "menu", "<root>", "<leaf>k"]): odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))}
+    if k < 0.85:
+        return [odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))]
+    return [{r.choice(["nm", "price"]): odd_tree(r, depth + 1)} for _ in range(r.randint(0, 3))]
+
+
+def _pairs(n: int, seed: int):
+    r = random.Random(seed)
+    for k in range(n):
+        if k % 3 == 2:
+            yield {"x": odd_tree(r)}, {"x": odd_tree(r)}
+        else:
+            gt = cord_like(r)
+            yield (mutate(r, gt) if r.random() < 0.8 else cord_like(r)), gt
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_reference_on_random_trees(seed):
+    for pred, gt in _pairs(60, seed):
+        got = M.score_document(pred, gt)
+        assert abs(got["ted_accuracy"] - R.ted_accuracy(pred, gt)) < 1e-9, (pred, gt)
+        assert abs(got["ted_accuracy_numnorm"] - R.ted_accuracy(pred, gt, key=M.number_key)) < 1e-9, (pred, gt)
+        assert got["f1"] == R.f1_counts(pred, gt)
+
+
+def test_closed_form_denominator_equals_general_ted():
+    r = random.Random(7)
+    empty = R.build(R.normalize({}))
+    for _ in range(80):
+        gt = cord_like(r) if r.random() < 0.6 else {"x": odd_tree(r)}
+        assert M.ted_distances({}, gt)[2] == R.ted(empty, R.build(R.normalize(gt)))
+
+
+def test_distance_is_symmetric():
+    r = random.Random(3)
+    for _ in range(60):
+        a, b = build_tree(M.normalize(cord_like(r))), build_tree(M.normalize(cord_like(r)))
+        assert tree_distance(a, b) == tree_distance(b, a)

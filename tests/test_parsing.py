@@ -1,0 +1,135 @@
+"""Lenient prediction parsing: one example per repair, and fuzzing that it never raises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vlm.parsing import MAX_DEPTH, ParseResult, parse_prediction
+
+GOOD = {"menu": [{"nm": "Nasi Goreng", "cnt": "1 x", "price": "45,000"}], "total": {"total_price": "45,000"}}
+
+
+def test_valid_json_needs_no_repair():
+    r = parse_prediction(json.dumps(GOOD))
+    assert r == ParseResult(GOOD, [], None)
+    assert parse_prediction("  \n" + json.dumps(GOOD, indent=2) + "\n").repairs == []
+
+
+@pytest.mark.parametrize("text, value, repairs", [
+    ('```json\n{"a": "x"}\n```', {"a": "x"}, ["code_fence"]),
+    ('```\n{"a": "x"}', {"a": "x"}, ["code_fence"]),
+    ('Sure! Here it is:\n```json\n{"a": 1}\n```\nAnything else?', {"a": 1}, ["code_fence", "surrounding_text"]),
+    ('Here you go: {"a": 1} hope it helps', {"a": 1}, ["surrounding_text"]),
+    ('{"a": 1}\n\nNote: prices in IDR.', {"a": 1}, ["surrounding_text"]),
+    ("{'a': 'b', 'c': 'it\\'s'}", {"a": "b", "c": "it's"}, ["single_quotes"]),
+    ("{'a': None, 'b': True, 'c': False}", {"a": None, "b": True, "c": False}, ["single_quotes", "python_literals"]),
+    ('{"a": [1, 2,], "b": 3,}', {"a": [1, 2], "b": 3}, ["trailing_comma"]),
+    ('{"menu": [{"nm": "Nasi Gor', {"menu": [{"nm": "Nasi Gor"}]}, ["truncated"]),
+    ('{"a": "x", "b":', {"a": "x"}, ["truncated"]),
+    ('{"a": "x", "b"', {"a": "x"}, ["truncated"]),
+    ('{"a": "x", ', {"a": "x"}, ["truncated"]),
+    ('{"a": {"b": [1, 2', {"a": {"b": [1, 2]}}, ["truncated"]),
+    ('{"a": "x\\', {"a": "x"}, ["truncated"]),
+    ('{"a": "1" "b": "2"}', {"a": "1", "b": "2"}, ["missing_comma"]),
+    ('{"a" "1"}', {"a": "1"}, ["missing_colon"]),
+    ('{"a": , "b": 2}', {"b": 2}, ["missing_value"]),
+    ('{"a": [1, 2}', {"a": [1, 2]}, ["mismatched_brackets"]),
+    ('{"a": "line\nbreak"}', {"a": "line\nbreak"}, ["control_characters"]),
+    ('{a: "x"}', {"a": "x"}, ["unquoted_text"]),
+    ('{"a": "\\u00e9\\ud83d\\ude00"}', {"a": "é😀"}, []),
+    ('{"a": "\\ud83d\\ude00", "b": \'x\'}', {"a": "😀", "b": "x"}, ["single_quotes"]),
+])
+def test_repairs(text, value, repairs):
+    r = parse_prediction(text)
+    assert r.value == value and r.repairs == repairs and r.error is None
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '[{"a": 1}]', "42", '"text"', "null", "", "   ", "no json here",
+                                  "```json\n[1]\n```"])
+def test_top_level_non_object_is_invalid(text):
+    r = parse_prediction(text)
+    assert r.value is None and r.error
+
+
+@pytest.mark.parametrize("text", ["{" * 100_000, '{"a":' * 5000, '{"a": [' * 3000 + "]}" * 3000,
+                                  json.dumps(json.loads("[" * 200 + "]" * 200)).join(['{"a": ', "}"])])
+def test_deep_nesting_is_capped_not_a_crash(text):
+    r = parse_prediction(text)
+    assert r.value is None and "deeper" in r.error
+
+
+def test_deep_top_level_list_is_invalid_not_a_crash():
+    r = parse_prediction("[" * 100_000)
+    assert r.value is None and r.error
+
+
+def test_nesting_within_the_cap_is_fine():
+    deep = {}
+    node = deep
+    for _ in range(MAX_DEPTH - 1):
+        node["a"] = {}
+        node = node["a"]
+    assert parse_prediction(json.dumps(deep)).value == deep
+
+
+def test_non_string_input_does_not_raise():
+    assert parse_prediction(None).value is None  # type: ignore[arg-type]
+
+
+# --- fuzzing -------------------------------------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_row = st.dictionaries(st.sampled_from(["nm", "cnt", "price", "unitprice", "discountprice"]), _text, max_size=4)
+_cord = st.fixed_dictionaries({}, optional={
+    "menu": st.one_of(st.lists(_row, max_size=5), _row),
+    "sub_total": st.dictionaries(st.sampled_from(["subtotal_price", "tax_price", "etc"]), _text, max_size=3),
+    "total": st.dictionaries(st.sampled_from(["total_price", "cashprice", "changeprice"]),
+                             st.one_of(_text, st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                                       st.none(), st.booleans()), max_size=3),
+})
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text())
+def test_never_raises_on_any_text(text):
+    r = parse_prediction(text)
+    assert isinstance(r, ParseResult)
+    assert (r.value is None) == (r.error is not None)
+    assert r.value is None or isinstance(r.value, dict)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_cord, st.booleans(), st.sampled_from([None, 2]))
+def test_valid_json_round_trips_without_repairs(doc, ascii_only, indent):
+    r = parse_prediction(json.dumps(doc, ensure_ascii=ascii_only, indent=indent))
+    assert r.value == doc and r.repairs == [] and r.error is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_cord, st.data())
+def test_mutated_and_truncated_json_never_raises(doc, data):
+    text = json.dumps(doc, ensure_ascii=data.draw(st.booleans()))
+    op = data.draw(st.sampled_from(["truncate", "delete", "insert", "quotes", "fence"]))
+    if op == "truncate":
+        text = text[: data.draw(st.integers(1, len(text)))]
+    elif op == "delete":
+        k = data.draw(st.integers(0, len(text) - 1))
+        text = text[:k] + text[k + data.draw(st.integers(1, 5)):]
+    elif op == "insert":
+        k = data.draw(st.integers(0, len(text)))
+        text = text[:k] + data.draw(st.sampled_from(list("{}[]:,'\"\\` \n") + ["None", "```"])) + text[k:]
+    elif op == "quotes":
+        text = text.replace('"', "'")
+    else:
+        text = f"Here:\n```json\n{text}\n```"
+    r = parse_prediction(text)
+    assert isinstance(r, ParseResult)
+    assert r.value is None or isinstance(r.value, dict)
+    if op == "truncate":
+        assert isinstance(r.value, dict)  # any prefix of an object still yields an object
+    if op == "fence":
+        assert r.value == doc and r.repairs == ["code_fence", "surrounding_text"]
