@@ -258,3 +258,13 @@ def test_distance_is_symmetric():
     for _ in range(60):
         a, b = build_tree(M.normalize(cord_like(r))), build_tree(M.normalize(cord_like(r)))
         assert tree_distance(a, b) == tree_distance(b, a)
+
+
+def test_prediction_nested_past_the_stack_is_invalid_not_a_crash():
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]
+    scores = M.score_documents([deep], [{"a": "x"}])
+    assert scores.valid == [False] and scores.ted_accuracy == [0.0]

@@ -26,11 +26,13 @@ from typer.testing import CliRunner
 from conftest import make_toy_dataset
 from vlm.cli import app
 from vlm.errors import VlmError
-from vlm.progress import TrainerLogTail, TrainProgress, progress_from_file, progress_line, render_progress
+from vlm.progress import (TrainerLogTail, TrainProgress, parse_lines, progress_from_file, progress_line,
+                          render_progress)
 from vlm.train import checkpoints
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 VLM = [sys.executable, "-m", "vlm.cli"]
+TOTAL_STEPS = 64  # write_config: 8 samples, batch 1, 8 epochs
 RECORDED_LOG = [
     {"current_steps": 1, "total_steps": 8, "loss": 6.9584, "lr": 5e-05, "epoch": 0.25, "percentage": 12.5,
      "elapsed_time": "0:00:01", "remaining_time": "0:00:07"},
@@ -49,9 +51,9 @@ def write_config(path: Path, model: Path | str, data: Path, output_dir: str, **e
         "model_name_or_path": str(model), "image_max_pixels": 65536, "image_min_pixels": 3136, "stage": "sft",
         "do_train": True, "finetuning_type": "lora", "lora_target": "all", "dataset": "cord_train",
         "dataset_dir": str(data), "template": "qwen2_vl", "cutoff_len": 1024, "preprocessing_num_workers": 1,
-        "output_dir": output_dir, "logging_steps": 2, "save_steps": 10, "report_to": "none",
+        "output_dir": output_dir, "logging_steps": 2, "save_steps": 8, "report_to": "none",
         "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
-        "num_train_epochs": 15, "lr_scheduler_type": "cosine", "bf16": False, **extra,
+        "num_train_epochs": 8, "lr_scheduler_type": "cosine", "bf16": False, **extra,
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -167,7 +169,7 @@ def interrupted_and_resumed(tmp_path_factory: pytest.TempPathFactory, tiny_model
     """Train on the tiny model, SIGINT ``vlm train`` once a checkpoint exists, then ``--resume``."""
     root = tmp_path_factory.mktemp("resume")
     data = make_toy_dataset(root / "data")
-    config = write_config(root / "run.yaml", tiny_model, data, "saves/run")  # 8 samples x 15 epochs = 120 steps
+    config = write_config(root / "run.yaml", tiny_model, data, "saves/run")  # 8 samples x 8 epochs = 64 steps
     out = root / "saves" / "run"
     t0 = time.monotonic()
     child = subprocess.Popen([*VLM, "train", str(config)], cwd=root, env=ENV, stdout=subprocess.PIPE,
@@ -179,7 +181,7 @@ def interrupted_and_resumed(tmp_path_factory: pytest.TempPathFactory, tiny_model
     first = {"code": child.returncode, "stderr": first_err, "seconds": time.monotonic() - t0,
              "manifest": json.loads((out / "vlm_run.json").read_text()),
              "checkpoint": max(int(p.name.split("-")[1]) for p in checkpoints(out)),
-             "steps_logged": max(r["current_steps"] for r in map(json.loads, (out / "trainer_log.jsonl").open()))}
+             "steps_logged": progress_from_file(out / "trainer_log.jsonl").step}
     refused = subprocess.run([*VLM, "train", str(config)], cwd=root, env=ENV, capture_output=True, text=True)
     t1 = time.monotonic()
     resumed = subprocess.run([*VLM, "train", str(config), "--resume"], cwd=root, env=ENV, capture_output=True,
@@ -194,14 +196,14 @@ def test_interrupt_then_resume_continues_the_step_count(interrupted_and_resumed:
     first = run["first"]
     assert first["code"] == 130, first["stderr"][-3000:]
     assert first["manifest"]["exit_code"] == 130 and first["manifest"]["ended_at"]
-    assert first["steps_logged"] < 120, "the run finished before it could be interrupted"
+    assert first["steps_logged"] < TOTAL_STEPS, "the run finished before it could be interrupted"
     assert "--resume" in run["refused"].stderr and run["refused"].returncode == 2
 
     assert run["resumed"].returncode == 0, run["resumed"].stderr[-3000:]
     ckpt = first["checkpoint"]
-    steps = [r["current_steps"] for r in map(json.loads, (out / "trainer_log.jsonl").open())]
-    assert steps[-1] == 120 and any(s > ckpt for s in steps)
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 120
+    steps = [r["current_steps"] for r in parse_lines((out / "trainer_log.jsonl").read_text())]
+    assert steps[-1] == TOTAL_STEPS and any(s > ckpt for s in steps)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == TOTAL_STEPS
     manifest = json.loads((out / "vlm_run.json").read_text())
     assert manifest["resumed_from"] == str(out / f"checkpoint-{ckpt}") and manifest["exit_code"] == 0
     assert manifest["config"]["resume_from_checkpoint"] == manifest["resumed_from"]
@@ -211,7 +213,7 @@ def test_interrupt_then_resume_continues_the_step_count(interrupted_and_resumed:
     resolved = yaml.safe_load((out / "vlm_resolved_config.yaml").read_text())
     assert resolved["resume_from_checkpoint"] == manifest["resumed_from"]
     assert Path(resolved["dataset_dir"]).is_absolute()
-    assert "step 120/120 (100%)" in run["resumed"].stderr
+    assert f"step {TOTAL_STEPS}/{TOTAL_STEPS} (100%)" in run["resumed"].stderr
     print(f"\ninterrupted after {first['seconds']:.1f}s; resume took {run['resume_seconds']:.1f}s")
 
 

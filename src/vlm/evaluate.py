@@ -24,6 +24,7 @@ class Group:
     preds: list[dict | None]
     gts: list[Any]
     raws: list[str]
+    positional: bool = False  # ids are line numbers (LLaMA-Factory's file has none): pair by position
 
 
 def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Group]:
@@ -89,13 +90,20 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         raise VlmError(f"{path} holds no predictions")
     if name is None:
         name = path.parent.name if path.stem == "generated_predictions" else path.stem
-    return Group(name, ids, preds, gts, raws)
+    return Group(name, ids, preds, gts, raws, positional=all(d == str(k) for k, d in enumerate(ids)))
 
 
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
     """Restrict every group to the documents all groups share, in one order."""
     from vlm.output import warn
 
+    if any(g.positional for g in groups):
+        if len({len(g.ids) for g in groups}) != 1:
+            raise VlmError("prediction files without ids are paired by line, but the groups have "
+                           + ", ".join(f"{g.name}: {len(g.ids)}" for g in groups) + " lines",
+                           hint="give every file the same documents in the same order, or add ids.")
+        named = next((g for g in groups if not g.positional), groups[0])
+        return named.ids, [Group(g.name, named.ids, g.preds, g.gts, g.raws) for g in groups]
     common = set(groups[0].ids)
     for g in groups[1:]:
         common &= set(g.ids)

@@ -1,4 +1,4 @@
-"""Build and run the ``llamafactory-cli`` command: argv, environment, live progress, exit code.
+"""Build and run ``llamafactory-cli`` commands (``train``, and ``export`` for ``vlm merge``).
 
 Commands are argv lists and never pass through a shell. The environment is a copy of
 ``os.environ`` plus the variables vlm sets, and those are listed by ``--dry-run`` and

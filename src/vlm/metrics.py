@@ -19,13 +19,20 @@ Extras, reported under their own keys and never replacing the standard ones:
   ``"Rp 60000"`` are equal; see ``number_key``). For F1 the values are replaced
   by their key; for nTED two leaves with equal keys update at cost 0 (insert
   and remove costs, hence the denominator, are unchanged).
-* ``header.<group.key>``: exact match of each of ``HEADER_FIELDS`` over the
-  documents whose ground truth has it (``None`` where none has).
+* ``header.<group.key>``: exact match of each of ``HEADER_FIELDS`` (stripped
+  strings equal; a group stored as a list uses its first dict) over the
+  documents whose ground truth has the field (``None`` where none has).
 * ``menu_precision`` / ``menu_recall`` / ``menu_f1``: whole ``menu`` rows matched
   one to one (multiset of normalised rows). Precision is undefined (``None``)
   without predicted rows, recall without gt rows; F1 over neither is 1.0.
 
-A ``None`` prediction (invalid JSON) is scored as ``{}``.
+* ``field_breakdown``: per key path (``menu.nm``, ``total.total_price``) the
+  matched / predicted / gt pair counts behind F1, with P/R/F1.
+
+A ``None`` prediction (invalid JSON) is scored as ``{}``. ``score_documents``
+keeps every per-document count, so ``aggregate(scores, indices)`` recomputes
+the summary over any resample (a paired bootstrap draws the same indices for
+two groups).
 """
 
 from __future__ import annotations
@@ -221,14 +228,19 @@ class DocScores:
 
 def score_document(pred: dict | None, gt: Any) -> dict[str, Any]:
     """Every per-document value for one prediction (``None`` = invalid JSON, scored as ``{}``)."""
-    p = {} if pred is None else pred
-    np_, ng = normalize(p), normalize(gt)
-    tp, tg = build_tree(np_), build_tree(ng)
+    p, valid = ({}, False) if pred is None else (pred, True)
+    try:
+        np_ = normalize(p)
+        tp = build_tree(np_)
+    except RecursionError:  # nested past Python's stack (parse_prediction caps depth; raw dicts may not be)
+        p, np_, tp, valid = {}, {}, build_tree({}), False
+    ng = normalize(gt)
+    tg = build_tree(ng)
     d, d_num = tree_distances(tp, tg, number_key)
     denom = tg.closed_form_insert_all()
     fp, fg = flatten(np_), flatten(ng)
     return {
-        "valid": pred is not None,
+        "valid": valid,
         "ted_accuracy": _accuracy(d, denom),
         "ted_accuracy_numnorm": _accuracy(d_num, denom),
         "f1": _pair_counts(fp, fg),

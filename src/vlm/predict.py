@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,7 +215,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
             for start in range(0, len(pending), spec.chunk_size):
                 chunk = pending[start: start + spec.chunk_size]
                 t0 = time.perf_counter()
-                raws = _run_chunk(chunk, settings, spec, work / "chunk")
+                raws = _run_chunk(chunk, settings, spec, work / f"chunk-{os.getpid()}")
                 latency = (time.perf_counter() - t0) / len(chunk)
                 rows = []
                 for doc, raw in zip(chunk, raws):
@@ -225,6 +226,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                 store.put_many(rows)
                 if bar:
                     bar.advance(task, len(chunk))
+        shutil.rmtree(work / f"chunk-{os.getpid()}", ignore_errors=True)
     return {"group": spec.group, "split": spec.split, "dataset": settings["dataset"], "documents": len(docs),
             "predicted": len(pending), "skipped_done": len(docs) - len(pending), "store": str(spec.store),
             "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}

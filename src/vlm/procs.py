@@ -44,6 +44,16 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if vlm itself dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: str | None = None,
               poll: Callable[[], None] | None = None, poll_every_s: float = 1.0) -> int:
     """Run ``argv`` with stdout and stderr appended to ``log_path``; return its exit code.
@@ -55,7 +65,8 @@ def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
         def on_term(signum, frame):  # treat SIGTERM like Ctrl-C so the child is stopped too
             raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""``vlm train`` and ``vlm merge``: preflight, resume, the run manifest, and the LLaMA-Factory launch.
+"""``vlm train`` and ``vlm sweep``: preflight, resume, the run manifest, and grids of runs.
 
 A run writes, beside its checkpoints in ``output_dir``:
 

@@ -185,7 +185,7 @@ def merge(
 ) -> None:
     """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
     from vlm.output import info, out as stdout, print_json
-    from vlm.train import MergeSpec, merge as run_merge
+    from vlm.launch import MergeSpec, merge as run_merge
 
     plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
     if as_json:
@@ -207,10 +207,11 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Render one validated config per grid point, each with its own output_dir."""
-    from vlm.config import config_header, load_config, render_yaml, sweep_points, validate_config
+    from vlm.config import config_header, load_config, render_yaml, validate_config
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
     from vlm.output import info, out as stdout, print_json
+    from vlm.train import sweep_points
 
     grid = {"learning_rate": _grid(lr, float, "--lr"), "lora_rank": _grid(lora_rank, int, "--lora-rank"),
             "num_train_epochs": _grid(epochs, float, "--epochs")}

@@ -1,0 +1,83 @@
+"""`vlm evaluate` on prediction files: both formats, the JSON interface, deltas and report files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file
+
+VLM = [sys.executable, "-m", "vlm.cli"]
+
+GTS = [
+    {"menu": [{"nm": "Kopi", "cnt": "1", "price": "20,000"}], "total": {"total_price": "20,000"}},
+    {"menu": {"nm": "Teh", "price": "5,000"}, "sub_total": {"subtotal_price": "5,000"}, "total": {"total_price": "5,000"}},
+    {"menu": [{"nm": "Nasi", "price": "30,000"}, {"nm": "Es", "price": "3,000"}], "total": {"total_price": "33,000"}},
+    {"menu": [{"nm": "Mie", "price": "15,000", "sub": [{"nm": "Telur", "price": "3,000"}]}],
+     "total": {"total_price": "18,000", "cashprice": "20,000", "changeprice": "2,000"}},
+]
+
+
+def write_lf(path: Path, preds: list[str]) -> Path:
+    """LLaMA-Factory's generated_predictions.jsonl: prompt, predict, label."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": "p", "predict": p, "label": json.dumps(g)}) + "\n"
+                            for p, g in zip(preds, GTS)))
+    return path
+
+
+def write_ids(path: Path, preds: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"doc{i}", "prediction": p, "ground_truth": g}) + "\n"
+                            for i, (p, g) in enumerate(zip(preds, GTS))))
+    return path
+
+
+def test_perfect_vs_empty_through_the_cli(tmp_path: Path):
+    perfect = write_lf(tmp_path / "perfect" / "generated_predictions.jsonl", [json.dumps(g) for g in GTS])
+    broken = write_ids(tmp_path / "broken.jsonl", ["", "not json", "{}", "```json\n" + json.dumps(GTS[3]) + "\n```"])
+    r = subprocess.run([*VLM, "evaluate", "--predictions", str(perfect), str(broken), "--json",
+                        "--output", str(tmp_path / "report")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert set(result) == {"perfect", "broken"}
+    assert result["perfect"]["documents"] == 4
+    assert result["perfect"]["valid_json"] == 1.0 and result["perfect"]["ted_accuracy"] == 1.0
+    assert result["perfect"]["f1"] == 1.0
+    # "" and "not json" are invalid; "{}" is valid but empty; the fenced one is repaired and perfect.
+    assert result["broken"]["valid_json"] == 0.5
+    assert result["broken"]["ted_accuracy"] == pytest.approx(0.25)
+    delta = result["broken"]["delta"]["ted_accuracy"]
+    assert delta["delta"] == pytest.approx(-0.75) and delta["ci95"][0] <= -0.75 + 1e-9 <= delta["ci95"][1] + 1e-9
+    for name in ("report.md", "metrics.json", "per_document.csv", "chart.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert (tmp_path / "report" / "chart.png").read_bytes().startswith(b"\x89PNG")
+    assert "perfect" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_identical_groups_have_zero_delta_and_interval(tmp_path: Path):
+    a = group_from_file(write_ids(tmp_path / "a.jsonl", [json.dumps(GTS[0]), "{}", json.dumps(GTS[2]), "x"]))
+    b = group_from_file(write_ids(tmp_path / "b.jsonl", [json.dumps(GTS[0]), "{}", json.dumps(GTS[2]), "x"]))
+    b.name = "b2"
+    result = evaluate_groups([a, b], resamples=200)
+    for key, d in result["groups"]["b2"]["delta"].items():
+        assert d["delta"] == 0 and d["ci95"] == [0.0, 0.0], key
+
+
+def test_fixed_and_broken_documents(tmp_path: Path):
+    base = group_from_file(write_ids(tmp_path / "base.jsonl", ["", json.dumps(GTS[1]), "", json.dumps(GTS[3])]))
+    tuned = group_from_file(write_ids(tmp_path / "tuned.jsonl", [json.dumps(GTS[0]), "{}", "", json.dumps(GTS[3])]))
+    result = evaluate_groups([base, tuned], resamples=100)
+    changes = fixed_and_broken(result, "tuned")
+    assert [r["id"] for r in changes["fixed"]] == ["doc0"]
+    assert [r["id"] for r in changes["broken"]] == ["doc1"]
+
+
+def test_bad_prediction_file_is_a_clear_error(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n')
+    r = subprocess.run([*VLM, "evaluate", "--predictions", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "neither predict/label" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,95 @@
+"""`vlm predict` on the tiny model through the real llamafactory-cli: store, resume after SIGKILL, skew guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VLM = [sys.executable, "-m", "vlm.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """Six test receipts from the sample generator, exported and registered."""
+    root = tmp_path_factory.mktemp("predict")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
+                    "--train", "2", "--validation", "1", "--test", "6"], check=True, capture_output=True)
+    subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
+                    "--split", "test"], check=True, capture_output=True, env=ENV)
+    return root / "data"
+
+
+def _predict_cmd(tiny_model: Path, data: Path, store: Path, *extra: str) -> list[str]:
+    return [*VLM, "predict", "--group", "vanilla-model", "--model", str(tiny_model), "--dataset-dir", str(data),
+            "--split", "test", "--store", str(store), "--work-dir", str(store.parent / "work"),
+            "--max-new-tokens", "8", "--batch-size", "2", *extra, "template=qwen2_vl", "image_max_pixels=16384",
+            "cutoff_len=1024"]
+
+
+def _rows(store: Path) -> dict[str, float]:
+    with sqlite3.connect(store) as db:
+        return dict(db.execute("SELECT doc_id, created FROM predictions WHERE grp='vanilla-model'"))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, tiny_model: Path, exported: Path):
+    store = tmp_path / "preds.sqlite"
+    proc = subprocess.Popen(_predict_cmd(tiny_model, exported, store, "--chunk-size", "2"), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists() and len(_rows(store)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(store)
+    assert 2 <= len(before) < 6, f"kill landed after {len(before)} documents"
+
+    r = subprocess.run([*_predict_cmd(tiny_model, exported, store, "--chunk-size", "2"), "--json"], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["skipped_done"] == len(before) and result["predicted"] == 6 - len(before)
+    after = _rows(store)
+    assert len(after) == 6
+    assert all(after[d] == before[d] for d in before)  # finished documents were not redone
+
+    again = json.loads(subprocess.run([*_predict_cmd(tiny_model, exported, store), "--json"], env=ENV,
+                                      capture_output=True, text=True).stdout)
+    assert again["predicted"] == 0
+    redo = json.loads(subprocess.run([*_predict_cmd(tiny_model, exported, store), "--overwrite", "--json"], env=ENV,
+                                     capture_output=True, text=True).stdout)
+    assert redo["predicted"] == 6
+
+    # A different generation setting under the same group name is refused, not silently mixed.
+    mixed = subprocess.run([*_predict_cmd(tiny_model, exported, store), "--max-new-tokens", "9"], env=ENV,
+                           capture_output=True, text=True)
+    assert mixed.returncode == 2 and "--overwrite" in mixed.stderr
+
+    # The store exports to JSONL that `vlm evaluate --predictions` reads back.
+    out = tmp_path / "vanilla.jsonl"
+    subprocess.run([*VLM, "export-predictions", "--group", "vanilla-model", str(out), "--store", str(store)],
+                   check=True, capture_output=True)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 6 and {"id", "prediction", "ground_truth"} <= set(lines[0])
+    ev = subprocess.run([*VLM, "evaluate", "--predictions", str(out), "--json"], capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["vanilla"]["documents"] == 6
+
+
+def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, exported: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model_name_or_path: m\ntemplate: qwen2_vl\ndataset_dir: {exported}\noutput_dir: {tmp_path}/none\n")
+    r = subprocess.run([*VLM, "predict", "--group", "g", "--config", str(cfg)], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "no LoRA adapter" in r.stderr and "--no-adapter" in r.stderr
