@@ -33,7 +33,9 @@ takes; the benchmark records the token counts it trained on so they can be compa
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -160,8 +162,6 @@ def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, An
 
 def build_tiny(out_dir: Path, seed: int = 0) -> dict[str, Any]:
     """``scripts/make_tiny_qwen2vl.py``'s toy model (fp32, CPU); return facts about it."""
-    import json
-
     start = time.perf_counter()
     tiny_module().build(Path(out_dir), seed=seed)
     config = json.loads((Path(out_dir) / "config.json").read_text(encoding="utf-8"))
@@ -169,3 +169,40 @@ def build_tiny(out_dir: Path, seed: int = 0) -> dict[str, Any]:
     return {"kind": "tiny-qwen2vl", "build_and_save_seconds": round(time.perf_counter() - start, 2),
             "vocab_size": text.get("vocab_size"), "hidden_size": text.get("hidden_size"),
             "num_hidden_layers": text.get("num_hidden_layers"), "source": "scripts/make_tiny_qwen2vl.py"}
+
+
+def device_info() -> dict[str, Any]:
+    """The accelerator this process sees (name, memory, CUDA version), or that there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"gpu": None, "torch_cuda": torch.version.cuda}
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 1024**3, 1),
+            "gpu_count_visible": torch.cuda.device_count(), "torch_cuda": torch.version.cuda,
+            "capability": list(torch.cuda.get_device_capability(0))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build one model and print facts about it as JSON on stdout.
+
+    The benchmark runs this in a child process, so that the benchmark process itself
+    never holds a CUDA context (or GPU memory) while the training runs are measured.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--size", choices=("2b", "tiny"), default="2b")
+    parser.add_argument("--device", default="cuda", help="where the 2B model is created (cuda or cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.size == "2b":
+        facts = build_2b(args.out_dir, device=args.device, seed=args.seed)
+    else:
+        facts = build_tiny(args.out_dir, seed=args.seed)
+    facts["device"] = device_info()
+    print(json.dumps(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

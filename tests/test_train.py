@@ -20,14 +20,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_toy_dataset
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import make_toy_dataset
 from vlm.cli import app
 from vlm.errors import VlmError
-from vlm.progress import (TrainerLogTail, TrainProgress, parse_lines, progress_from_file, progress_line,
-                          render_progress)
+from vlm.progress import (
+    TrainerLogTail,
+    TrainProgress,
+    parse_lines,
+    progress_from_file,
+    progress_line,
+    render_progress,
+)
 from vlm.train import checkpoints
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -130,6 +136,38 @@ def test_checkpoints_decide_resume(workdir: Path):
         invoke("train", "run.yaml", "--dry-run")
     assert "--resume" in e.value.hint
     assert invoke("train", "run.yaml", "overwrite_output_dir=true", "--dry-run").exit_code == 0
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def test_preflight_checks_registration_and_every_image(toy_dataset: Path):
+    from vlm.train import check_datasets
+
+    cfg = {"dataset": "cord_train", "eval_dataset": "cord_validation", "dataset_dir": str(toy_dataset)}
+    assert check_datasets(cfg) == []
+    with pytest.raises(VlmError, match="'cord_trian' is not registered") as e:
+        check_datasets({**cfg, "dataset": "cord_trian"})
+    assert "cord_train, cord_validation, cord_test" in e.value.message
+    for image in sorted((toy_dataset / "images" / "validation").iterdir()):
+        image.unlink()
+    with pytest.raises(VlmError, match="dataset 'cord_validation': 2 of 2 images are missing") as e:
+        check_datasets(cfg)
+    assert "validation-00000.jpg" in e.value.message
+    assert "vlm save-cord-dataset-in-sharegpt-format" in e.value.hint
+
+
+@pytest.mark.slow
+def test_token_budget_refuses_truncation_unless_allowed(tiny_model: Path, toy_dataset: Path):
+    from vlm.train import check_token_budget
+
+    cfg = {"model_name_or_path": str(tiny_model), "template": "qwen2_vl", "dataset": "cord_train",
+           "dataset_dir": str(toy_dataset), "image_max_pixels": 65536, "cutoff_len": 64}
+    with pytest.raises(VlmError, match=r"8 of 8 samples exceed cutoff_len=64") as e:
+        check_token_budget(cfg, allow_truncation=False)
+    assert "--allow-truncation" in e.value.hint
+    assert check_token_budget(cfg, allow_truncation=True)["n_over"] == 8
+    assert check_token_budget({**cfg, "cutoff_len": 4096}, allow_truncation=False)["n_over"] == 0
 
 
 # ---------------------------------------------------------------- progress

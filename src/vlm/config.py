@@ -36,7 +36,8 @@ METHODS = ("lora", "qlora", "full", "freeze")
 RECIPE: list[tuple[str, list[tuple[str, Any, str]]]] = [
     ("model", [
         ("model_name_or_path", "Qwen/Qwen2-VL-2B-Instruct", "hub id or local directory"),
-        ("image_max_pixels", 262144, "512x512: at most 334 image tokens (28-px merged patches), room left in cutoff_len"),
+        ("image_max_pixels", 262144,
+         "512x512: at most 334 image tokens (28-px merged patches), room left in cutoff_len"),
         ("image_min_pixels", 3136, "56x56: Qwen2-VL's own minimum"),
     ]),
     ("method", [
@@ -49,7 +50,8 @@ RECIPE: list[tuple[str, list[tuple[str, Any, str]]]] = [
         ("dataset", "cord_train", "a name registered in dataset_dir/dataset_info.json"),
         ("dataset_dir", "data/cord", "written by: vlm save-cord-dataset-in-sharegpt-format data/cord"),
         ("template", "qwen2_vl", "must match the model family"),
-        ("cutoff_len", 1024, "prompt + image tokens + answer; vlm train refuses longer samples unless --allow-truncation"),
+        ("cutoff_len", 1024,
+         "prompt + image tokens + answer; vlm train refuses longer samples unless --allow-truncation"),
         ("max_samples", 1000, "per dataset; CORD's train split has 800"),
         ("overwrite_cache", True, "re-tokenize on every run, so edits to the data are seen"),
         ("preprocessing_num_workers", 16, ""),
@@ -176,7 +178,8 @@ def apply_method(cfg: dict[str, Any], method: str, lora_rank: int | None = None)
     if method not in METHODS:
         raise VlmError(f"unknown method {method!r}", hint=f"use one of: {', '.join(METHODS)}")
     if lora_rank is not None and method not in ("lora", "qlora"):
-        raise VlmError(f"--lora-rank applies to lora and qlora, not {method}", hint="drop --lora-rank or use --method lora.")
+        raise VlmError(f"--lora-rank applies to lora and qlora, not {method}",
+                       hint="drop --lora-rank or use --method lora.")
     cfg = dict(cfg)
     lora_keys = [k for k in cfg if k.startswith("lora_") or k in ("quantization_bit", "quantization_method")]
     if method in ("lora", "qlora"):
@@ -430,7 +433,8 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
         if relaxed.get("deepspeed"):
             problems += _deepspeed_problems(relaxed.pop("deepspeed"), validation)
         if relaxed.get("quantization_bit") and importlib.util.find_spec("bitsandbytes") is None:
-            validation.notes.append("quantization_bit needs bitsandbytes (and a CUDA GPU) at train time; not installed here")
+            validation.notes.append("quantization_bit needs bitsandbytes (and a CUDA GPU) at train time; "
+                                    "not installed here")
         with tempfile.TemporaryDirectory(prefix="vlm-validate-") as tmp:
             relaxed["output_dir"] = str(Path(tmp) / "out")  # vlm train checks the real output_dir's checkpoints
             for cls in classes:
@@ -442,12 +446,14 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
                     get_train_args(dict(relaxed))
                 except Exception as e:
                     if "launch distributed training" in str(e):
-                        validation.relaxed.append(f"multi-GPU launch not checked in-process "
-                                                  f"({torch.cuda.device_count()} GPUs visible); vlm train uses torchrun")
+                        gpus = torch.cuda.device_count()
+                        validation.relaxed.append(f"multi-GPU launch not checked in-process ({gpus} GPUs visible); "
+                                                  "vlm train launches torchrun")
                     else:
                         problems.append(_message(e))
     if problems:
         from vlm.errors import ConfigError
 
-        raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) and rerun vlm validate.")
+        raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
+                                         "and rerun vlm validate.")
     return validation

@@ -71,7 +71,8 @@ class ScaleOut:
             if value is not None:
                 env[var] = str(value)
         if (self.nnodes or 1) > 1 and self.master_port is None:
-            env["MASTER_PORT"] = str(DEFAULT_MASTER_PORT)  # every node must agree; LLaMA-Factory would pick a random one
+            # Every node must agree on the port; LLaMA-Factory would pick a random free one per node.
+            env["MASTER_PORT"] = str(DEFAULT_MASTER_PORT)
         if self.ray:
             env["USE_RAY"] = "1"
         return env

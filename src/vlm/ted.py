@@ -127,11 +127,13 @@ def _col_plans(t: Tree) -> tuple:
             generic = [(dj, c[dj], l[dj] - 1, l[dj] == lj) for dj in range(lj, last + 1)]
             # for a two-node keyroot on the row side: (column, insert cost, on path, base value, base value at lm)
             paired = [(dj, c[dj], l[dj] == lj, cum[dj - lj + 1], cum[l[dj] - lj]) for dj in range(lj, last + 1)]
-            return j, lj, last, last - lj == 1 and last == j, cum, generic, paired
+            path = [dj for dj in range(lj, last + 1) if l[dj] == lj]  # the keyroot's leftmost path
+            return j, lj, last, last - lj == 1 and last == j, cum, generic, paired, path
 
         plans = [plan(j, j if j != n else _first_child_end(t)) for j in t.keyroots]
         small = [p for p in plans if p[3]]
-        t._plans["cols"] = (small, [p[0] for p in small], [p for p in plans if not p[3]], plan(n, n - 1))
+        quads = [(j - 1, j, c[j - 1], c[j]) for j in (p[0] for p in small)]
+        t._plans["cols"] = (small, [p[0] for p in small], quads, [p for p in plans if not p[3]], plan(n, n - 1))
     return t._plans["cols"]
 
 
@@ -149,7 +151,8 @@ def _row_plans(t: Tree) -> tuple:
             # for a two-node keyroot on the column side:
             # (row, remove cost, on path, removes before l(row), removes up to row), counted from li
             paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1]) for di in range(li, last + 1)]
-            return i, li, last, last - li == 1 and last == i, generic, paired
+            path = [di for di in range(li, last + 1) if l[di] == li]
+            return i, li, last, last - li == 1 and last == i, generic, paired, path
 
         t._plans["rows"] = ([plan(i, i if i != n else _first_child_end(t)) for i in t.keyroots], plan(n, n - 1))
     return t._plans["rows"]
@@ -183,7 +186,7 @@ def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]], bound: int | None = N
     dmax, imax = (n1 + n2, n1 + n2) if bound is None else ((bound + n1 - n2) // 2, (bound - n1 + n2) // 2)
     td = [[_INF] * (n2 + 1) for _ in range(n1 + 1)]
     fd = [[0] * (n2 + 1) for _ in range(n1 + 1)]
-    small_js, small_keys, big_js, final_cols = _col_plans(t2)
+    small_js, small_keys, small_quads, big_js, final_cols = _col_plans(t2)
     plans1, final_rows = _row_plans(t1)
 
     def run(li, last_i, rows, lj, last_j, cum, cols_j) -> None:
@@ -194,11 +197,15 @@ def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]], bound: int | None = N
         else:
             _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax)
 
-    for i, li, last_i, small_i, rows, rows_paired in plans1:
+    banded = bound is not None
+    for i, li, last_i, small_i, rows, rows_paired, path_i in plans1:
         lo, hi = li - dmax, last_i + imax  # a pair is visited when some row - column lies in [-imax, dmax]
         # two-node column keyroots (last_j = j, lj = j - 1) in the band are a contiguous run
-        for j, lj, last_j, small_j, cum, cols_j, cols_paired in [*small_js[bisect_left(small_keys, lo):
-                                                                     bisect_right(small_keys, hi + 1)], *big_js]:
+        window = slice(bisect_left(small_keys, lo), bisect_right(small_keys, hi + 1))
+        if small_i:  # two-node keyroots on both sides: the 2 x 2 table in closed form
+            _pairs_two_by_two(c1[li], c1[i], upd[li], upd[i], td[li], td[i], small_quads[window])
+        for j, lj, last_j, small_j, cum, cols_j, cols_paired, path_j in big_js if small_i else [
+                *small_js[window], *big_js]:
             if last_j < lo or lj > hi or (i == n1 and j == n2):
                 continue
             if small_i:
@@ -210,12 +217,63 @@ def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]], bound: int | None = N
                 start = max(lj - imax, li) - li
                 stop = min(j + dmax, last_i) - li + 1
                 _pair_small_cols(lj, j, c2[lj], c2[j], upd, td, rows_paired[start:stop], start > 0)
+            elif banded:
+                # a pair only yields the tree distances of its two leftmost paths: keep those in the band
+                # (none: skip the pair) and compute only the rows and columns up to the last of them
+                mx = _last_in_band(path_i, path_j, -imax, dmax)
+                if mx:
+                    my = _last_in_band(path_j, path_i, -dmax, imax)
+                    run(li, mx, rows[:mx - li + 1], lj, my, cum[:my - lj + 2], cols_j[:my - lj + 1])
             else:
                 run(li, last_i, rows, lj, last_j, cum, cols_j)
     # the final pair: the roots' children forests, in full
-    _, _, _, _, cum, cols_j, _ = final_cols
+    _, _, _, _, cum, cols_j, _, _ = final_cols
     run(1, n1 - 1, final_rows[4], 1, n2 - 1, cum, cols_j)
     return fd[n1 - 1][n2 - 1]
+
+
+def _last_in_band(path: list[int], other: list[int], lo: int, hi: int) -> int:
+    """The last x of ``path`` with some y of ``other`` (sorted) such that ``lo <= x - y <= hi``; 0 if none."""
+    for x in reversed(path):
+        k = bisect_left(other, x - hi)
+        if k < len(other) and other[k] <= x - lo:
+            return x
+    return 0
+
+
+def _pairs_two_by_two(da, dk, ua, uk, ta, tk, quads):
+    """Keyroot pairs of a node k over a leaf a (row side) with each node L over a leaf b in ``quads``."""
+    dak = da + dk
+    for b, el, ib, il in quads:
+        ab = da + ib  # a -> b
+        w = ua[b]
+        if w < ab:
+            ab = w
+        al = ab + il  # a -> L(b)
+        w = ib + ua[el]
+        if w < al:
+            al = w
+        w = da + ib + il
+        if w < al:
+            al = w
+        kb = ab + dk  # K(a) -> b
+        w = da + uk[b]
+        if w < kb:
+            kb = w
+        w = dak + ib
+        if w < kb:
+            kb = w
+        kl = al + dk  # K(a) -> L(b)
+        w = kb + il
+        if w < kl:
+            kl = w
+        w = ab + uk[el]
+        if w < kl:
+            kl = w
+        ta[b] = ab
+        ta[el] = al
+        tk[b] = kb
+        tk[el] = kl
 
 
 def _pair_small_rows(a, k, da, dk, ua, uk, ta, tk, cols, cut, bprev):
@@ -296,7 +354,11 @@ def _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax):
     """``_pair`` restricted to the cells with ``-imax <= row - column <= dmax``; the others read as infinite.
 
     Rows before the band are not visited (they read as an infinite row), rows
-    after it are not needed by any row in it.
+    after it are not needed by any row in it. Within a row only the band is
+    written (and one infinite cell after it, read by the next row); reads of
+    earlier rows check that the cell lies in that row's band, which also leaves
+    out the removal-only column where it is outside (such cells are on no
+    optimal path either).
     """
     first = max(lj - imax - li, 0)
     prev = fd[li - 1] if first == 0 else _inf_row(len(base))
@@ -305,15 +367,14 @@ def _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax):
         row = fd[di]
         row[lj - 1] = accd
         lo, hi = di - dmax, di + imax
-        if hi > last_j:
+        if hi >= last_j:
             hi = last_j
+        else:
+            row[hi + 1] = _INF
         if lo <= lj:
             lo, left, diag = lj, accd, prev[lj - 1]
         else:
             left, diag = _INF, prev[lo - 1]
-            row[lj:lo] = [_INF] * (lo - lj)
-        if hi < last_j:
-            row[hi + 1:last_j + 1] = [_INF] * (last_j - hi)
         tdrow = td[di]
         if ldi == li:
             urow = upd[di]
@@ -336,15 +397,22 @@ def _pair_banded(li, lj, last_j, base, rows, cols_j, fd, td, upd, dmax, imax):
                 left = v
                 diag = up
         else:
-            frow = fd[ldi - 1] if ldi >= skipped or ldi == li else _inf_row(len(base))
+            r = ldi - 1
+            if r >= skipped:
+                frow, flo, fhi = fd[r], r - dmax, r + imax
+            elif r == li - 1:
+                frow, flo, fhi = base, -1, last_j
+            else:
+                frow, flo, fhi = _inf_row(len(base)), -1, last_j
             for dj, ic, lm, _ in cols_j[lo - lj:hi - lj + 1]:
                 v = prev[dj] + dc
                 w = left + ic
                 if w < v:
                     v = w
-                w = frow[lm] + tdrow[dj]
-                if w < v:
-                    v = w
+                if flo <= lm <= fhi:
+                    w = frow[lm] + tdrow[dj]
+                    if w < v:
+                        v = w
                 row[dj] = v
                 left = v
         prev = row

@@ -122,7 +122,8 @@ def check_datasets(cfg: dict[str, Any]) -> list[str]:
     for name in _dataset_names(cfg):
         entry = info.get(name)
         if not isinstance(entry, dict):
-            raise VlmError(f"dataset {name!r} is not registered in {info_path} (it has: {', '.join(info) or 'nothing'})",
+            registered = ", ".join(info) or "nothing"
+            raise VlmError(f"dataset {name!r} is not registered in {info_path} (it has: {registered})",
                            hint=f"register it: vlm register-dataset FILE --name {name}, or {export_hint}")
         if "file_name" not in entry:
             notes.append(f"dataset {name}: not a local file (hub or script); not checked")

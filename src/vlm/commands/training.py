@@ -16,7 +16,8 @@ from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples
 
 OverridesArg = Annotated[
     Optional[list[str]],
-    typer.Argument(help="key=value overrides of any LLaMA-Factory argument (values are YAML scalars).", show_default=False),
+    typer.Argument(help="key=value overrides of any LLaMA-Factory argument (values are YAML scalars).",
+                   show_default=False),
 ]
 
 
@@ -61,15 +62,19 @@ def render_config(
     out: Annotated[str, typer.Argument(help="Where to write the YAML ('-' for stdout).")] = "configs/cord.yaml",
     overrides: OverridesArg = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Base model: hub id or local dir.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset name(s), comma-separated.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Registered dataset name(s), comma-separated.")] = None,
     dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", help="Where checkpoints and the adapter go.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(
+        "--output-dir", help="Where checkpoints and the adapter go.")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", min=0, help="num_train_epochs.")] = None,
     learning_rate: Annotated[Optional[float], typer.Option("--learning-rate", min=0, help="learning_rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="per_device_train_batch_size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="per_device_train_batch_size.")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", min=1, help="lora_rank (lora/qlora).")] = None,
     method: Annotated[Method, typer.Option("--method", help="lora, qlora (4-bit base), full or freeze.")] = Method.lora,
-    deepspeed: Annotated[Optional[DeepSpeed], typer.Option("--deepspeed", help="Ship a DeepSpeed ZeRO-2/3 preset.")] = None,
+    deepspeed: Annotated[Optional[DeepSpeed], typer.Option(
+        "--deepspeed", help="Ship a DeepSpeed ZeRO-2/3 preset.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT even if it holds a different config.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -95,7 +100,8 @@ def render_config(
     path = Path(out)
     changed = not path.is_file() or path.read_text(encoding="utf-8") != text
     if changed and path.is_file() and not force:
-        raise VlmError(f"{path} exists and holds a different config", hint="pass --force to replace it, or choose another OUT.")
+        raise VlmError(f"{path} exists and holds a different config",
+                       hint="pass --force to replace it, or choose another OUT.")
     if changed:
         atomic_write_text(path, text)
     if as_json:
@@ -132,11 +138,14 @@ def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt
 def train(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint-N in output_dir.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the newest checkpoint-N in output_dir.")] = False,
     dry_run: DryRunOpt = False,
     allow_truncation: Annotated[bool, typer.Option(
-        "--allow-truncation", help="Train even when samples exceed cutoff_len (LLaMA-Factory truncates them).")] = False,
-    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="GPUs (processes) per node.")] = None,
+        "--allow-truncation",
+        help="Train even when samples exceed cutoff_len (LLaMA-Factory truncates them).")] = False,
+    nproc_per_node: Annotated[Optional[int], typer.Option(
+        "--nproc-per-node", help="GPUs (processes) per node.")] = None,
     nnodes: Annotated[Optional[int], typer.Option("--nnodes", help="Number of nodes.")] = None,
     node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This node's rank, 0..nnodes-1.")] = None,
     master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.")] = None,
@@ -177,8 +186,10 @@ def train(
 
 def merge(
     config: ConfigArg,
-    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
-    export_dir: Annotated[Optional[Path], typer.Option("--export-dir", help="Where the merged model goes (default: OUTPUT_DIR-merged).")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(
+        "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option(
+        "--export-dir", help="Where the merged model goes (default: OUTPUT_DIR-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -260,7 +271,8 @@ def register(app: typer.Typer) -> None:
         "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8"))(train)
     app.command("merge", help=_doc(merge) + examples(
         "vlm merge configs/cord.yaml",
-        "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 --export-dir saves/merged"))(merge)
+        "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
+        "--export-dir saves/merged"))(merge)
     app.command("sweep", help=_doc(sweep) + examples(
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json"))(sweep)

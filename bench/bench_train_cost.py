@@ -1,0 +1,569 @@
+#!/usr/bin/env python
+"""What one CORD LoRA training run costs, per LLaMA-Factory setting, measured on this machine.
+
+Builds everything offline, then runs the real ``llamafactory-cli train`` through
+``vlm train`` once per variant for a fixed number of optimizer steps:
+
+* model: GPU mode: a random-weight Qwen2-VL with the published 2B-Instruct
+  architecture (bench/train_cost_model.py), bf16, built on the GPU in seconds.
+  CPU mode: the toy model of scripts/make_tiny_qwen2vl.py (tests the harness; its
+  numbers say nothing about a GPU);
+* data: a CORD-scale synthetic sample (scripts/make_cord_sample.py; GPU mode: 800
+  photo-like ~1600x2400 JPEG receipts), exported with
+  ``vlm save-cord-dataset-in-sharegpt-format``;
+* config: ``vlm render-config`` (the recipe) with the variant's overrides, plus
+  max_steps=N, logging_steps=1, eval and checkpoints off, val_size=0.
+
+Timing: this script tails ``trainer_log.jsonl`` every 20 ms and stamps each step's
+line as it appears (LLaMA-Factory logs after the optimizer step, and the loss's
+``.item()`` waits for the GPU). seconds_per_step is the time from step W's line to
+step N's line over N - W (W warm-up steps are excluded: allocator growth, kernel
+autotuning, first dataloader batches). samples_per_second counts the samples in
+those steps exactly as the HF Trainer batches them. The 10-epoch projection is
+10 x 720 samples / samples_per_second: the recipe's val_size 0.1 holds out 80 of
+CORD's 800 train receipts (the 800-sample figure is recorded too). It covers the
+optimizer steps only; start-up (imports, preprocessing, model load) is reported
+separately as seconds_to_first_step. Peak GPU memory is torch's peak allocated and
+reserved memory, as LLaMA-Factory logs them with RECORD_VRAM=1, and the peak of
+nvidia-smi's memory.used sampled every second (what a person watching the GPU sees).
+
+    PYTHONPATH=src python bench/bench_train_cost.py                  # GPU mode if a GPU is visible
+    python bench/bench_train_cost.py --mode cpu --variants recipe,preflight_pixels
+    python bench/bench_train_cost.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+EPOCHS, CORD_TRAIN, VAL_SIZE = 10, 800, 0.1
+PROJECTED_SAMPLES = CORD_TRAIN - round(CORD_TRAIN * VAL_SIZE)  # 720 samples per epoch after the recipe's hold-out
+ANCHOR = {"minutes": 30, "gpu_memory_gb": 20,
+          "note": "reported for the recipe on a real Qwen2-VL-2B run (GPU unnamed); not measured by this script"}
+# The published recipe sets no image_max_pixels/image_min_pixels: LLaMA-Factory 0.9.5's defaults apply.
+PUBLISHED_PIXELS = {"image_max_pixels": 768 * 768, "image_min_pixels": 32 * 32}
+CORD_YAML_PIXELS = {"image_max_pixels": 262144, "image_min_pixels": 3136}  # configs/cord.yaml
+MODES = {  # per mode: steps, samples, model size, photo-like images, extra overrides
+    "gpu": dict(steps=12, samples=CORD_TRAIN, model="2b", photo_like=True, overrides={}),
+    # bf16 needs a GPU; 16 preprocessing processes only cost start-up time on a small CPU box.
+    "cpu": dict(steps=3, samples=64, model="tiny", photo_like=False,
+                overrides={"bf16": False, "preprocessing_num_workers": 1}),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the recipe. ``pixels``: "published" (LLaMA-Factory defaults) or "preflight"."""
+
+    name: str
+    about: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    pixels: str = "published"
+    needs: tuple[str, ...] = ()  # "cuda" and/or importable modules
+
+
+VARIANTS = [
+    Variant("recipe", "the recipe as published: no image_max_pixels, so LLaMA-Factory's 768*768 default"),
+    Variant("preflight_pixels", "image_max_pixels from vlm stats (recommended_image_max_pixels), min 3136",
+            pixels="preflight"),
+    Variant("no_grad_ckpt", "gradient checkpointing off (LLaMA-Factory turns it on by default): "
+            "no recomputed forward, more activation memory", {"disable_gradient_checkpointing": True}),
+    Variant("batch16_accum4", "per-device batch 16 x accumulation 4 (effective batch still 64)",
+            {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4}),
+    Variant("workers4", "4 dataloader workers decode and resize images beside the training loop",
+            {"dataloader_num_workers": 4}),
+    Variant("liger", "Liger kernels (fused RMSNorm, SwiGLU, RoPE, fused linear cross-entropy)",
+            {"enable_liger_kernel": True}, needs=("cuda", "liger_kernel")),
+    Variant("fa2", "FlashAttention-2 instead of PyTorch SDPA", {"flash_attn": "fa2"}, needs=("cuda", "flash_attn")),
+    Variant("combined", "preflight_pixels + every setting above that runs here (none changes what is learned)",
+            pixels="preflight"),
+]
+VARIANT_NAMES = [v.name for v in VARIANTS]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def skip_reason(variant: Variant, mode: str) -> str | None:
+    """Why ``variant`` cannot run in ``mode`` on this machine, or None."""
+    for need in variant.needs:
+        if need == "cuda" and mode != "gpu":
+            return "needs a CUDA GPU (GPU-only kernels)"
+        if need != "cuda" and importlib.util.find_spec(need) is None:
+            package = need.replace("_", "-")
+            return f"{need} is not importable here (pip install {package}, then rerun)"
+    return None
+
+
+def variant_overrides(variant: Variant, mode: str, preflight_pixels: int) -> dict[str, Any]:
+    """The LLaMA-Factory keys ``variant`` sets on top of the recipe (before the timing-run settings)."""
+    pixels = (PUBLISHED_PIXELS if variant.pixels == "published"
+              else {"image_max_pixels": preflight_pixels, "image_min_pixels": CORD_YAML_PIXELS["image_min_pixels"]})
+    overrides = {**pixels, **variant.overrides}
+    if variant.name == "combined":
+        for other in VARIANTS:
+            if other.name not in ("recipe", "preflight_pixels", "combined") and skip_reason(other, mode) is None:
+                overrides.update(other.overrides)
+    return overrides
+
+
+# ---------------------------------------------------------------- pure measurement helpers
+
+
+def samples_per_step(n_train: int, batch: int, accum: int, steps: int) -> list[int]:
+    """Samples in each of the first ``steps`` optimizer steps, as the HF Trainer batches them.
+
+    Per epoch: ceil(n / batch) micro-batches (the last one short), grouped ``accum`` at a
+    time; the epoch's last step takes what is left. Epochs repeat until ``steps``.
+    """
+    micro = [batch] * (n_train // batch) + ([n_train % batch] if n_train % batch else [])
+    epoch = [sum(micro[i:i + accum]) for i in range(0, len(micro), accum)]
+    return [epoch[i % len(epoch)] for i in range(steps)]
+
+
+def step_timing(stamps: dict[int, float], n_train: int, batch: int, accum: int, warmup: int) -> dict[str, Any]:
+    """seconds_per_step and samples_per_second from the arrival time of each step's log line."""
+    last = max(stamps, default=0)
+    if last <= warmup or warmup not in stamps and warmup > 0:
+        raise ValueError(f"need log lines for step {warmup} and a later step; got steps {sorted(stamps)}")
+    start = stamps[warmup] if warmup else stamps[min(stamps)]
+    first = warmup if warmup else min(stamps)
+    seconds = stamps[last] - start
+    samples = sum(samples_per_step(n_train, batch, accum, last)[first:last])
+    return {"steps_timed": last - first, "timed_seconds": round(seconds, 3),
+            "seconds_per_step": seconds / (last - first), "samples_timed": samples,
+            "samples_per_second": samples / seconds if seconds > 0 else float("nan")}
+
+
+def add_ratios(results: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    """Each ok variant's ``ratio_to_recipe`` for ``keys`` (the recipe's own ratios are 1.0)."""
+    base = next((r for r in results if r["name"] == "recipe" and r["status"] == "ok"), None)
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        r["ratio_to_recipe"] = {k: (round(r[k] / base[k], 3) if base and r.get(k) and base.get(k) else None)
+                                for k in keys}
+
+
+# ---------------------------------------------------------------- running a child and watching its log
+
+
+class TrainerLogWatch:
+    """New complete lines of ``trainer_log.jsonl``, each stamped with the monotonic time it was first seen."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, b""
+        self.records: list[tuple[float, dict[str, Any]]] = []
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        now = time.monotonic()
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                self.records.append((now, record))
+
+    def step_stamps(self) -> dict[int, float]:
+        """step -> when its training-loss line appeared (evaluation and summary lines have no ``loss``)."""
+        stamps: dict[int, float] = {}
+        for t, record in self.records:
+            if "loss" in record and "current_steps" in record:
+                stamps.setdefault(int(record["current_steps"]), t)
+        return stamps
+
+
+class GpuMemorySampler(threading.Thread):
+    """Peak ``nvidia-smi --query-gpu=memory.used`` of one GPU, sampled every second (None without nvidia-smi)."""
+
+    def __init__(self, index: str):
+        super().__init__(daemon=True)
+        self.argv = ["nvidia-smi", f"--id={index}", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+        self.peak_mib: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        if shutil.which("nvidia-smi") is None:
+            return
+        while not self.stop.is_set():
+            try:
+                done = subprocess.run(self.argv, capture_output=True, text=True, timeout=10)
+                used = float(done.stdout.strip().splitlines()[0])
+                self.peak_mib = max(self.peak_mib or 0.0, used)
+            except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+                pass
+            self.stop.wait(1.0)
+
+
+@dataclass
+class ChildRun:
+    exit_code: int
+    seconds: float
+    peak_rss_gib: float
+    watch: TrainerLogWatch
+    started: float
+    peak_smi_gib: float | None = None
+
+
+def run_watched(argv: list[str], env: dict[str, str], out_path: Path, trainer_log: Path, timeout: float,
+                gpu_index: str | None) -> ChildRun:
+    """Run ``argv`` with its output in ``out_path`` while stamping ``trainer_log`` lines; reap it with wait4
+    so its peak RSS (its own and its children's) is its own, not the maximum over all earlier runs."""
+    watch, sampler = TrainerLogWatch(trainer_log), GpuMemorySampler(gpu_index) if gpu_index is not None else None
+    if sampler:
+        sampler.start()
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    started = time.monotonic()
+    interrupted_at = None
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            watch.poll()
+            if pid:
+                break
+            elapsed = time.monotonic() - started
+            if interrupted_at is None and elapsed > timeout:
+                log(f"timeout after {timeout:.0f}s: stopping {argv[3] if len(argv) > 3 else argv[0]}")
+                proc.send_signal(signal.SIGINT)  # vlm train stops its child's process group and exits 130
+                interrupted_at = elapsed
+            elif interrupted_at is not None and elapsed > interrupted_at + 60:
+                proc.kill()
+            time.sleep(0.02)
+    finally:
+        if sampler:
+            sampler.stop.set()
+            sampler.join(timeout=15)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_smi = sampler.peak_mib / 1024 if sampler and sampler.peak_mib is not None else None
+    return ChildRun(proc.returncode, time.monotonic() - started, usage.ru_maxrss / 1024**2, watch, started, peak_smi)
+
+
+def error_line(*paths: Path) -> str:
+    """The most telling line of a failed run's logs: the last exception line, else the last line."""
+    fallback = ""
+    for path in paths:
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if "Error" in line or "error:" in line or "out of memory" in line:
+                return line[:500]
+        fallback = fallback or (lines[-1][:500] if lines else "")
+    return fallback or "no output"
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def child_env(mode: str) -> tuple[dict[str, str], str | None]:
+    """Offline environment for vlm/LLaMA-Factory children, and the GPU index nvidia-smi should watch."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "RECORD_VRAM": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    if mode != "gpu":
+        return env, None
+    # One GPU: with several visible, LLaMA-Factory would launch torchrun over all of them.
+    env.setdefault("CUDA_VISIBLE_DEVICES", "0")
+    first = env["CUDA_VISIBLE_DEVICES"].split(",")[0].strip()
+    return env, first if first.isdigit() else "0"
+
+
+def vlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vlm.cli", *args]
+
+
+def check(argv: list[str], env: dict[str, str], what: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+    return done.stdout
+
+
+def prepare(work: Path, mode: str, model_size: str, samples: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
+    """Build (or reuse) the model and the exported dataset in ``work``; return what was built."""
+    wanted = {"mode": mode, "model": model_size, "samples": samples, "seed": seed}
+    stamp = work / "work.json"
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("wanted") == wanted:
+        log(f"reusing model and data in {work}")
+        return {**json.loads(stamp.read_text(encoding="utf-8")), "reused": True}
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"building the {model_size} model ({'random weights' if model_size == '2b' else 'toy'})")
+    device = "cuda" if mode == "gpu" else "cpu"
+    facts = json.loads(check([sys.executable, str(ROOT / "bench" / "train_cost_model.py"), str(work / "model"),
+                              "--size", model_size, "--device", device, "--seed", str(seed)], env, "model build"))
+    log(f"generating {samples} synthetic CORD receipts ({'photo-like' if MODES[mode]['photo_like'] else 'small'})")
+    spec = importlib.util.spec_from_file_location("make_cord_sample", ROOT / "scripts" / "make_cord_sample.py")
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    t0 = time.perf_counter()
+    sample.generate(work / "sample", train=samples, validation=0, test=0, seed=seed,
+                    photo_like=MODES[mode]["photo_like"], force=True)
+    check(vlm("save-cord-dataset-in-sharegpt-format", str(work / "data"), "--source", str(work / "sample"),
+              "--split", "train", "--json"), env, "export")
+    records = json.loads((work / "data" / "cord_train.json").read_text(encoding="utf-8"))
+    answers = sorted(len(r["messages"][-1]["content"]) for r in records)
+    data = {"n_train": len(records), "photo_like": MODES[mode]["photo_like"], "seconds": round(time.perf_counter() - t0, 1),
+            "answer_chars_p50": answers[len(answers) // 2], "answer_chars_max": answers[-1]}
+    built = {"wanted": wanted, "model": facts, "data": data}
+    stamp.write_text(json.dumps(built, indent=2), encoding="utf-8")
+    return {**built, "reused": False}
+
+
+@dataclass
+class Bench:
+    mode: str
+    work: Path
+    steps: int
+    warmup: int
+    timeout: float
+    n_train: int
+    env: dict[str, str]
+    gpu_index: str | None
+    token_stats: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+
+    def render(self, name: str, overrides: dict[str, Any]) -> Path:
+        run = self.work / "runs" / name
+        run.mkdir(parents=True, exist_ok=True)
+        timing = {"max_steps": self.steps, "save_steps": 1_000_000, "eval_strategy": "no", "val_size": 0,
+                  "report_to": "none", "logging_steps": 1, "overwrite_output_dir": True}
+        pairs = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in
+                 {**MODES[self.mode]["overrides"], **overrides, **timing}.items()]
+        config = run / "config.yaml"
+        check(vlm("render-config", str(config), "--model", str(self.work / "model"), "--dataset-dir",
+                  str(self.work / "data"), "--output-dir", str(run / "output"), "--force", *pairs), self.env,
+              f"render-config for {name}")
+        return config
+
+    def tokens(self, config: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+        """``vlm stats --json`` for this variant's pixel settings (cached per setting)."""
+        key = (overrides["image_max_pixels"], overrides["image_min_pixels"])
+        if key not in self.token_stats:
+            try:
+                report = json.loads(check(vlm("stats", str(config), "--json"), self.env, "vlm stats"))
+                self.token_stats[key] = {k: report[k] for k in ("n_total", "n_over", "cutoff_len", "max_total_tokens",
+                                                                 "percentiles", "recommended_image_max_pixels")}
+            except (RuntimeError, json.JSONDecodeError, KeyError) as e:
+                self.token_stats[key] = {"error": str(e)[:500]}
+        return self.token_stats[key]
+
+    def run(self, variant: Variant, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Train ``variant`` for ``steps`` steps and measure it; failures are recorded, not raised."""
+        result: dict[str, Any] = {"name": variant.name, "about": variant.about, "overrides": overrides}
+        try:
+            config = self.render(variant.name, overrides)
+        except RuntimeError as e:
+            return {**result, "status": "failed", "error": str(e)}
+        tokens = self.tokens(config, overrides)
+        allow = bool(tokens.get("n_over"))
+        result.update(tokens=tokens, allow_truncation=allow)
+        if allow:
+            result["note"] = (f"{tokens['n_over']} of {tokens['n_total']} samples exceed cutoff_len; "
+                              "run with --allow-truncation (LLaMA-Factory truncates them)")
+        output = config.parent / "output"
+        argv = vlm("train", str(config), *(["--allow-truncation"] if allow else []))
+        log(f"{variant.name}: training {self.steps} steps")
+        child = run_watched(argv, self.env, config.parent / "vlm_train.out", output / "trainer_log.jsonl",
+                            self.timeout, self.gpu_index)
+        result.update(exit_code=child.exit_code, wall_seconds=round(child.seconds, 1),
+                      peak_host_rss_gib=round(child.peak_rss_gib, 2), log=str(output / "train.log"))
+        stamps = child.watch.step_stamps()
+        if child.exit_code != 0:
+            return {**result, "status": "failed", "steps_logged": len(stamps),
+                    "error": error_line(output / "train.log", config.parent / "vlm_train.out")}
+        batch, accum = overrides.get("per_device_train_batch_size", 8), overrides.get("gradient_accumulation_steps", 8)
+        try:
+            timing = step_timing(stamps, self.n_train, batch, accum, self.warmup)
+        except ValueError as e:
+            return {**result, "status": "failed", "error": f"timing: {e}"}
+        records = [r for _, r in child.watch.records]
+        vram = [r for r in records if "vram_reserved" in r]
+        losses = [r["loss"] for r in records if "loss" in r]
+        sps = timing["samples_per_second"]
+        result.update(
+            status="ok", per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+            effective_batch=batch * accum, steps_run=max(stamps), warmup_steps=self.warmup,
+            steps_timed=timing["steps_timed"], timed_seconds=timing["timed_seconds"],
+            seconds_per_step=round(timing["seconds_per_step"], 4), samples_per_second=round(sps, 3),
+            seconds_to_first_step=round(stamps[min(stamps)] - child.started, 1),
+            projected_10_epoch_minutes=round(EPOCHS * PROJECTED_SAMPLES / sps / 60, 2),
+            projected_10_epoch_minutes_800=round(EPOCHS * CORD_TRAIN / sps / 60, 2),
+            peak_gpu_allocated_gib=max((r["vram_allocated"] for r in vram), default=None) if self.mode == "gpu" else None,
+            peak_gpu_reserved_gib=max((r["vram_reserved"] for r in vram), default=None) if self.mode == "gpu" else None,
+            peak_nvidia_smi_used_gib=round(child.peak_smi_gib, 2) if child.peak_smi_gib is not None else None,
+            final_loss=losses[-1] if losses else None,
+        )
+        return result
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found = {}
+    for name in ("torch", "transformers", "llamafactory", "peft", "datasets", "vlm", "liger-kernel", "flash-attn"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def print_table(results: list[dict[str, Any]], mode: str) -> None:
+    head = f"{'variant':<18}{'status':<9}{'s/step':>9}{'samples/s':>11}{'peak GiB':>10}{'10-ep min':>11}" \
+           f"{'x time':>8}{'x mem':>7}  note"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if r["status"] != "ok":
+            print(f"{r['name']:<18}{r['status']:<9}{'':>56}  {r.get('reason') or r.get('error')}")
+            continue
+        mem = r["peak_gpu_reserved_gib"] if mode == "gpu" else r["peak_host_rss_gib"]
+        ratio = r.get("ratio_to_recipe") or {}
+        mem_ratio = ratio.get("peak_gpu_reserved_gib" if mode == "gpu" else "peak_host_rss_gib")
+        fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+        print(f"{r['name']:<18}{'ok':<9}{r['seconds_per_step']:>9.3f}{r['samples_per_second']:>11.2f}"
+              f"{fmt(mem, '.2f'):>10}{r['projected_10_epoch_minutes']:>11.2f}"
+              f"{fmt(ratio.get('projected_10_epoch_minutes'), '.2f'):>8}{fmt(mem_ratio, '.2f'):>7}  {r.get('note', '')}")
+    print(f"peak GiB: {'torch peak reserved GPU memory' if mode == 'gpu' else 'peak host RSS (CPU mode)'}; "
+          f"10-ep min: {EPOCHS} x {PROJECTED_SAMPLES} samples / samples/s; x: ratio to recipe")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("gpu", "cpu"), help="default: gpu when torch sees a CUDA GPU, else cpu")
+    p.add_argument("--variants", help=f"comma-separated, default all: {','.join(VARIANT_NAMES)}")
+    p.add_argument("--steps", type=int, help="optimizer steps per variant (default: gpu 12, cpu 3)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="first steps left out of the timing (default 2)")
+    p.add_argument("--samples", type=int, help="synthetic train receipts (default: gpu 800, cpu 64)")
+    p.add_argument("--model", choices=("2b", "tiny"), help="default: 2b on gpu, tiny on cpu")
+    p.add_argument("--preflight-pixels", default="auto",
+                   help="image_max_pixels of preflight_pixels/combined: auto (vlm stats) or a number")
+    p.add_argument("--work-dir", type=Path, help="build and run here, and keep it (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the temp work dir")
+    p.add_argument("--out", type=Path, help="results JSON (default: bench/results/train_cost_<mode>_<date>.json)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per variant before it is stopped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    args = p.parse_args(argv)
+    problems = []
+    if args.mode is None:
+        import torch
+
+        args.mode = "gpu" if torch.cuda.is_available() else "cpu"
+    defaults = MODES[args.mode]
+    args.steps = args.steps or defaults["steps"]
+    args.samples = args.samples or defaults["samples"]
+    args.model = args.model or defaults["model"]
+    args.variants = [v.strip() for v in (args.variants or ",".join(VARIANT_NAMES)).split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANT_NAMES]
+    if unknown:
+        problems.append(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}")
+    if args.steps <= args.warmup_steps:
+        problems.append(f"--steps {args.steps} must exceed --warmup-steps {args.warmup_steps}")
+    if args.preflight_pixels != "auto" and not args.preflight_pixels.isdigit():
+        problems.append(f"--preflight-pixels takes auto or a number, not {args.preflight_pixels!r}")
+    if args.mode == "cpu" and args.model == "2b":
+        log("note: the 2B model on a CPU trains in fp32 and takes minutes per step")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for v in VARIANTS:
+            print(f"{v.name:<18}{v.about}" + (f" [skipped here: {r}]" if (r := skip_reason(v, args.mode)) else ""))
+        return 0
+    env, gpu_index = child_env(args.mode)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="train-cost-"))
+    started = datetime.now(timezone.utc)
+    try:
+        built = prepare(work.resolve(), args.mode, args.model, args.samples, args.seed, env)
+        bench = Bench(args.mode, work.resolve(), args.steps, args.warmup_steps, args.timeout,
+                      built["data"]["n_train"], env, gpu_index)
+        base_config = bench.render("_stats", PUBLISHED_PIXELS)
+        published_tokens = bench.tokens(base_config, PUBLISHED_PIXELS)
+        recommended = published_tokens.get("recommended_image_max_pixels")
+        if args.preflight_pixels != "auto":
+            preflight, source = int(args.preflight_pixels), "--preflight-pixels"
+        elif recommended:
+            preflight, source = int(recommended), "vlm stats recommended_image_max_pixels"
+        else:
+            preflight, source = CORD_YAML_PIXELS["image_max_pixels"], "configs/cord.yaml (vlm stats recommended none)"
+        log(f"preflight image_max_pixels: {preflight} ({source})")
+        results = []
+        for variant in (v for v in VARIANTS if v.name in args.variants):
+            overrides = variant_overrides(variant, args.mode, preflight)
+            reason = skip_reason(variant, args.mode)
+            result = ({"name": variant.name, "about": variant.about, "overrides": overrides, "status": "skipped",
+                       "reason": reason} if reason else bench.run(variant, overrides))
+            log(f"{variant.name}: {result['status']}"
+                + (f", {result['seconds_per_step']:.3f} s/step" if result["status"] == "ok" else
+                   f": {result.get('reason') or result.get('error')}"))
+            results.append(result)
+        add_ratios(results, ("seconds_per_step", "samples_per_second", "projected_10_epoch_minutes",
+                             "peak_gpu_reserved_gib", "peak_nvidia_smi_used_gib", "peak_host_rss_gib"))
+    finally:
+        if args.work_dir is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "benchmark": "train_cost", "mode": args.mode, "date": started.isoformat(timespec="seconds"),
+        "device": built["model"].get("device"), "versions": versions(), "python": sys.version.split()[0],
+        "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples,
+                     "model": args.model, "seed": args.seed, "preflight_image_max_pixels": preflight,
+                     "preflight_image_max_pixels_source": source, "published_recipe_pixels": PUBLISHED_PIXELS,
+                     "mode_overrides": MODES[args.mode]["overrides"], "env_set": {"RECORD_VRAM": "1",
+                     "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES")},
+                     "projection": f"{EPOCHS} epochs x {PROJECTED_SAMPLES} samples (800 CORD train minus val_size 0.1)"
+                                   " / samples_per_second; optimizer steps only, start-up excluded",
+                     "timing": "trainer_log.jsonl lines stamped on arrival (20 ms polling); step W to step N"},
+        "anchor": ANCHOR, "model": built["model"], "data": built["data"], "reused_work_dir": built["reused"],
+        "work_dir": str(work) if (args.work_dir or args.keep) else None, "variants": results,
+    }
+    out = args.out or RESULTS_DIR / f"train_cost_{args.mode}_{started:%Y%m%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(results, args.mode)
+    log(f"results: {out}")
+    return 0 if any(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
