@@ -50,23 +50,13 @@ class PredictSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise VlmError(f"config file not found: {path}", hint="render one with: vlm render-config configs/cord.yaml")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise VlmError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise VlmError(f"{path} must be a YAML mapping of LLaMA-Factory arguments")
-    return cfg
-
-
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     """Merge the training config, the run manifest and the command line; warn about skew."""
     from vlm.output import warn
 
-    cfg = load_yaml(spec.config) if spec.config else {}
+    from vlm.config import load_config
+
+    cfg = load_config(spec.config) if spec.config else {}
     trained = {}
     if cfg.get("output_dir"):
         manifest = Path(cfg["output_dir"]) / "vlm_run.json"

@@ -139,22 +139,6 @@ def nice_pixel_values(lo: int, hi: int) -> list[int]:
     return sorted(s * s for s in sides if lo <= s * s <= hi)
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A LLaMA-Factory YAML as a dict (safe_load only)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise VlmError(f"config file not found: {path}", hint="render one with: vlm render-config configs/cord.yaml")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise VlmError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise VlmError(f"{path} must be a YAML mapping of LLaMA-Factory arguments")
-    return cfg
-
-
 def check_config(cfg: Mapping[str, Any], limit: int | None = None, show_progress: bool = True) -> BudgetReport:
     """Run ``token_budget`` on a LLaMA-Factory training config (missing keys take LLaMA-Factory's defaults)."""
     missing = [k for k in ("model_name_or_path", "template", "dataset") if not cfg.get(k)]

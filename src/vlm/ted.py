@@ -485,7 +485,7 @@ def _search(t1: Tree, t2: Tree, upd: list[list[int]], upper: int | None = None) 
         return zhang_shasha(t1, t2, upd)
     if upper is None:
         low = max(abs(n1 - n2), abs(sum(t1.cost) - sum(t2.cost)))  # the distance is at least this
-        guess = max(2 * low, 24)
+        guess = max(2 * low, 16)
         if guess >= n1 + n2:
             return zhang_shasha(t1, t2, upd)
         d = zhang_shasha(t1, t2, upd, guess)
@@ -518,7 +518,8 @@ def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) 
         d = t2.closed_form_insert_all() if t1.size == 1 else t1.closed_form_insert_all()
         return d, (d if key else None)
     u = update_matrix(t1, t2)
-    d = _search(t1, t2, u.tolist())
+    upd = u.tolist()
+    d = _search(t1, t2, upd)
     if key is None:
         return d, None
     leaves1 = [k for k in range(1, t1.size + 1) if t1.is_leaf[k]]
@@ -531,6 +532,6 @@ def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) 
     free = (k1[:, None] == k2[None, :]) & (u[np.ix_(leaves1, leaves2)] > 0)
     if not free.any():
         return d, d
-    rows, cols = np.nonzero(free)
-    u[np.asarray(leaves1)[rows], np.asarray(leaves2)[cols]] = 0
-    return d, _search(t1, t2, u.tolist(), d)
+    for r, c in zip(*np.nonzero(free)):
+        upd[leaves1[r]][leaves2[c]] = 0
+    return d, _search(t1, t2, upd, d)

@@ -12,20 +12,6 @@ from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, examples
 SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
 
 
-def _overrides(pairs: list[str] | None) -> dict:
-    import yaml
-
-    from vlm.errors import VlmError
-
-    result = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise VlmError(f"override {pair!r} is not key=value", hint="e.g. image_max_pixels=262144")
-        result[key] = yaml.safe_load(value)
-    return result
-
-
 def predict(
     group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
     config: Annotated[Optional[Path], typer.Option("--config", help="The training YAML: model, template, image pixels, adapter dir.")] = None,
@@ -51,13 +37,14 @@ def predict(
     and image_max_pixels come from the training config, so inference matches training.
     A killed run resumes with only the missing documents; --overwrite redoes them.
     """
+    from vlm.config import parse_overrides
     from vlm.output import info, print_json
     from vlm.predict import PredictSpec, run_predict
 
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
-                       overwrite=overwrite, overrides=_overrides(overrides))
+                       overwrite=overwrite, overrides=parse_overrides(overrides or []))
     result = run_predict(spec, show_progress=not as_json)
     if as_json:
         print_json(result)

@@ -67,7 +67,8 @@ def stats(
     smallest cutoff_len that fit. Exits 0 even when some exceed, unless
     --fail-on-truncation.
     """
-    from vlm.preflight import check_config, load_config
+    from vlm.config import load_config
+    from vlm.preflight import check_config
 
     cfg = load_config(config)
     if dataset:
