@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import reference_metric as R  # noqa: E402
+import reference_metric as R
 
-from vlm.metrics import aggregate, number_key, score_documents  # noqa: E402
+from vlm.metrics import aggregate, number_key, score_documents
 
 ITEMS = ["Nasi Goreng", "Es Teh Manis", "Ayam Bakar Madu", "Mie Goreng Spesial", "Kopi Susu Gula Aren", "Air Mineral",
          "Roti Bakar Coklat Keju", "Sate Ayam", "Bakso Urat", "Jus Alpukat", "Teh Tarik", "Kentang Goreng",

@@ -51,6 +51,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 EPOCHS, CORD_TRAIN, VAL_SIZE = 10, 800, 0.1
@@ -319,18 +321,18 @@ def prepare(work: Path, mode: str, model_size: str, samples: int, seed: int, env
     device = "cuda" if mode == "gpu" else "cpu"
     facts = json.loads(check([sys.executable, str(ROOT / "bench" / "train_cost_model.py"), str(work / "model"),
                               "--size", model_size, "--device", device, "--seed", str(seed)], env, "model build"))
-    log(f"generating {samples} synthetic CORD receipts ({'photo-like' if MODES[mode]['photo_like'] else 'small'})")
-    spec = importlib.util.spec_from_file_location("make_cord_sample", ROOT / "scripts" / "make_cord_sample.py")
-    sample = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sample)
+    photo_like = MODES[mode]["photo_like"]
+    log(f"generating {samples} synthetic CORD receipts ({'photo-like' if photo_like else 'small'})")
     t0 = time.perf_counter()
-    sample.generate(work / "sample", train=samples, validation=0, test=0, seed=seed,
-                    photo_like=MODES[mode]["photo_like"], force=True)
+    # A child process: the generator's render pool spawns workers that must import it by name.
+    check([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(work / "sample"), "--train", str(samples),
+           "--validation", "0", "--test", "0", "--seed", str(seed), "--force", *(["--photo-like"] if photo_like else [])],
+          env, "make_cord_sample")
     check(vlm("save-cord-dataset-in-sharegpt-format", str(work / "data"), "--source", str(work / "sample"),
               "--split", "train", "--json"), env, "export")
     records = json.loads((work / "data" / "cord_train.json").read_text(encoding="utf-8"))
     answers = sorted(len(r["messages"][-1]["content"]) for r in records)
-    data = {"n_train": len(records), "photo_like": MODES[mode]["photo_like"], "seconds": round(time.perf_counter() - t0, 1),
+    data = {"n_train": len(records), "photo_like": photo_like, "seconds": round(time.perf_counter() - t0, 1),
             "answer_chars_p50": answers[len(answers) // 2], "answer_chars_max": answers[-1]}
     built = {"wanted": wanted, "model": facts, "data": data}
     stamp.write_text(json.dumps(built, indent=2), encoding="utf-8")
@@ -347,41 +349,51 @@ class Bench:
     n_train: int
     env: dict[str, str]
     gpu_index: str | None
-    token_stats: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE, for every variant
+    token_stats: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+
+    def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Every key set on top of the recipe: mode, --set, the variant, then the timing-run keys."""
+        timing = {"max_steps": self.steps, "save_steps": 1_000_000, "eval_strategy": "no", "val_size": 0,
+                  "report_to": "none", "logging_steps": 1, "overwrite_output_dir": True}
+        return {**MODES[self.mode]["overrides"], **self.extra, **overrides, **timing}
 
     def render(self, name: str, overrides: dict[str, Any]) -> Path:
         run = self.work / "runs" / name
         run.mkdir(parents=True, exist_ok=True)
-        timing = {"max_steps": self.steps, "save_steps": 1_000_000, "eval_strategy": "no", "val_size": 0,
-                  "report_to": "none", "logging_steps": 1, "overwrite_output_dir": True}
-        pairs = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in
-                 {**MODES[self.mode]["overrides"], **overrides, **timing}.items()]
+        pairs = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in self.settings(overrides).items()]
         config = run / "config.yaml"
         check(vlm("render-config", str(config), "--model", str(self.work / "model"), "--dataset-dir",
                   str(self.work / "data"), "--output-dir", str(run / "output"), "--force", *pairs), self.env,
               f"render-config for {name}")
         return config
 
-    def tokens(self, config: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-        """``vlm stats --json`` for this variant's pixel settings (cached per setting)."""
-        key = (overrides["image_max_pixels"], overrides["image_min_pixels"])
+    def tokens(self, config: Path) -> dict[str, Any]:
+        """``vlm stats --json`` for this config's pixel and cutoff settings (cached per setting)."""
+        rendered = yaml.safe_load(config.read_text(encoding="utf-8"))
+        key = tuple(rendered.get(k) for k in ("image_max_pixels", "image_min_pixels", "cutoff_len"))
         if key not in self.token_stats:
+            t0 = time.perf_counter()
             try:
                 report = json.loads(check(vlm("stats", str(config), "--json"), self.env, "vlm stats"))
                 self.token_stats[key] = {k: report[k] for k in ("n_total", "n_over", "cutoff_len", "max_total_tokens",
                                                                  "percentiles", "recommended_image_max_pixels")}
             except (RuntimeError, json.JSONDecodeError, KeyError) as e:
                 self.token_stats[key] = {"error": str(e)[:500]}
+            self.token_stats[key]["seconds"] = round(time.perf_counter() - t0, 1)
         return self.token_stats[key]
 
     def run(self, variant: Variant, overrides: dict[str, Any]) -> dict[str, Any]:
         """Train ``variant`` for ``steps`` steps and measure it; failures are recorded, not raised."""
-        result: dict[str, Any] = {"name": variant.name, "about": variant.about, "overrides": overrides}
+        applied = self.settings(overrides)
+        result: dict[str, Any] = {"name": variant.name, "about": variant.about, "overrides": applied}
+        t0 = time.perf_counter()
         try:
             config = self.render(variant.name, overrides)
         except RuntimeError as e:
             return {**result, "status": "failed", "error": str(e)}
-        tokens = self.tokens(config, overrides)
+        result["render_seconds"] = round(time.perf_counter() - t0, 1)
+        tokens = self.tokens(config)
         allow = bool(tokens.get("n_over"))
         result.update(tokens=tokens, allow_truncation=allow)
         if allow:
@@ -398,7 +410,8 @@ class Bench:
         if child.exit_code != 0:
             return {**result, "status": "failed", "steps_logged": len(stamps),
                     "error": error_line(output / "train.log", config.parent / "vlm_train.out")}
-        batch, accum = overrides.get("per_device_train_batch_size", 8), overrides.get("gradient_accumulation_steps", 8)
+        rendered = yaml.safe_load(config.read_text(encoding="utf-8"))
+        batch, accum = rendered["per_device_train_batch_size"], rendered["gradient_accumulation_steps"]
         try:
             timing = step_timing(stamps, self.n_train, batch, accum, self.warmup)
         except ValueError as e:
@@ -463,6 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=2, help="first steps left out of the timing (default 2)")
     p.add_argument("--samples", type=int, help="synthetic train receipts (default: gpu 800, cpu 64)")
     p.add_argument("--model", choices=("2b", "tiny"), help="default: 2b on gpu, tiny on cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+                   help="a LLaMA-Factory override for every variant (repeatable; a variant's own keys win)")
     p.add_argument("--preflight-pixels", default="auto",
                    help="image_max_pixels of preflight_pixels/combined: auto (vlm stats) or a number")
     p.add_argument("--work-dir", type=Path, help="build and run here, and keep it (default: a temp dir)")
@@ -488,6 +503,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         problems.append(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}")
     if args.steps <= args.warmup_steps:
         problems.append(f"--steps {args.steps} must exceed --warmup-steps {args.warmup_steps}")
+    bad = [pair for pair in args.extra if "=" not in pair or not pair.partition("=")[0].strip()]
+    if bad:
+        problems.append(f"--set takes KEY=VALUE, got {', '.join(bad)}")
+    args.extra = dict(pair.split("=", 1) for pair in args.extra if pair not in bad)
     if args.preflight_pixels != "auto" and not args.preflight_pixels.isdigit():
         problems.append(f"--preflight-pixels takes auto or a number, not {args.preflight_pixels!r}")
     if args.mode == "cpu" and args.model == "2b":
@@ -506,12 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     env, gpu_index = child_env(args.mode)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="train-cost-"))
     started = datetime.now(timezone.utc)
+    load_start = round(os.getloadavg()[0], 2)  # other work on the host skews timings, CPU mode most
     try:
         built = prepare(work.resolve(), args.mode, args.model, args.samples, args.seed, env)
         bench = Bench(args.mode, work.resolve(), args.steps, args.warmup_steps, args.timeout,
-                      built["data"]["n_train"], env, gpu_index)
+                      built["data"]["n_train"], env, gpu_index, args.extra)
         base_config = bench.render("_stats", PUBLISHED_PIXELS)
-        published_tokens = bench.tokens(base_config, PUBLISHED_PIXELS)
+        published_tokens = bench.tokens(base_config)
         recommended = published_tokens.get("recommended_image_max_pixels")
         if args.preflight_pixels != "auto":
             preflight, source = int(args.preflight_pixels), "--preflight-pixels"
@@ -541,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples,
                      "model": args.model, "seed": args.seed, "preflight_image_max_pixels": preflight,
                      "preflight_image_max_pixels_source": source, "published_recipe_pixels": PUBLISHED_PIXELS,
-                     "mode_overrides": MODES[args.mode]["overrides"], "env_set": {"RECORD_VRAM": "1",
+                     "mode_overrides": MODES[args.mode]["overrides"], "set": args.extra,
+                     "host_load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+                     "cpu_count": os.cpu_count(), "env_set": {"RECORD_VRAM": "1",
                      "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES")},
                      "projection": f"{EPOCHS} epochs x {PROJECTED_SAMPLES} samples (800 CORD train minus val_size 0.1)"
                                    " / samples_per_second; optimizer steps only, start-up excluded",

@@ -15,7 +15,7 @@ from vlm.schema import HEADER_FIELDS
 from vlm.ted import build_tree, tree_distance, update_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reference_metric as R  # noqa: E402
+import reference_metric as R
 
 TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
 TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
@@ -268,3 +268,23 @@ def test_prediction_nested_past_the_stack_is_invalid_not_a_crash():
         node = node["a"]
     scores = M.score_documents([deep], [{"a": "x"}])
     assert scores.valid == [False] and scores.ted_accuracy == [0.0]
+
+
+def test_band_search_is_exact_within_its_bound():
+    """The banded Zhang–Shasha (see vlm.ted) is exact when the distance fits the bound, an upper bound otherwise."""
+    from vlm.ted import zhang_shasha
+
+    r = random.Random(11)
+    checked = 0
+    while checked < 60:
+        gt = cord_like(r)
+        a, b = build_tree(M.normalize(mutate(r, gt))), build_tree(M.normalize(gt))
+        if a.size < 2 or b.size < 2 or min(a.cost[1:] + b.cost[1:]) < 1 or a.labels == b.labels:
+            continue
+        upd = update_matrix(a, b).tolist()
+        d = zhang_shasha(a, b, upd)
+        for bound in {abs(a.size - b.size), d - 1, d, d + 3, 2 * d}:
+            if bound >= abs(a.size - b.size):
+                got = zhang_shasha(a, b, upd, bound)
+                assert got == d if d <= bound else got >= d, (bound, d, got)
+        checked += 1

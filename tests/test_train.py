@@ -111,6 +111,10 @@ def test_dry_run_multi_node(workdir: Path):
     assert json.loads(invoke("train", "run.yaml", "--ray", "--dry-run", "--json").stdout)["env"] == {"USE_RAY": "1"}
     ds = json.loads(invoke("train", "run.yaml", "deepspeed=ds.json", "--dry-run", "--json").stdout)
     assert ds["env"] == {"FORCE_TORCHRUN": "1"}  # LLaMA-Factory runs DeepSpeed only under torchrun
+    from vlm.train import TrainSpec, prepare
+
+    preset = prepare(TrainSpec(Path("run.yaml"), deepspeed="z3")).config["deepspeed"]
+    assert Path(preset).is_absolute() and Path(preset).name == "ds_z3.json" and Path(preset).is_file()
 
 
 @pytest.mark.parametrize("args, message", [

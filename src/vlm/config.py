@@ -1,9 +1,9 @@
-"""Training configs: the CORD recipe, overrides, rendering to commented YAML, and sweeps.
+"""Training configs: the CORD recipe, overrides, rendering to commented YAML, and validation.
 
 A config is a plain dict of LLaMA-Factory arguments. ``render_recipe`` builds one
-from the recipe plus overrides, and ``render_yaml`` writes it as deterministic,
-commented YAML, and ``validate_config`` checks it with LLaMA-Factory's own
-parser in-process (imported lazily: it takes seconds), collecting every problem.
+from the recipe plus overrides, ``render_yaml`` writes it as deterministic,
+commented YAML, and ``validate_config`` checks it with LLaMA-Factory's own parser
+in-process (imported lazily, as it takes seconds), collecting every problem.
 """
 
 from __future__ import annotations

@@ -156,8 +156,6 @@ def now() -> str:
 
 def llamafactory_cli() -> str:
     """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else the one beside this Python."""
-    import os
-
     from vlm.procs import find_llamafactory_cli
 
     return os.environ.get("VLM_LLAMAFACTORY_CLI") or find_llamafactory_cli()
@@ -226,7 +224,7 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     if not (adapter / "adapter_config.json").is_file():
         raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
                        hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")
-    export_dir = (spec.export_dir or Path(f"{cfg['output_dir']}-merged")).resolve()
+    export_dir = (spec.export_dir or Path(f"{adapter}-merged")).resolve()
     if export_dir == adapter:
         raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
     merged = merge_config(cfg, adapter, export_dir, spec.export_size)

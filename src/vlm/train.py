@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.config import load_config, render_yaml, validate_config
+from vlm.config import deepspeed_preset, load_config, render_yaml, validate_config
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from vlm.launch import (LaunchPlan, ScaleOut, llamafactory_cli, log_banner, make_plan, now, report_failure,
@@ -46,6 +46,7 @@ class TrainSpec:
     allow_truncation: bool = False
     scale: ScaleOut = field(default_factory=ScaleOut)
     log_file: Path | None = None
+    deepspeed: str | None = None  # a shipped preset name (z2, z3)
 
 
 @dataclass
@@ -221,6 +222,8 @@ def prepare(spec: TrainSpec) -> TrainResult:
     """Load and resolve the config and build the launch plan; writes nothing."""
     spec.scale.check()
     cfg = load_config(spec.config, spec.overrides)
+    if spec.deepspeed:
+        cfg["deepspeed"] = deepspeed_preset(spec.deepspeed)
     if not cfg.get("output_dir"):
         raise VlmError(f"{spec.config} has no output_dir", hint="add output_dir: saves/NAME, or pass output_dir=...")
     cfg = resolve_paths(cfg)

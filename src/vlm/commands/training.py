@@ -151,6 +151,8 @@ def train(
     master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.")] = None,
     master_port: Annotated[Optional[int], typer.Option("--master-port", help="Port on node 0.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Launch with Ray (USE_RAY=1; set ray_num_workers=N).")] = False,
+    deepspeed: Annotated[Optional[DeepSpeed], typer.Option(
+        "--deepspeed", help="Train with a shipped DeepSpeed ZeRO-2/3 preset (sets the config's deepspeed).")] = None,
     log_file: Annotated[Optional[Path], typer.Option(
         "--log-file", help="Where the child's output goes (default: OUTPUT_DIR/train.log).")] = None,
     as_json: JsonOpt = False,
@@ -166,7 +168,8 @@ def train(
 
     scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
     spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
-                     allow_truncation=allow_truncation, scale=scale, log_file=log_file)
+                     allow_truncation=allow_truncation, scale=scale, log_file=log_file,
+                     deepspeed=deepspeed.value if deepspeed else None)
     try:
         result = run_train(spec)
     except KeyboardInterrupt:  # during preflight, before there is a child to stop
@@ -189,7 +192,7 @@ def merge(
     adapter: Annotated[Optional[Path], typer.Option(
         "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
     export_dir: Annotated[Optional[Path], typer.Option(
-        "--export-dir", help="Where the merged model goes (default: OUTPUT_DIR-merged).")] = None,
+        "--export-dir", help="Where the merged model goes (default: ADAPTER-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -198,7 +201,10 @@ def merge(
     from vlm.output import info, out as stdout, print_json
     from vlm.launch import MergeSpec, merge as run_merge
 
-    plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
+    try:
+        plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     if as_json:
         print_json({**plan.as_dict(), "config": merged, "exit_code": code})
     elif dry_run:
@@ -268,7 +274,8 @@ def register(app: typer.Typer) -> None:
         "vlm train configs/cord.yaml --resume",
         "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
         "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
-        "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8"))(train)
+        "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8",
+        "vlm train configs/cord.yaml --nproc-per-node 8 --deepspeed z2"))(train)
     app.command("merge", help=_doc(merge) + examples(
         "vlm merge configs/cord.yaml",
         "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
