@@ -144,7 +144,7 @@ def samples_per_step(n_train: int, batch: int, accum: int, steps: int) -> list[i
 def step_timing(stamps: dict[int, float], n_train: int, batch: int, accum: int, warmup: int) -> dict[str, Any]:
     """seconds_per_step and samples_per_second from the arrival time of each step's log line."""
     last = max(stamps, default=0)
-    if last <= warmup or warmup not in stamps and warmup > 0:
+    if last <= warmup or (warmup > 0 and warmup not in stamps):
         raise ValueError(f"need log lines for step {warmup} and a later step; got steps {sorted(stamps)}")
     start = stamps[warmup] if warmup else stamps[min(stamps)]
     first = warmup if warmup else min(stamps)
@@ -351,6 +351,7 @@ class Bench:
     gpu_index: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE, for every variant
     token_stats: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+    rendered: dict[str, list[str]] = field(default_factory=dict)
 
     def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Every key set on top of the recipe: mode, --set, the variant, then the timing-run keys."""
@@ -359,13 +360,16 @@ class Bench:
         return {**MODES[self.mode]["overrides"], **self.extra, **overrides, **timing}
 
     def render(self, name: str, overrides: dict[str, Any]) -> Path:
+        """``runs/NAME/config.yaml`` from ``vlm render-config`` (which validates it); rendered once per run."""
         run = self.work / "runs" / name
-        run.mkdir(parents=True, exist_ok=True)
         pairs = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in self.settings(overrides).items()]
         config = run / "config.yaml"
-        check(vlm("render-config", str(config), "--model", str(self.work / "model"), "--dataset-dir",
-                  str(self.work / "data"), "--output-dir", str(run / "output"), "--force", *pairs), self.env,
-              f"render-config for {name}")
+        if self.rendered.get(name) != pairs:
+            run.mkdir(parents=True, exist_ok=True)
+            check(vlm("render-config", str(config), "--model", str(self.work / "model"), "--dataset-dir",
+                      str(self.work / "data"), "--output-dir", str(run / "output"), "--force", *pairs), self.env,
+                  f"render-config for {name}")
+            self.rendered[name] = pairs
         return config
 
     def tokens(self, config: Path) -> dict[str, Any]:
@@ -530,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         built = prepare(work.resolve(), args.mode, args.model, args.samples, args.seed, env)
         bench = Bench(args.mode, work.resolve(), args.steps, args.warmup_steps, args.timeout,
                       built["data"]["n_train"], env, gpu_index, args.extra)
-        base_config = bench.render("_stats", PUBLISHED_PIXELS)
+        base_config = bench.render("recipe", variant_overrides(VARIANTS[0], args.mode, 0))  # reused by the recipe run
         published_tokens = bench.tokens(base_config)
         recommended = published_tokens.get("recommended_image_max_pixels")
         if args.preflight_pixels != "auto":
