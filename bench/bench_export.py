@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def vlm_export(source: Path, out: Path, workers: int) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=800)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache" / "cord-photo")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

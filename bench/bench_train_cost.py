@@ -11,8 +11,11 @@ Builds everything offline, then runs the real ``llamafactory-cli train`` through
 * data: a CORD-scale synthetic sample (scripts/make_cord_sample.py; GPU mode: 800
   photo-like ~1600x2400 JPEG receipts), exported with
   ``vlm save-cord-dataset-in-sharegpt-format``;
-* config: ``vlm render-config`` (the recipe) with the variant's overrides, plus
-  max_steps=N, logging_steps=1, eval and checkpoints off, val_size=0.
+* config: ``vlm render-config`` renders the recipe once, as published (no
+  image_max_pixels, so LLaMA-Factory's 768*768 default) plus the timing-run keys:
+  max_steps=N, logging_steps=1, eval and checkpoints off, val_size=0. Each variant
+  is ``vlm train BASE key=value...`` (vlm validates and preflights it), with
+  ``--allow-truncation`` only where ``vlm stats`` finds samples over cutoff_len.
 
 Timing: this script tails ``trainer_log.jsonl`` every 20 ms and stamps each step's
 line as it appears (LLaMA-Factory logs after the optimizer step, and the loss's
@@ -37,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -47,7 +49,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,51 +63,77 @@ ANCHOR = {"minutes": 30, "gpu_memory_gb": 20,
           "note": "reported for the recipe on a real Qwen2-VL-2B run (GPU unnamed); not measured by this script"}
 # The published recipe sets no image_max_pixels/image_min_pixels: LLaMA-Factory 0.9.5's defaults apply.
 PUBLISHED_PIXELS = {"image_max_pixels": 768 * 768, "image_min_pixels": 32 * 32}
-CORD_YAML_PIXELS = {"image_max_pixels": 262144, "image_min_pixels": 3136}  # configs/cord.yaml
+CORD_YAML_MAX_PIXELS = 262144  # configs/cord.yaml's image_max_pixels
 MODES = {  # per mode: steps, samples, model size, photo-like images, extra overrides
-    "gpu": dict(steps=12, samples=CORD_TRAIN, model="2b", photo_like=True, overrides={}),
+    "gpu": {"steps": 12, "samples": CORD_TRAIN, "model": "2b", "photo_like": True, "overrides": {}},
     # bf16 needs a GPU; 16 preprocessing processes only cost start-up time on a small CPU box.
-    "cpu": dict(steps=3, samples=64, model="tiny", photo_like=False,
-                overrides={"bf16": False, "preprocessing_num_workers": 1}),
+    "cpu": {"steps": 3, "samples": 64, "model": "tiny", "photo_like": False,
+            "overrides": {"bf16": False, "preprocessing_num_workers": 1}},
 }
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the recipe. ``pixels``: "published" (LLaMA-Factory defaults) or "preflight"."""
+    """One way to run the recipe; ``kind`` says what it starts from.
+
+    recipe: the recipe as published. full_cutoff: the recipe with cutoff_len raised until
+    nothing is truncated. pixels: the recipe with the preflight's image_max_pixels. lever:
+    the baseline plus ``overrides``. combined: the preflight pixels plus every lever that runs.
+    """
 
     name: str
     about: str
+    kind: str = "lever"
     overrides: dict[str, Any] = field(default_factory=dict)
-    pixels: str = "published"
     needs: tuple[str, ...] = ()  # "cuda" and/or importable modules
 
 
 VARIANTS = [
-    Variant("recipe", "the recipe as published: no image_max_pixels, so LLaMA-Factory's 768*768 default"),
-    Variant("preflight_pixels", "image_max_pixels from vlm stats (recommended_image_max_pixels), min 3136",
-            pixels="preflight"),
+    Variant("recipe", "the recipe as published: no image_max_pixels, so LLaMA-Factory's 768*768 default",
+            kind="recipe"),
+    Variant("recipe_full_cutoff", "the recipe with cutoff_len raised to vlm stats' recommended_cutoff_len: "
+            "the published pixels, nothing truncated", kind="full_cutoff"),
+    Variant("preflight_pixels", "image_max_pixels from vlm stats (recommended_image_max_pixels; else 262144)",
+            kind="pixels"),
     Variant("no_grad_ckpt", "gradient checkpointing off (LLaMA-Factory turns it on by default): "
-            "no recomputed forward, more activation memory", {"disable_gradient_checkpointing": True}),
+            "no recomputed forward, more activation memory", overrides={"disable_gradient_checkpointing": True}),
     Variant("batch16_accum4", "per-device batch 16 x accumulation 4 (effective batch still 64)",
-            {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4}),
+            overrides={"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4}),
     Variant("workers4", "4 dataloader workers decode and resize images beside the training loop",
-            {"dataloader_num_workers": 4}),
+            overrides={"dataloader_num_workers": 4}),
     Variant("liger", "Liger kernels (fused RMSNorm, SwiGLU, RoPE, fused linear cross-entropy)",
-            {"enable_liger_kernel": True}, needs=("cuda", "liger_kernel")),
-    Variant("fa2", "FlashAttention-2 instead of PyTorch SDPA", {"flash_attn": "fa2"}, needs=("cuda", "flash_attn")),
-    Variant("combined", "preflight_pixels + every setting above that runs here (none changes what is learned)",
-            pixels="preflight"),
+            overrides={"enable_liger_kernel": True}, needs=("cuda", "liger_kernel")),
+    Variant("fa2", "FlashAttention-2 instead of PyTorch SDPA", overrides={"flash_attn": "fa2"},
+            needs=("cuda", "flash_attn")),
+    Variant("combined", "preflight_pixels + every lever above that runs here (levers change speed and memory, "
+            "not what is learned)", kind="combined"),
 ]
 VARIANT_NAMES = [v.name for v in VARIANTS]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the token counts of the published recipe decided, before any training."""
+
+    preflight_pixels: int
+    preflight_source: str
+    fit_cutoff: int | None = None  # cutoff_len that truncates nothing at the published pixels; None: nothing is cut
+
+    @property
+    def baseline(self) -> str:
+        """The variant the levers start from and the ratios divide by: the recipe, unless it truncates samples
+        (truncated image tokens crash Qwen2-VL training), then the recipe with the cutoff that fits."""
+        return "recipe" if self.fit_cutoff is None else "recipe_full_cutoff"
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def skip_reason(variant: Variant, mode: str) -> str | None:
-    """Why ``variant`` cannot run in ``mode`` on this machine, or None."""
+def skip_reason(variant: Variant, mode: str, plan: Plan | None = None) -> str | None:
+    """Why ``variant`` does not run in ``mode`` on this machine, or None."""
+    if variant.kind == "full_cutoff" and plan is not None and plan.fit_cutoff is None:
+        return "no sample exceeds cutoff_len at the published pixels: the same run as recipe"
     for need in variant.needs:
         if need == "cuda" and mode != "gpu":
             return "needs a CUDA GPU (GPU-only kernels)"
@@ -115,16 +143,23 @@ def skip_reason(variant: Variant, mode: str) -> str | None:
     return None
 
 
-def variant_overrides(variant: Variant, mode: str, preflight_pixels: int) -> dict[str, Any]:
-    """The LLaMA-Factory keys ``variant`` sets on top of the recipe (before the timing-run settings)."""
-    pixels = (PUBLISHED_PIXELS if variant.pixels == "published"
-              else {"image_max_pixels": preflight_pixels, "image_min_pixels": CORD_YAML_PIXELS["image_min_pixels"]})
-    overrides = {**pixels, **variant.overrides}
-    if variant.name == "combined":
-        for other in VARIANTS:
-            if other.name not in ("recipe", "preflight_pixels", "combined") and skip_reason(other, mode) is None:
-                overrides.update(other.overrides)
-    return overrides
+def variant_overrides(variant: Variant, mode: str, plan: Plan) -> dict[str, Any]:
+    """The LLaMA-Factory keys ``variant`` changes in the base config (the published recipe + timing-run keys)."""
+    fit = {} if plan.fit_cutoff is None else {"cutoff_len": plan.fit_cutoff}
+    if variant.kind == "recipe":
+        return {}
+    if variant.kind == "full_cutoff":
+        return fit
+    if variant.kind == "pixels":
+        return {"image_max_pixels": plan.preflight_pixels}
+    if variant.kind == "lever":
+        return {**fit, **variant.overrides}
+    combined = {"image_max_pixels": plan.preflight_pixels}
+    for other in VARIANTS:
+        if other.kind == "lever" and skip_reason(other, mode, plan) is None:
+            combined.update(other.overrides)
+    return combined
+
 
 
 # ---------------------------------------------------------------- pure measurement helpers
@@ -155,14 +190,14 @@ def step_timing(stamps: dict[int, float], n_train: int, batch: int, accum: int, 
             "samples_per_second": samples / seconds if seconds > 0 else float("nan")}
 
 
-def add_ratios(results: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
-    """Each ok variant's ``ratio_to_recipe`` for ``keys`` (the recipe's own ratios are 1.0)."""
-    base = next((r for r in results if r["name"] == "recipe" and r["status"] == "ok"), None)
+def add_ratios(results: list[dict[str, Any]], keys: tuple[str, ...], baseline: str = "recipe") -> None:
+    """Each ok variant's ``ratio_to_baseline`` for ``keys`` (the baseline's own ratios are 1.0)."""
+    base = next((r for r in results if r["name"] == baseline and r["status"] == "ok"), None)
     for r in results:
         if r["status"] != "ok":
             continue
-        r["ratio_to_recipe"] = {k: (round(r[k] / base[k], 3) if base and r.get(k) and base.get(k) else None)
-                                for k in keys}
+        r["ratio_to_baseline"] = {k: (round(r[k] / base[k], 3) if base and r.get(k) and base.get(k) else None)
+                                  for k in keys}
 
 
 # ---------------------------------------------------------------- running a child and watching its log
@@ -216,7 +251,7 @@ class GpuMemorySampler(threading.Thread):
             return
         while not self.stop.is_set():
             try:
-                done = subprocess.run(self.argv, capture_output=True, text=True, timeout=10)
+                done = subprocess.run(self.argv, check=False, capture_output=True, text=True, timeout=10)
                 used = float(done.stdout.strip().splitlines()[0])
                 self.peak_mib = max(self.peak_mib or 0.0, used)
             except (subprocess.SubprocessError, OSError, ValueError, IndexError):
@@ -288,8 +323,9 @@ def error_line(*paths: Path) -> str:
 
 def child_env(mode: str) -> tuple[dict[str, str], str | None]:
     """Offline environment for vlm/LLaMA-Factory children, and the GPU index nvidia-smi should watch."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # vlm, if not installed
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "RECORD_VRAM": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+           "RECORD_VRAM": "1", "PYTHONPATH": path}
     if mode != "gpu":
         return env, None
     # One GPU: with several visible, LLaMA-Factory would launch torchrun over all of them.
@@ -303,7 +339,7 @@ def vlm(*args: str) -> list[str]:
 
 
 def check(argv: list[str], env: dict[str, str], what: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
     return done.stdout
@@ -325,9 +361,9 @@ def prepare(work: Path, mode: str, model_size: str, samples: int, seed: int, env
     log(f"generating {samples} synthetic CORD receipts ({'photo-like' if photo_like else 'small'})")
     t0 = time.perf_counter()
     # A child process: the generator's render pool spawns workers that must import it by name.
-    check([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(work / "sample"), "--train", str(samples),
-           "--validation", "0", "--test", "0", "--seed", str(seed), "--force", *(["--photo-like"] if photo_like else [])],
-          env, "make_cord_sample")
+    check([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(work / "sample"),
+           "--train", str(samples), "--validation", "0", "--test", "0", "--seed", str(seed), "--force",
+           *(["--photo-like"] if photo_like else [])], env, "make_cord_sample")
     check(vlm("save-cord-dataset-in-sharegpt-format", str(work / "data"), "--source", str(work / "sample"),
               "--split", "train", "--json"), env, "export")
     records = json.loads((work / "data" / "cord_train.json").read_text(encoding="utf-8"))
@@ -341,6 +377,8 @@ def prepare(work: Path, mode: str, model_size: str, samples: int, seed: int, env
 
 @dataclass
 class Bench:
+    """One benchmark run: the base config (rendered once) and how each variant is trained and measured."""
+
     mode: str
     work: Path
     steps: int
@@ -350,94 +388,127 @@ class Bench:
     env: dict[str, str]
     gpu_index: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE, for every variant
-    token_stats: dict[tuple, dict[str, Any]] = field(default_factory=dict)
-    rendered: dict[str, list[str]] = field(default_factory=dict)
+    token_stats: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
-    def settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Every key set on top of the recipe: mode, --set, the variant, then the timing-run keys."""
+    @property
+    def base_config(self) -> Path:
+        return self.work / "runs" / "base.yaml"
+
+    def base_settings(self) -> dict[str, Any]:
+        """The keys set on the recipe for every variant: published pixels, mode, --set, then the timing run."""
         timing = {"max_steps": self.steps, "save_steps": 1_000_000, "eval_strategy": "no", "val_size": 0,
                   "report_to": "none", "logging_steps": 1, "overwrite_output_dir": True}
-        return {**MODES[self.mode]["overrides"], **self.extra, **overrides, **timing}
+        return {**PUBLISHED_PIXELS, **MODES[self.mode]["overrides"], **self.extra, **timing}
 
-    def render(self, name: str, overrides: dict[str, Any]) -> Path:
-        """``runs/NAME/config.yaml`` from ``vlm render-config`` (which validates it); rendered once per run."""
-        run = self.work / "runs" / name
-        pairs = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in self.settings(overrides).items()]
-        config = run / "config.yaml"
-        if self.rendered.get(name) != pairs:
-            run.mkdir(parents=True, exist_ok=True)
-            check(vlm("render-config", str(config), "--model", str(self.work / "model"), "--dataset-dir",
-                      str(self.work / "data"), "--output-dir", str(run / "output"), "--force", *pairs), self.env,
-                  f"render-config for {name}")
-            self.rendered[name] = pairs
-        return config
+    def render_base(self) -> dict[str, Any]:
+        """``vlm render-config`` (which validates) the recipe with ``base_settings``; return the rendered keys."""
+        check(vlm("render-config", str(self.base_config), "--model", str(self.work / "model"), "--dataset-dir",
+                  str(self.work / "data"), "--output-dir", str(self.work / "runs" / "base-output"), "--force",
+                  *pairs(self.base_settings())), self.env, "render-config")
+        return yaml.safe_load(self.base_config.read_text(encoding="utf-8"))
 
-    def tokens(self, config: Path) -> dict[str, Any]:
-        """``vlm stats --json`` for this config's pixel and cutoff settings (cached per setting)."""
-        rendered = yaml.safe_load(config.read_text(encoding="utf-8"))
-        key = tuple(rendered.get(k) for k in ("image_max_pixels", "image_min_pixels", "cutoff_len"))
+    def tokens(self, image_max_pixels: int, cutoff_len: int) -> dict[str, Any]:
+        """``vlm stats --json`` of the base config at ``image_max_pixels`` and ``cutoff_len`` (cached)."""
+        key = (image_max_pixels, cutoff_len)
         if key not in self.token_stats:
             t0 = time.perf_counter()
+            argv = vlm("stats", str(self.base_config), "--image-max-pixels", str(image_max_pixels),
+                       "--cutoff-len", str(cutoff_len), "--json")
             try:
-                report = json.loads(check(vlm("stats", str(config), "--json"), self.env, "vlm stats"))
-                self.token_stats[key] = {k: report[k] for k in ("n_total", "n_over", "cutoff_len", "max_total_tokens",
-                                                                 "percentiles", "recommended_image_max_pixels")}
+                report = json.loads(check(argv, self.env, "vlm stats"))
+                stats = {k: report[k] for k in ("image_max_pixels", "n_total", "n_over", "cutoff_len",
+                                                "max_total_tokens", "percentiles", "recommended_image_max_pixels",
+                                                "recommended_cutoff_len")}
             except (RuntimeError, json.JSONDecodeError, KeyError) as e:
-                self.token_stats[key] = {"error": str(e)[:500]}
-            self.token_stats[key]["seconds"] = round(time.perf_counter() - t0, 1)
+                stats = {"error": str(e)[:500]}
+            self.token_stats[key] = {**stats, "seconds": round(time.perf_counter() - t0, 1)}
         return self.token_stats[key]
 
-    def run(self, variant: Variant, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Train ``variant`` for ``steps`` steps and measure it; failures are recorded, not raised."""
-        applied = self.settings(overrides)
-        result: dict[str, Any] = {"name": variant.name, "about": variant.about, "overrides": applied}
-        t0 = time.perf_counter()
-        try:
-            config = self.render(variant.name, overrides)
-        except RuntimeError as e:
-            return {**result, "status": "failed", "error": str(e)}
-        result["render_seconds"] = round(time.perf_counter() - t0, 1)
-        tokens = self.tokens(config)
+    def run(self, variant: Variant, overrides: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        """``vlm train`` the base config with ``overrides`` for ``steps`` steps and measure it.
+
+        Failures (OOM, a crash, a timeout) are recorded in the result, not raised."""
+        result: dict[str, Any] = {"name": variant.name, "about": variant.about, "overrides": overrides}
+        tokens = self.tokens(*({**base, **overrides}[k] for k in ("image_max_pixels", "cutoff_len")))
         allow = bool(tokens.get("n_over"))
         result.update(tokens=tokens, allow_truncation=allow)
         if allow:
-            result["note"] = (f"{tokens['n_over']} of {tokens['n_total']} samples exceed cutoff_len; "
-                              "run with --allow-truncation (LLaMA-Factory truncates them)")
-        output = config.parent / "output"
-        argv = vlm("train", str(config), *(["--allow-truncation"] if allow else []))
+            result["note"] = (f"{tokens['n_over']}/{tokens['n_total']} samples exceed cutoff_len; "
+                              "ran with --allow-truncation")
+        run_dir = self.work / "runs" / variant.name
+        output = run_dir / "output"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        argv = vlm("train", str(self.base_config), *pairs({**overrides, "output_dir": str(output)}),
+                   *(["--allow-truncation"] if allow else []))
         log(f"{variant.name}: training {self.steps} steps")
-        child = run_watched(argv, self.env, config.parent / "vlm_train.out", output / "trainer_log.jsonl",
+        child = run_watched(argv, self.env, run_dir / "vlm_train.out", output / "trainer_log.jsonl",
                             self.timeout, self.gpu_index)
         result.update(exit_code=child.exit_code, wall_seconds=round(child.seconds, 1),
                       peak_host_rss_gib=round(child.peak_rss_gib, 2), log=str(output / "train.log"))
         stamps = child.watch.step_stamps()
         if child.exit_code != 0:
+            if allow:  # seen on CPU with CORD-scale photos: cut image tokens break mRoPE / the image features
+                result["note"] += "; a sample cut inside its image tokens makes Qwen2-VL training fail"
             return {**result, "status": "failed", "steps_logged": len(stamps),
-                    "error": error_line(output / "train.log", config.parent / "vlm_train.out")}
-        rendered = yaml.safe_load(config.read_text(encoding="utf-8"))
-        batch, accum = rendered["per_device_train_batch_size"], rendered["gradient_accumulation_steps"]
+                    "error": error_line(output / "train.log", run_dir / "vlm_train.out")}
+        resolved = yaml.safe_load((output / "vlm_resolved_config.yaml").read_text(encoding="utf-8"))
+        batch, accum = resolved["per_device_train_batch_size"], resolved["gradient_accumulation_steps"]
         try:
             timing = step_timing(stamps, self.n_train, batch, accum, self.warmup)
         except ValueError as e:
             return {**result, "status": "failed", "error": f"timing: {e}"}
         records = [r for _, r in child.watch.records]
-        vram = [r for r in records if "vram_reserved" in r]
+        vram = [r for r in records if "vram_reserved" in r] if self.mode == "gpu" else []
         losses = [r["loss"] for r in records if "loss" in r]
         sps = timing["samples_per_second"]
         result.update(
-            status="ok", per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-            effective_batch=batch * accum, steps_run=max(stamps), warmup_steps=self.warmup,
-            steps_timed=timing["steps_timed"], timed_seconds=timing["timed_seconds"],
-            seconds_per_step=round(timing["seconds_per_step"], 4), samples_per_second=round(sps, 3),
-            seconds_to_first_step=round(stamps[min(stamps)] - child.started, 1),
+            status="ok", resolved_config=str(output / "vlm_resolved_config.yaml"), bf16=bool(resolved.get("bf16")),
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accum, effective_batch=batch * accum,
+            steps_run=max(stamps), warmup_steps=self.warmup, steps_timed=timing["steps_timed"],
+            samples_timed=timing["samples_timed"],
+            timed_seconds=timing["timed_seconds"], seconds_per_step=round(timing["seconds_per_step"], 4),
+            samples_per_second=round(sps, 3), seconds_to_first_step=round(stamps[min(stamps)] - child.started, 1),
             projected_10_epoch_minutes=round(EPOCHS * PROJECTED_SAMPLES / sps / 60, 2),
             projected_10_epoch_minutes_800=round(EPOCHS * CORD_TRAIN / sps / 60, 2),
-            peak_gpu_allocated_gib=max((r["vram_allocated"] for r in vram), default=None) if self.mode == "gpu" else None,
-            peak_gpu_reserved_gib=max((r["vram_reserved"] for r in vram), default=None) if self.mode == "gpu" else None,
+            peak_gpu_allocated_gib=max((r["vram_allocated"] for r in vram), default=None),
+            peak_gpu_reserved_gib=max((r["vram_reserved"] for r in vram), default=None),
             peak_nvidia_smi_used_gib=round(child.peak_smi_gib, 2) if child.peak_smi_gib is not None else None,
             final_loss=losses[-1] if losses else None,
         )
         return result
+
+
+def pairs(settings: dict[str, Any]) -> list[str]:
+    """``key=value`` arguments as vlm parses them (booleans as true/false)."""
+    return [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items()]
+
+
+def make_plan(published: dict[str, Any], preflight_arg: str) -> Plan:
+    """The preflight image_max_pixels and the cutoff that fits, from ``vlm stats`` of the published recipe."""
+    recommended = published.get("recommended_image_max_pixels")
+    if preflight_arg != "auto":
+        pixels, source = int(preflight_arg), "--preflight-pixels"
+    elif recommended:
+        pixels, source = int(recommended), "vlm stats recommended_image_max_pixels"
+    else:
+        pixels, source = CORD_YAML_MAX_PIXELS, "configs/cord.yaml (vlm stats recommended none)"
+    fit = published.get("recommended_cutoff_len") if published.get("n_over") else None
+    return Plan(pixels, source, fit)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically: a temp file beside ``path``, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def versions() -> dict[str, str | None]:
@@ -452,24 +523,35 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def print_table(results: list[dict[str, Any]], mode: str) -> None:
-    head = f"{'variant':<18}{'status':<9}{'s/step':>9}{'samples/s':>11}{'peak GiB':>10}{'10-ep min':>11}" \
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(results: list[dict[str, Any]], mode: str, baseline: str) -> None:
+    """The human-readable summary; the JSON holds the same numbers and more."""
+    head = f"{'variant':<20}{'status':<9}{'s/step':>9}{'samples/s':>11}{'peak GiB':>10}{'10-ep min':>11}" \
            f"{'x time':>8}{'x mem':>7}  note"
     print(head)
     print("-" * len(head))
     for r in results:
         if r["status"] != "ok":
-            print(f"{r['name']:<18}{r['status']:<9}{'':>56}  {r.get('reason') or r.get('error')}")
+            print(f"{r['name']:<20}{r['status']:<9}{'':>56}  {r.get('reason') or r.get('error')}")
             continue
         mem = r["peak_gpu_reserved_gib"] if mode == "gpu" else r["peak_host_rss_gib"]
-        ratio = r.get("ratio_to_recipe") or {}
+        ratio = r.get("ratio_to_baseline") or {}
         mem_ratio = ratio.get("peak_gpu_reserved_gib" if mode == "gpu" else "peak_host_rss_gib")
-        fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-        print(f"{r['name']:<18}{'ok':<9}{r['seconds_per_step']:>9.3f}{r['samples_per_second']:>11.2f}"
-              f"{fmt(mem, '.2f'):>10}{r['projected_10_epoch_minutes']:>11.2f}"
-              f"{fmt(ratio.get('projected_10_epoch_minutes'), '.2f'):>8}{fmt(mem_ratio, '.2f'):>7}  {r.get('note', '')}")
+        print(f"{r['name']:<20}{'ok':<9}{r['seconds_per_step']:>9.3f}{r['samples_per_second']:>11.2f}"
+              f"{_fmt(mem, '.2f'):>10}{r['projected_10_epoch_minutes']:>11.2f}"
+              f"{_fmt(ratio.get('projected_10_epoch_minutes'), '.2f'):>8}{_fmt(mem_ratio, '.2f'):>7}"
+              f"  {r.get('note', '')}")
     print(f"peak GiB: {'torch peak reserved GPU memory' if mode == 'gpu' else 'peak host RSS (CPU mode)'}; "
-          f"10-ep min: {EPOCHS} x {PROJECTED_SAMPLES} samples / samples/s; x: ratio to recipe")
+          f"10-ep min: {EPOCHS} x {PROJECTED_SAMPLES} samples / samples/s; x: ratio to {baseline}")
+    recipe = next((r for r in results if r["name"] == "recipe" and r["status"] == "ok"), None)
+    if mode == "gpu" and recipe:
+        print(f"anchor (reported, real weights): ~{ANCHOR['minutes']} min and ~{ANCHOR['gpu_memory_gb']} GB; "
+              f"measured recipe: {recipe['projected_10_epoch_minutes']:.1f} min of steps + "
+              f"{recipe['seconds_to_first_step']:.0f} s start-up, "
+              f"{_fmt(recipe['peak_nvidia_smi_used_gib'], '.1f')} GiB peak nvidia-smi")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -524,69 +606,62 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for v in VARIANTS:
-            print(f"{v.name:<18}{v.about}" + (f" [skipped here: {r}]" if (r := skip_reason(v, args.mode)) else ""))
+            print(f"{v.name:<20}{v.about}" + (f" [skipped here: {r}]" if (r := skip_reason(v, args.mode)) else ""))
         return 0
     env, gpu_index = child_env(args.mode)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="train-cost-"))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load_start = round(os.getloadavg()[0], 2)  # other work on the host skews timings, CPU mode most
     try:
         built = prepare(work.resolve(), args.mode, args.model, args.samples, args.seed, env)
         bench = Bench(args.mode, work.resolve(), args.steps, args.warmup_steps, args.timeout,
                       built["data"]["n_train"], env, gpu_index, args.extra)
-        base_config = bench.render("recipe", variant_overrides(VARIANTS[0], args.mode, 0))  # reused by the recipe run
-        published_tokens = bench.tokens(base_config)
-        recommended = published_tokens.get("recommended_image_max_pixels")
-        if args.preflight_pixels != "auto":
-            preflight, source = int(args.preflight_pixels), "--preflight-pixels"
-        elif recommended:
-            preflight, source = int(recommended), "vlm stats recommended_image_max_pixels"
-        else:
-            preflight, source = CORD_YAML_PIXELS["image_max_pixels"], "configs/cord.yaml (vlm stats recommended none)"
-        log(f"preflight image_max_pixels: {preflight} ({source})")
+        log("rendering the base config (the recipe as published + timing-run keys)")
+        base = bench.render_base()
+        plan = make_plan(bench.tokens(base["image_max_pixels"], base["cutoff_len"]), args.preflight_pixels)
+        log(f"preflight image_max_pixels: {plan.preflight_pixels} ({plan.preflight_source}); "
+            f"baseline: {plan.baseline}")
         results = []
         for variant in (v for v in VARIANTS if v.name in args.variants):
-            overrides = variant_overrides(variant, args.mode, preflight)
-            reason = skip_reason(variant, args.mode)
+            overrides = variant_overrides(variant, args.mode, plan)
+            reason = skip_reason(variant, args.mode, plan)
             result = ({"name": variant.name, "about": variant.about, "overrides": overrides, "status": "skipped",
-                       "reason": reason} if reason else bench.run(variant, overrides))
+                       "reason": reason} if reason else bench.run(variant, overrides, base))
             log(f"{variant.name}: {result['status']}"
                 + (f", {result['seconds_per_step']:.3f} s/step" if result["status"] == "ok" else
                    f": {result.get('reason') or result.get('error')}"))
             results.append(result)
         add_ratios(results, ("seconds_per_step", "samples_per_second", "projected_10_epoch_minutes",
-                             "peak_gpu_reserved_gib", "peak_nvidia_smi_used_gib", "peak_host_rss_gib"))
+                             "peak_gpu_reserved_gib", "peak_nvidia_smi_used_gib", "peak_host_rss_gib"),
+                   plan.baseline)
     finally:
         if args.work_dir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    settings = {
+        "steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples, "model": args.model,
+        "seed": args.seed, "preflight_image_max_pixels": plan.preflight_pixels,
+        "preflight_image_max_pixels_source": plan.preflight_source, "full_cutoff_len": plan.fit_cutoff,
+        "published_recipe_pixels": PUBLISHED_PIXELS, "base_overrides": bench.base_settings(), "set": args.extra,
+        "env_set": {"RECORD_VRAM": "1", "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES")},
+        "cpu_count": os.cpu_count(),
+        "host_load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        "projection": f"{EPOCHS} epochs x {PROJECTED_SAMPLES} samples (CORD's 800 train minus val_size 0.1) / "
+                      "samples_per_second; optimizer steps only, start-up excluded",
+        "timing": "trainer_log.jsonl lines stamped on arrival (20 ms polling), from step W's line to step N's",
+    }
     report = {
         "benchmark": "train_cost", "mode": args.mode, "date": started.isoformat(timespec="seconds"),
         "device": built["model"].get("device"), "versions": versions(), "python": sys.version.split()[0],
-        "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples,
-                     "model": args.model, "seed": args.seed, "preflight_image_max_pixels": preflight,
-                     "preflight_image_max_pixels_source": source, "published_recipe_pixels": PUBLISHED_PIXELS,
-                     "mode_overrides": MODES[args.mode]["overrides"], "set": args.extra,
-                     "host_load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
-                     "cpu_count": os.cpu_count(), "env_set": {"RECORD_VRAM": "1",
-                     "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES")},
-                     "projection": f"{EPOCHS} epochs x {PROJECTED_SAMPLES} samples (800 CORD train minus val_size 0.1)"
-                                   " / samples_per_second; optimizer steps only, start-up excluded",
-                     "timing": "trainer_log.jsonl lines stamped on arrival (20 ms polling); step W to step N"},
-        "anchor": ANCHOR, "model": built["model"], "data": built["data"], "reused_work_dir": built["reused"],
+        "settings": settings, "ratio_baseline": plan.baseline, "anchor": ANCHOR, "model": built["model"],
+        "data": built["data"], "reused_work_dir": built["reused"],
         "work_dir": str(work) if (args.work_dir or args.keep) else None, "variants": results,
     }
     out = args.out or RESULTS_DIR / f"train_cost_{args.mode}_{started:%Y%m%d}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    write_json(out, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_table(results, args.mode)
+        print_table(results, args.mode, plan.baseline)
     log(f"results: {out}")
     return 0 if any(r["status"] == "ok" for r in results) else 1
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Random-weight Qwen2-VL models for the training-cost benchmark, built offline.
 
 ``build_2b`` makes a ``Qwen2VLForConditionalGeneration`` with the published
@@ -47,21 +48,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct (config.json, preprocessor_config.json)"
 
-QWEN2VL_2B_TEXT: dict[str, Any] = dict(
-    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-    num_key_value_heads=2, hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6,
-    max_window_layers=28, use_sliding_window=False, attention_dropout=0.0, initializer_range=0.02,
-    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-    tie_word_embeddings=True,
-)
-QWEN2VL_2B_VISION: dict[str, Any] = dict(
-    depth=32, embed_dim=1280, hidden_size=1536, hidden_act="quick_gelu", mlp_ratio=4, num_heads=16, in_channels=3,
-    patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-)
-QWEN2VL_IMAGE_PROCESSOR: dict[str, Any] = dict(
-    min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2,
-    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-)
+QWEN2VL_2B_TEXT: dict[str, Any] = {
+    "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+    "num_attention_heads": 12, "num_key_value_heads": 2, "hidden_act": "silu", "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6, "max_window_layers": 28, "use_sliding_window": False, "attention_dropout": 0.0,
+    "initializer_range": 0.02, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+QWEN2VL_2B_VISION: dict[str, Any] = {
+    "depth": 32, "embed_dim": 1280, "hidden_size": 1536, "hidden_act": "quick_gelu", "mlp_ratio": 4, "num_heads": 16,
+    "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+}
+QWEN2VL_IMAGE_PROCESSOR: dict[str, Any] = {
+    "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
 
 
 def tiny_module():
@@ -122,8 +123,12 @@ def _save_atomically(out_dir: Path, save) -> Path:
 def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, Any]:
     """Build the random-weight 2B model in bf16 on ``device``, save it and its processor; return facts about it."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, \
-        Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     tiny = tiny_module()
     torch.manual_seed(seed)
@@ -150,9 +155,6 @@ def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, An
         processor.save_pretrained(tmp)
 
     _save_atomically(out_dir, save)
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return {"kind": "qwen2vl-2b-random", "parameters": n_params, "build_seconds": round(built, 2),
             "build_and_save_seconds": round(time.perf_counter() - start, 2), "dtype": "bfloat16",
             "vocab_size": QWEN2VL_2B_TEXT["vocab_size"], "tokenizer_size": len(tokenizer),

@@ -25,11 +25,20 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Export 
 PromptFileOpt = Annotated[
     Optional[Path], typer.Option("--prompt-file", exists=True, dir_okay=False, help="Use this prompt instead of the built-in one.")
 ]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Parallel image writers.")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="Parallel image writers (default: one per CPU core).")
+]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first split with a bad record instead of skipping it.")]
 NoRegisterOpt = Annotated[
     bool, typer.Option("--no-register", help="Do not register the splits in DIR/dataset_info.json.")
 ]
+
+
+def _cores() -> int:
+    # Writing is bound by the disk and hashing by the cores; more threads than cores only contend.
+    import os
+
+    return os.cpu_count() or 2
 
 
 def _splits(split: Split) -> tuple[str, ...]:
@@ -75,7 +84,7 @@ def save_cord(
     split: SplitOpt = Split.all,
     limit: LimitOpt = None,
     prompt_file: PromptFileOpt = None,
-    workers: WorkersOpt = 8,
+    workers: WorkersOpt = None,
     strict: StrictOpt = False,
     no_register: NoRegisterOpt = False,
     as_json: JsonOpt = False,
@@ -89,7 +98,7 @@ def save_cord(
     from vlm.schema import cord_prompt
 
     spec = ExportSpec(out_dir=out_dir, source=source, name="cord", prompt=_prompt(prompt_file, cord_prompt()),
-                      splits=_splits(split), limit=limit, workers=workers, strict=strict)
+                      splits=_splits(split), limit=limit, workers=workers or _cores(), strict=strict)
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
@@ -113,7 +122,7 @@ def export_generic(
     ] = None,
     split: SplitOpt = Split.all,
     limit: LimitOpt = None,
-    workers: WorkersOpt = 8,
+    workers: WorkersOpt = None,
     strict: StrictOpt = False,
     no_register: NoRegisterOpt = False,
     as_json: JsonOpt = False,
@@ -128,7 +137,7 @@ def export_generic(
         raise VlmError("no prompt given", hint="pass --prompt TEXT or --prompt-file FILE.")
     spec = ExportSpec(out_dir=out_dir, source=source, name=name, prompt=prompt or _prompt(prompt_file, ""),
                       splits=_splits(split), image_column=image_column, target_column=target_column,
-                      target_field=target_field, limit=limit, workers=workers, strict=strict)
+                      target_field=target_field, limit=limit, workers=workers or _cores(), strict=strict)
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
