@@ -345,30 +345,35 @@ def check(argv: list[str], env: dict[str, str], what: str) -> str:
     return done.stdout
 
 
-def prepare(work: Path, mode: str, model_size: str, samples: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
+def prepare(work: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     """Build (or reuse) the model and the exported dataset in ``work``; return what was built."""
-    wanted = {"mode": mode, "model": model_size, "samples": samples, "seed": seed}
+    model_dir = args.model_dir.resolve() if args.model_dir else None
+    wanted = {"mode": args.mode, "model": str(model_dir or args.model), "samples": args.samples, "seed": args.seed,
+              "photo_like": args.photo_like}
     stamp = work / "work.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("wanted") == wanted:
         log(f"reusing model and data in {work}")
         return {**json.loads(stamp.read_text(encoding="utf-8")), "reused": True}
     work.mkdir(parents=True, exist_ok=True)
-    log(f"building the {model_size} model ({'random weights' if model_size == '2b' else 'toy'})")
-    device = "cuda" if mode == "gpu" else "cpu"
-    facts = json.loads(check([sys.executable, str(ROOT / "bench" / "train_cost_model.py"), str(work / "model"),
-                              "--size", model_size, "--device", device, "--seed", str(seed)], env, "model build"))
-    photo_like = MODES[mode]["photo_like"]
-    log(f"generating {samples} synthetic CORD receipts ({'photo-like' if photo_like else 'small'})")
+    builder = [sys.executable, str(ROOT / "bench" / "train_cost_model.py")]
+    if model_dir:  # a model you already have (e.g. the real Qwen2-VL-2B-Instruct): only the device is looked at
+        facts = {"kind": "given", "path": str(model_dir), **json.loads(check([*builder, "--device-info"], env, "info"))}
+    else:
+        log(f"building the {args.model} model ({'random weights' if args.model == '2b' else 'toy'})")
+        facts = json.loads(check([*builder, str(work / "model"), "--size", args.model, "--seed", str(args.seed),
+                                  "--device", "cuda" if args.mode == "gpu" else "cpu"], env, "model build"))
+        facts["path"] = str(work / "model")
+    log(f"generating {args.samples} synthetic CORD receipts ({'photo-like' if args.photo_like else 'small'})")
     t0 = time.perf_counter()
     # A child process: the generator's render pool spawns workers that must import it by name.
     check([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(work / "sample"),
-           "--train", str(samples), "--validation", "0", "--test", "0", "--seed", str(seed), "--force",
-           *(["--photo-like"] if photo_like else [])], env, "make_cord_sample")
+           "--train", str(args.samples), "--validation", "0", "--test", "0", "--seed", str(args.seed), "--force",
+           *(["--photo-like"] if args.photo_like else [])], env, "make_cord_sample")
     check(vlm("save-cord-dataset-in-sharegpt-format", str(work / "data"), "--source", str(work / "sample"),
               "--split", "train", "--json"), env, "export")
     records = json.loads((work / "data" / "cord_train.json").read_text(encoding="utf-8"))
     answers = sorted(len(r["messages"][-1]["content"]) for r in records)
-    data = {"n_train": len(records), "photo_like": photo_like, "seconds": round(time.perf_counter() - t0, 1),
+    data = {"n_train": len(records), "photo_like": args.photo_like, "seconds": round(time.perf_counter() - t0, 1),
             "answer_chars_p50": answers[len(answers) // 2], "answer_chars_max": answers[-1]}
     built = {"wanted": wanted, "model": facts, "data": data}
     stamp.write_text(json.dumps(built, indent=2), encoding="utf-8")
@@ -385,6 +390,7 @@ class Bench:
     warmup: int
     timeout: float
     n_train: int
+    model: str  # the model directory
     env: dict[str, str]
     gpu_index: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE, for every variant
@@ -402,7 +408,7 @@ class Bench:
 
     def render_base(self) -> dict[str, Any]:
         """``vlm render-config`` (which validates) the recipe with ``base_settings``; return the rendered keys."""
-        check(vlm("render-config", str(self.base_config), "--model", str(self.work / "model"), "--dataset-dir",
+        check(vlm("render-config", str(self.base_config), "--model", self.model, "--dataset-dir",
                   str(self.work / "data"), "--output-dir", str(self.work / "runs" / "base-output"), "--force",
                   *pairs(self.base_settings())), self.env, "render-config")
         return yaml.safe_load(self.base_config.read_text(encoding="utf-8"))
@@ -561,7 +567,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="optimizer steps per variant (default: gpu 12, cpu 3)")
     p.add_argument("--warmup-steps", type=int, default=2, help="first steps left out of the timing (default 2)")
     p.add_argument("--samples", type=int, help="synthetic train receipts (default: gpu 800, cpu 64)")
-    p.add_argument("--model", choices=("2b", "tiny"), help="default: 2b on gpu, tiny on cpu")
+    p.add_argument("--model", choices=("2b", "tiny"), help="model to build (default: 2b on gpu, tiny on cpu)")
+    p.add_argument("--model-dir", type=Path, help="use this local model instead of building one")
+    p.add_argument("--photo-like", action=argparse.BooleanOptionalAction,
+                   help="~1600x2400 photo-like receipts (default: on in gpu mode, off in cpu mode)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
                    help="a LLaMA-Factory override for every variant (repeatable; a variant's own keys win)")
     p.add_argument("--preflight-pixels", default="auto",
@@ -583,6 +592,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.steps = args.steps or defaults["steps"]
     args.samples = args.samples or defaults["samples"]
     args.model = args.model or defaults["model"]
+    args.photo_like = defaults["photo_like"] if args.photo_like is None else args.photo_like
+    if args.model_dir and not (args.model_dir / "config.json").is_file():
+        problems.append(f"--model-dir {args.model_dir} has no config.json")
     args.variants = [v.strip() for v in (args.variants or ",".join(VARIANT_NAMES)).split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANT_NAMES]
     if unknown:
@@ -613,9 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     load_start = round(os.getloadavg()[0], 2)  # other work on the host skews timings, CPU mode most
     try:
-        built = prepare(work.resolve(), args.mode, args.model, args.samples, args.seed, env)
+        built = prepare(work.resolve(), args, env)
         bench = Bench(args.mode, work.resolve(), args.steps, args.warmup_steps, args.timeout,
-                      built["data"]["n_train"], env, gpu_index, args.extra)
+                      built["data"]["n_train"], built["model"]["path"], env, gpu_index, args.extra)
         log("rendering the base config (the recipe as published + timing-run keys)")
         base = bench.render_base()
         plan = make_plan(bench.tokens(base["image_max_pixels"], base["cutoff_len"]), args.preflight_pixels)
@@ -638,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.work_dir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     settings = {
-        "steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples, "model": args.model,
+        "steps": args.steps, "warmup_steps": args.warmup_steps, "samples": args.samples,
+        "model": str(args.model_dir or args.model), "photo_like": args.photo_like,
         "seed": args.seed, "preflight_image_max_pixels": plan.preflight_pixels,
         "preflight_image_max_pixels_source": plan.preflight_source, "full_cutoff_len": plan.fit_cutoff,
         "published_recipe_pixels": PUBLISHED_PIXELS, "base_overrides": bench.base_settings(), "set": args.extra,

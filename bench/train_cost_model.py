@@ -192,11 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     never holds a CUDA context (or GPU memory) while the training runs are measured.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("out_dir", type=Path, nargs="?")
     parser.add_argument("--size", choices=("2b", "tiny"), default="2b")
     parser.add_argument("--device", default="cuda", help="where the 2B model is created (cuda or cpu)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device-info", action="store_true", help="only print the device facts")
     args = parser.parse_args(argv)
+    if args.device_info:
+        print(json.dumps({"device": device_info()}))
+        return 0
+    if args.out_dir is None:
+        parser.error("OUT_DIR is required unless --device-info")
     if args.size == "2b":
         facts = build_2b(args.out_dir, device=args.device, seed=args.seed)
     else:
