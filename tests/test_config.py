@@ -19,7 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from vlm.cli import app
-from vlm.config import load_config, parse_value, validate_config
+from vlm.config import load_config, parse_value
+from vlm.validation import validate_config
 from vlm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

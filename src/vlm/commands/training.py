@@ -79,7 +79,8 @@ def render_config(
     as_json: JsonOpt = False,
 ) -> None:
     """Render the CORD LoRA recipe (Qwen2-VL-2B) as a commented LLaMA-Factory YAML, validated before writing."""
-    from vlm.config import RenderOptions, config_header, render_recipe, render_yaml, validate_config
+    from vlm.config import RenderOptions, config_header, render_recipe, render_yaml
+    from vlm.validation import validate_config
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
     from vlm.output import info, out as stdout, print_json
@@ -116,7 +117,8 @@ def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt
 
     Every problem is listed at once. Checks that depend on this machine (bf16 with no GPU,
     DeepSpeed outside torchrun) are relaxed and named."""
-    from vlm.config import load_config, parse_overrides, validate_config
+    from vlm.config import load_config, parse_overrides
+    from vlm.validation import validate_config
     from vlm.errors import ConfigError
     from vlm.output import out as stdout, print_json
 
@@ -224,7 +226,8 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Render one validated config per grid point, each with its own output_dir."""
-    from vlm.config import config_header, load_config, render_yaml, validate_config
+    from vlm.config import config_header, load_config, render_yaml
+    from vlm.validation import validate_config
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
     from vlm.output import info, out as stdout, print_json

@@ -1,0 +1,208 @@
+"""Config validation with LLaMA-Factory's own argument parser, in-process, without loading a model.
+
+Every problem is collected into one error: unknown keys (with suggestions), wrong types,
+invalid choices and the parser's own cross-field checks. Checks that depend on the
+machine (bf16 without a GPU) are relaxed, and the result says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import importlib.util
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+
+PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
+
+
+@dataclass
+class Validation:
+    """What ``validate_config`` could not check on this machine, and why."""
+
+    relaxed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _quiet_llamafactory():
+    """LLaMA-Factory logs INFO lines to stdout; keep them out of vlm's output while it parses."""
+    import logging
+    import warnings
+
+    old_env = os.environ.get("LLAMAFACTORY_VERBOSITY")
+    os.environ["LLAMAFACTORY_VERBOSITY"] = "ERROR"
+    import llamafactory.extras.logging  # noqa: F401  (configures its loggers first, so ours stick)
+    import transformers  # noqa: F401
+
+    levels = {lg: lg.level for lg in map(logging.getLogger, ("llamafactory", "transformers"))}
+    for lg in levels:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in levels.items():
+            lg.setLevel(level)
+        os.environ.pop("LLAMAFACTORY_VERBOSITY")
+        if old_env is not None:
+            os.environ["LLAMAFACTORY_VERBOSITY"] = old_env
+
+
+def _type_problem(key: str, value: Any, hint: Any) -> str | None:
+    """A problem when ``value`` cannot be of type ``hint`` (bool, int, float, Literal, Enum); else None.
+
+    LLaMA-Factory hands YAML values to the dataclasses unconverted, so a wrong type or an
+    unknown Literal choice would only fail (or silently misbehave) once training starts.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, bool) and not _accepts_bool(hint):
+        return (f"{key}: got the boolean {str(value).lower()}, which it does not take "
+                f"(YAML reads unquoted no/yes/on/off as booleans: quote the word, e.g. {key}: 'no')")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        found = [_type_problem(key, value, a) for a in args if a is not type(None)]
+        return None if not found or any(p is None for p in found) else found[0]
+    if origin is typing.Literal:
+        return None if value in args else f"{key}: {value!r} is not one of {', '.join(map(repr, args))}"
+    if hint is bool and not isinstance(value, bool):
+        return f"{key}: expected true or false, got {value!r}"
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{key}: expected an integer, got {value!r}"
+    if hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"{key}: expected a number, got {value!r}"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint):
+        choices = [m.value for m in hint]
+        return None if value in choices else f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
+    return None
+
+
+def _accepts_bool(hint: Any) -> bool:
+    if hint is None or hint is bool or hint is typing.Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_bool(a) for a in args)
+    return origin is typing.Literal and any(isinstance(a, bool) for a in args)
+
+
+def _construct(cls: type, kwargs: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Build ``cls(**kwargs)``; on failure find which keys fail, so each is reported by name."""
+    try:
+        cls(**kwargs)
+        return [], set()
+    except Exception as e:  # the dataclasses raise ValueError, TypeError, ImportError...
+        combined = e
+    good: dict[str, Any] = {}
+    failed: dict[str, Exception] = {}
+    ordered = sorted(kwargs, key=lambda k: k != "model_name_or_path")  # the one key others need
+    for _ in range(2):  # a second pass forgives keys that only failed for want of a later one
+        for key in ordered:
+            if key in good:
+                continue
+            try:
+                cls(**good, **{key: kwargs[key]})
+                good[key] = kwargs[key]
+                failed.pop(key, None)
+            except Exception as e:
+                failed[key] = e
+    if failed and good:
+        return [f"{k}={kwargs[k]!r}: {_message(e)}" for k, e in failed.items()], set(failed)
+    return [_message(combined)], set(kwargs)
+
+
+def _message(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _deepspeed_problems(value: Any, validation: Validation) -> list[str]:
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            return [f"deepspeed: file not found: {value}"]
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return [f"deepspeed: {value} is not valid JSON: {e}"]
+    validation.relaxed.append("deepspeed not checked by the parser: it needs a torchrun launch "
+                              "(vlm train sets FORCE_TORCHRUN=1); the file was read and parses")
+    if importlib.util.find_spec("deepspeed") is None:
+        validation.notes.append("the deepspeed package is not installed here; training machines need it")
+    return []
+
+
+def validate_config(cfg: dict[str, Any]) -> Validation:
+    """Check ``cfg`` with LLaMA-Factory's parser in-process (no model load); raise ConfigError listing every problem.
+
+    Checks that depend on this machine (bf16 without a GPU, DeepSpeed without torchrun)
+    are relaxed on a copy of the config and named in the result.
+    """
+    with _quiet_llamafactory():
+        import torch
+        from llamafactory.data.template import TEMPLATES
+        from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
+                                          TrainingArguments, get_train_args)
+
+        classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
+        fields_of = {cls: {f.name for f in dataclasses.fields(cls) if f.init} for cls in classes}
+        known = set().union(*fields_of.values())
+        validation, problems = Validation(), []
+        for key in cfg:
+            if key not in known:
+                close = get_close_matches(key, known, n=1)
+                problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        cfg = {k: v for k, v in cfg.items() if k in known}
+        bad: set[str] = set()
+        for cls in classes:
+            hints = typing.get_type_hints(cls)
+            for key in fields_of[cls] & cfg.keys():
+                if problem := _type_problem(key, cfg[key], hints.get(key)):
+                    problems.append(problem)
+                    bad.add(key)
+        if "template" in cfg and isinstance(cfg["template"], str) and cfg["template"] not in TEMPLATES:
+            close = get_close_matches(cfg["template"], list(TEMPLATES), n=1)
+            problems.append(f"template: {cfg['template']!r} is not a LLaMA-Factory template"
+                            + (f" (did you mean {close[0]!r}?)" if close else ""))
+        relaxed = {k: v for k, v in cfg.items() if k not in bad}
+        if not torch.cuda.is_available():
+            for key in PRECISION_KEYS:
+                if relaxed.pop(key, None):
+                    validation.relaxed.append(f"{key} not checked: no GPU visible")
+        if relaxed.get("deepspeed"):
+            problems += _deepspeed_problems(relaxed.pop("deepspeed"), validation)
+        if relaxed.get("quantization_bit") and importlib.util.find_spec("bitsandbytes") is None:
+            validation.notes.append("quantization_bit needs bitsandbytes (and a CUDA GPU) at train time; "
+                                    "not installed here")
+        with tempfile.TemporaryDirectory(prefix="vlm-validate-") as tmp:
+            relaxed["output_dir"] = str(Path(tmp) / "out")  # vlm train checks the real output_dir's checkpoints
+            for cls in classes:
+                found, failed = _construct(cls, {k: v for k, v in relaxed.items() if k in fields_of[cls]})
+                problems += found
+                bad |= failed
+            if not bad:
+                try:
+                    get_train_args(dict(relaxed))
+                except Exception as e:
+                    if "launch distributed training" in str(e):
+                        gpus = torch.cuda.device_count()
+                        validation.relaxed.append(f"multi-GPU launch not checked in-process ({gpus} GPUs visible); "
+                                                  "vlm train launches torchrun")
+                    else:
+                        problems.append(_message(e))
+    if problems:
+        from vlm.errors import ConfigError
+
+        raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
+                                         "and rerun vlm validate.")
+    return validation
