@@ -17,6 +17,12 @@ Builds everything offline, then runs the real ``llamafactory-cli train`` through
   is ``vlm train BASE key=value...`` (vlm validates and preflights it), with
   ``--allow-truncation`` only where ``vlm stats`` finds samples over cutoff_len.
 
+Baseline: on CORD-scale photos the published recipe overflows cutoff_len 1024, and
+truncated image tokens crash Qwen2-VL training. When ``vlm stats`` finds samples over
+the cutoff, the cost levers start from ``recipe_full_cutoff`` (cutoff_len raised until
+nothing is cut) and every ratio divides by it; otherwise by ``recipe``. A variant that
+fails (OOM, a crash, a timeout) is recorded with its error, and the run goes on.
+
 Timing: this script tails ``trainer_log.jsonl`` every 20 ms and stamps each step's
 line as it appears (LLaMA-Factory logs after the optimizer step, and the loss's
 ``.item()`` waits for the GPU). seconds_per_step is the time from step W's line to
@@ -31,8 +37,12 @@ reserved memory, as LLaMA-Factory logs them with RECORD_VRAM=1, and the peak of
 nvidia-smi's memory.used sampled every second (what a person watching the GPU sees).
 
     PYTHONPATH=src python bench/bench_train_cost.py                  # GPU mode if a GPU is visible
+    PYTHONPATH=src python bench/bench_train_cost.py --variants recipe_full_cutoff,no_grad_ckpt --steps 16
+    PYTHONPATH=src python bench/bench_train_cost.py --model-dir /models/Qwen2-VL-2B-Instruct  # real weights
     python bench/bench_train_cost.py --mode cpu --variants recipe,preflight_pixels
     python bench/bench_train_cost.py --list
+
+Results: bench/results/train_cost_<mode>_<date>.json (see bench/results/README.md).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,9 +196,13 @@ def step_timing(stamps: dict[int, float], n_train: int, batch: int, accum: int, 
     first = warmup if warmup else min(stamps)
     seconds = stamps[last] - start
     samples = sum(samples_per_step(n_train, batch, accum, last)[first:last])
+    # Per-step durations show stalls (dataloader, other load on the host) that the mean hides.
+    each = sorted(stamps[k] - stamps[k - 1] for k in range(first + 1, last + 1) if k in stamps and k - 1 in stamps)
     return {"steps_timed": last - first, "timed_seconds": round(seconds, 3),
             "seconds_per_step": seconds / (last - first), "samples_timed": samples,
-            "samples_per_second": samples / seconds if seconds > 0 else float("nan")}
+            "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
+            "step_seconds_min_median_max": [round(x, 3) for x in (each[0], statistics.median(each), each[-1])]
+            if each else None}
 
 
 def add_ratios(results: list[dict[str, Any]], keys: tuple[str, ...], baseline: str = "recipe") -> None:
@@ -443,7 +458,9 @@ class Bench:
                               "ran with --allow-truncation")
         run_dir = self.work / "runs" / variant.name
         output = run_dir / "output"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh dir: lines of an earlier run's trainer_log.jsonl would be stamped as this run's steps.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
         argv = vlm("train", str(self.base_config), *pairs({**overrides, "output_dir": str(output)}),
                    *(["--allow-truncation"] if allow else []))
         log(f"{variant.name}: training {self.steps} steps")
@@ -471,7 +488,7 @@ class Bench:
             status="ok", resolved_config=str(output / "vlm_resolved_config.yaml"), bf16=bool(resolved.get("bf16")),
             per_device_train_batch_size=batch, gradient_accumulation_steps=accum, effective_batch=batch * accum,
             steps_run=max(stamps), warmup_steps=self.warmup, steps_timed=timing["steps_timed"],
-            samples_timed=timing["samples_timed"],
+            samples_timed=timing["samples_timed"], step_seconds_min_median_max=timing["step_seconds_min_median_max"],
             timed_seconds=timing["timed_seconds"], seconds_per_step=round(timing["seconds_per_step"], 4),
             samples_per_second=round(sps, 3), seconds_to_first_step=round(stamps[min(stamps)] - child.started, 1),
             projected_10_epoch_minutes=round(EPOCHS * PROJECTED_SAMPLES / sps / 60, 2),
@@ -608,7 +625,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.preflight_pixels != "auto" and not args.preflight_pixels.isdigit():
         problems.append(f"--preflight-pixels takes auto or a number, not {args.preflight_pixels!r}")
     if args.mode == "cpu" and args.model == "2b":
-        log("note: the 2B model on a CPU trains in fp32 and takes minutes per step")
+        log("note: the 2B model on a CPU takes a minute or more per sample; use --samples 2 and --set batch sizes")
     if problems:
         p.error("; ".join(problems))
     return args

@@ -25,11 +25,12 @@ and the model has 151,936 embedding rows (padded). Training cost depends on the 
 not on the tokenizer: the input embedding and the tied LM head are
 ``vocab_size x hidden_size`` and the logits are ``tokens x vocab_size``. So the model
 gets ``vocab_size = 151936`` while the tokenizer stays the small offline BPE of
-``make_tiny_qwen2vl.build_tokenizer`` (1,024 merges plus Qwen2-VL's 14 special tokens,
-all ids far below 151,936, which is all LLaMA-Factory needs). Padding the tokenizer
-with ~150k filler tokens instead would cost minutes at every load and change nothing
-that is timed. What the small tokenizer does change is how many tokens the text
-takes; the benchmark records the token counts it trained on so they can be compared.
+``make_tiny_qwen2vl.build_tokenizer`` (1,024 tokens including Qwen2-VL's 14 special
+tokens, all ids far below 151,936, which is all LLaMA-Factory needs). Padding the
+tokenizer with ~150k filler tokens instead would put 150k added tokens into every
+tokenizer load and change nothing that is timed. What the small tokenizer does change
+is how many tokens the text takes; the benchmark records the token counts it trained
+on so they can be compared.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, An
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()  # the init kernels run asynchronously
     built = time.perf_counter() - start
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**QWEN2VL_IMAGE_PROCESSOR), video_processor=Qwen2VLVideoProcessor(),

@@ -41,6 +41,7 @@ def test_step_timing_leaves_out_the_warmup_steps():
     assert timing["steps_timed"] == 3
     assert timing["seconds_per_step"] == pytest.approx(2.0)
     assert timing["samples_per_second"] == pytest.approx(3 * 64 / 6.0)
+    assert timing["step_seconds_min_median_max"] == [2.0, 2.0, 2.0]
     with pytest.raises(ValueError, match="step 2"):
         bench.step_timing({1: 1.0, 2: 2.0}, 800, 8, 8, warmup=2)
 
