@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,6 @@ from vlm.preflight import (
     token_budget,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
         "system_tag": "system"}
 # (width, height, mode, format): LLaMA-Factory's resize, its <28 px and >200:1 fixes, and min_pixels upscaling.
@@ -42,14 +39,6 @@ SIZES = [(640, 480, "RGB", "jpg"), (1000, 1500, "RGB", "jpg"), (20, 300, "L", "p
 def _answer(i: int) -> str:
     return json.dumps({"menu": [{"nm": "Nasi Goreng " * i, "cnt": f"{i} x", "price": f"{i},000"}],
                        "total": {"total_price": f"{i * 7},500"}}, ensure_ascii=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "tiny-qwen2vl"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(out)], check=True,
-                   capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")
