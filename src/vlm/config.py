@@ -225,6 +225,14 @@ def render_recipe(opts: RenderOptions) -> dict[str, Any]:
     return normalize_numbers(cfg)
 
 
+# Comments that state the recipe's own value; dropped when an override changes it.
+VALUE_COMMENTS = {
+    "image_max_pixels": ("image_max_pixels",),
+    "image_min_pixels": ("image_min_pixels",),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", "per_device_train_batch_size"),
+}
+
+
 def _scalar_yaml(key: str, value: Any) -> str:
     if isinstance(value, float) and 0 < abs(value) < 1e-3:  # 1.0e-4, not 0.0001 (both YAML 1.1 and OmegaConf read it)
         mantissa, exponent = f"{value:e}".split("e")
@@ -236,6 +244,7 @@ def _scalar_yaml(key: str, value: Any) -> str:
 def render_yaml(cfg: dict[str, Any], header: list[str]) -> str:
     """Deterministic YAML: header comment lines, then the keys grouped by recipe section, with inline comments."""
     lines = [f"# {h}" if h else "#" for h in header]
+    defaults = recipe()
     sections = [name for name, _ in RECIPE] + ["other"]
     order = {key: i for i, key in enumerate(k for _, entries in RECIPE for k, _, _ in entries)}
     for section in sections:
@@ -246,6 +255,8 @@ def render_yaml(cfg: dict[str, Any], header: list[str]) -> str:
         lines += ["", f"### {section}"]
         for key in keys:
             text, comment = _scalar_yaml(key, cfg[key]), COMMENT_OF.get(key, "")
+            if any(cfg.get(k) != defaults.get(k) for k in VALUE_COMMENTS.get(key, ())):
+                comment = ""  # the comment describes the recipe's value, not an override
             lines.append(f"{text}  # {comment}" if comment and "\n" not in text else text)
     return "\n".join(lines) + "\n"
 
