@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from vlm.config import deepspeed_preset, load_config, render_yaml
-from vlm.validation import validate_config
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from vlm.launch import (LaunchPlan, ScaleOut, llamafactory_cli, log_banner, make_plan, now, report_failure,
                         resolve_paths, run_plan)
+from vlm.validation import validate_config
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
 RUN_MANIFEST = "vlm_run.json"
