@@ -38,10 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -107,20 +104,6 @@ def count_parameters(config) -> int:
     return total
 
 
-def _save_atomically(out_dir: Path, save) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        save(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
 def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, Any]:
     """Build the random-weight 2B model in bf16 on ``device``, save it and its processor; return facts about it."""
     import torch
@@ -153,11 +136,7 @@ def build_2b(out_dir: Path, device: str = "cuda", seed: int = 0) -> dict[str, An
     )
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-
-    _save_atomically(out_dir, save)
+    tiny.save_model_dir(out_dir, model, processor)
     return {"kind": "qwen2vl-2b-random", "parameters": n_params, "build_seconds": round(built, 2),
             "build_and_save_seconds": round(time.perf_counter() - start, 2), "dtype": "bfloat16",
             "vocab_size": QWEN2VL_2B_TEXT["vocab_size"], "tokenizer_size": len(tokenizer),

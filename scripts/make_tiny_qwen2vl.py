@@ -118,6 +118,11 @@ def build(out_dir: Path, seed: int = 0) -> Path:
         tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
     )
 
+    return save_model_dir(out_dir, model, processor)
+
+
+def save_model_dir(out_dir: Path, model, processor) -> Path:
+    """Save model and processor into a temp folder beside ``out_dir``, then rename it into place."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
