@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.procs import find_llamafactory_cli, log_tail, run_child
 
 # LLaMA-Factory's launcher reads these to start torchrun (llamafactory/launcher.py).
 DEFAULT_MASTER_PORT = 29500  # torchrun's own default
@@ -127,8 +128,6 @@ def run_plan(plan: LaunchPlan, trainer_log: Path | None = None, title: str = "tr
     Returns the child's exit code. Ctrl-C or SIGTERM stops the child's whole process
     group and raises KeyboardInterrupt once it is gone.
     """
-    from vlm.procs import run_child
-
     if trainer_log is None:
         return run_child(plan.argv, plan.log_path, env=plan.env(), cwd=plan.cwd)
     from vlm.progress import LiveProgress
@@ -140,7 +139,6 @@ def run_plan(plan: LaunchPlan, trainer_log: Path | None = None, title: str = "tr
 def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
     """Print the end of the log and where the whole log is."""
     from vlm.output import err
-    from vlm.procs import log_tail
 
     tail = log_tail(plan.log_path, lines)
     err.print(f"[bold red]{Path(plan.argv[0]).name} {plan.argv[1]} exited with code {code}[/bold red]; "
@@ -152,13 +150,6 @@ def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def llamafactory_cli() -> str:
-    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else the one beside this Python."""
-    from vlm.procs import find_llamafactory_cli
-
-    return os.environ.get("VLM_LLAMAFACTORY_CLI") or find_llamafactory_cli()
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
@@ -228,7 +219,7 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     if export_dir == adapter:
         raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
     merged = merge_config(cfg, adapter, export_dir, spec.export_size)
-    plan = make_plan(llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
+    plan = make_plan(find_llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
     if spec.dry_run:
         return plan, merged, None
     header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]

@@ -19,7 +19,10 @@ from vlm.errors import VlmError
 
 
 def find_llamafactory_cli() -> str:
-    """``llamafactory-cli`` next to this Python first (the venv), then on PATH."""
+    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else ``llamafactory-cli``
+    next to this Python (the venv), else the one on PATH."""
+    if os.environ.get("VLM_LLAMAFACTORY_CLI"):
+        return os.environ["VLM_LLAMAFACTORY_CLI"]
     beside = Path(sys.executable).parent / "llamafactory-cli"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)

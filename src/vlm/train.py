@@ -22,8 +22,9 @@ from typing import Any
 from vlm.config import deepspeed_preset, load_config, render_yaml
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
-from vlm.launch import (LaunchPlan, ScaleOut, llamafactory_cli, log_banner, make_plan, now, report_failure,
+from vlm.launch import (LaunchPlan, ScaleOut, log_banner, make_plan, now, report_failure,
                         resolve_paths, run_plan)
+from vlm.procs import find_llamafactory_cli
 from vlm.validation import validate_config
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
@@ -233,7 +234,7 @@ def prepare(spec: TrainSpec) -> TrainResult:
     suffix = _node_suffix(spec.scale)
     log = spec.log_file.resolve() if spec.log_file else output_dir / f"{Path(TRAIN_LOG).stem}{suffix}.log"
     env_set = spec.scale.env(deepspeed=bool(cfg.get("deepspeed")))
-    plan = make_plan(llamafactory_cli(), "train", output_dir / RESOLVED_CONFIG, log, env_set)
+    plan = make_plan(find_llamafactory_cli(), "train", output_dir / RESOLVED_CONFIG, log, env_set)
     manifest = output_dir / f"{Path(RUN_MANIFEST).stem}{suffix}.json"
     return TrainResult(plan, cfg, manifest=manifest, resumed_from=resumed_from)
 
