@@ -7,7 +7,10 @@ LoRA and generation run on it for real in seconds on a CPU. Nothing is
 downloaded: the byte-level BPE tokenizer is trained on a small seeded corpus and
 carries Qwen2-VL's special tokens and chat template.
 
-    python scripts/make_tiny_qwen2vl.py OUT_DIR [--seed 0] [--force]
+    python scripts/make_tiny_qwen2vl.py OUT_DIR [--seed 0] [--size tiny|small] [--force]
+
+``--size small`` (width 256, head size 64, bfloat16) is for GPU engines such as
+vLLM, whose attention kernels need a head size of at least 64.
 """
 
 from __future__ import annotations
@@ -81,23 +84,35 @@ def build_tokenizer(seed: int):
     )
 
 
-def build(out_dir: Path, seed: int = 0) -> Path:
+# Text and vision widths per size; head size = hidden / heads (64 for "small", which vLLM's kernels need).
+SIZES = {
+    "tiny": dict(hidden=32, intermediate=64, heads=2, kv_heads=1, mrope=[2, 3, 3], vision=32, vision_heads=2,
+                 dtype="float32"),
+    "small": dict(hidden=256, intermediate=512, heads=4, kv_heads=2, mrope=[8, 12, 12], vision=128, vision_heads=2,
+                  dtype="bfloat16"),
+}
+
+
+def build(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     import torch
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     torch.manual_seed(seed)
+    dims = SIZES[size]
     tokenizer = build_tokenizer(seed)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            vocab_size=len(tokenizer), hidden_size=dims["hidden"], intermediate_size=dims["intermediate"],
+            num_hidden_layers=2, num_attention_heads=dims["heads"], num_key_value_heads=dims["kv_heads"],
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": dims["mrope"]},
             tie_word_embeddings=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+        vision_config=dict(depth=2, embed_dim=dims["vision"], hidden_size=dims["hidden"],
+                           num_heads=dims["vision_heads"], mlp_ratio=2,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -109,6 +124,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     # A wider embedding lets a LoRA fine-tune actually learn, as it does on a real model.
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, 0.5)
+    model = model.to(getattr(torch, dims["dtype"]))
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
@@ -141,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (CPU tests) or small (GPU engines)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and any(args.out_dir.iterdir()) and not args.force:
         print(f"error: {args.out_dir} exists; pass --force to replace it", file=sys.stderr)
         return 2
-    build(args.out_dir, seed=args.seed)
-    print(f"tiny Qwen2-VL written to {args.out_dir}", file=sys.stderr)
+    build(args.out_dir, seed=args.seed, size=args.size)
+    print(f"{args.size} Qwen2-VL written to {args.out_dir}", file=sys.stderr)
     return 0
 
 

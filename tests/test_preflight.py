@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from vlm.commands import stats as stats_cmd
@@ -28,47 +27,10 @@ from vlm.preflight import (
     token_budget,
 )
 
-TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-        "system_tag": "system"}
-# (width, height, mode, format): LLaMA-Factory's resize, its <28 px and >200:1 fixes, and min_pixels upscaling.
-SIZES = [(640, 480, "RGB", "jpg"), (1000, 1500, "RGB", "jpg"), (20, 300, "L", "png"), (2000, 600, "RGB", "jpg"),
-         (3000, 4000, "RGB", "jpg"), (64, 64, "RGBA", "png"), (900, 1300, "RGB", "jpg"), (30, 30, "RGB", "jpg"),
-         (6000, 25, "RGB", "png"), (333, 777, "P", "png")]
-
-
-def _answer(i: int) -> str:
-    return json.dumps({"menu": [{"nm": "Nasi Goreng " * i, "cnt": f"{i} x", "price": f"{i},000"}],
-                       "total": {"total_price": f"{i * 7},500"}}, ensure_ascii=False)
-
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two ShareGPT multimodal datasets (JSON and JSONL) beside their images, plus one malformed record."""
-    data = tmp_path_factory.mktemp("data")
-    (data / "images").mkdir()
-    names = []
-    for i, (w, h, mode, fmt) in enumerate(SIZES):
-        name = f"images/img{i}.{fmt}"
-        Image.new(mode, (w, h), color=(i * 20) % 256 if mode in ("L", "P") else None).save(data / name)
-        names.append(name)
-    toy = [{"messages": [{"role": "user", "content": "<image>Extract the receipt as JSON."},
-                         {"role": "assistant", "content": _answer(i)}], "images": [name]}
-           for i, name in enumerate(names[:8])]
-    toy.append({"messages": [{"role": "system", "content": "You read receipts."},
-                             {"role": "user", "content": "<image><image>Two pages: extract them."},
-                             {"role": "assistant", "content": _answer(3)},
-                             {"role": "user", "content": "And the total only?"},
-                             {"role": "assistant", "content": "12,500"}], "images": [names[8], names[9]]})
-    toy.append({"messages": [{"role": "user", "content": "<image>no answer"}], "images": [names[0]]})  # dropped
-    (data / "toy.json").write_text(json.dumps(toy, ensure_ascii=False))
-    more = [{"messages": [{"role": "user", "content": "What is this?<image>"},
-                          {"role": "assistant", "content": "a receipt " * 40}], "images": [names[4]]},
-            {"messages": [{"role": "user", "content": "No image here."}, {"role": "assistant", "content": "ok"}]}]
-    (data / "more.jsonl").write_text("\n".join(json.dumps(r) for r in more) + "\n")
-    info = {name: {"file_name": file, "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},
-                   "tags": TAGS} for name, file in (("toy", "toy.json"), ("more", "more.jsonl"))}
-    (data / "dataset_info.json").write_text(json.dumps(info))
-    return data
+def data_dir(awkward_data: Path) -> Path:
+    return awkward_data
 
 
 def _llamafactory_rows(model: Path, data: Path, datasets: list[str], image_max_pixels: int, image_min_pixels: int,

@@ -1,8 +1,10 @@
-"""Batched, resumable predictions for a named group, through LLaMA-Factory's ``do_predict``.
+"""Batched, resumable predictions for a named group, through LLaMA-Factory's ``do_predict`` or vLLM.
 
-Documents go to ``llamafactory-cli train`` in chunks (``do_predict`` +
-``predict_with_generate``, greedy). Each finished chunk is committed to the SQLite
-store in one transaction, so a killed run resumes with only the missing
+Documents are predicted in chunks, greedy. The ``llamafactory`` backend runs each
+chunk through ``llamafactory-cli train`` (``do_predict`` + ``predict_with_generate``);
+the ``vllm`` backend (``vlm.vllm_backend``) starts one vLLM engine and encodes
+prompts with LLaMA-Factory's own template. Each finished chunk is committed to the
+SQLite store in one transaction, so a killed run resumes with only the missing
 documents. The template, prompt and image resolution come from the training
 config, so inference sees exactly what training saw.
 """
@@ -16,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -47,14 +49,14 @@ class PredictSpec:
     chunk_size: int = 32
     limit: int | None = None
     overwrite: bool = False
+    backend: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     """Merge the training config, the run manifest and the command line; warn about skew."""
-    from vlm.output import warn
-
     from vlm.config import load_config
+    from vlm.output import warn
 
     cfg = load_config(spec.config) if spec.config else {}
     trained = {}
@@ -98,13 +100,18 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     return settings
 
 
-def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
-    """The exported ShareGPT records of one registered dataset."""
+def load_dataset_info(dataset_dir: str) -> dict[str, Any]:
     info_path = Path(dataset_dir) / "dataset_info.json"
     if not info_path.is_file():
         raise VlmError(f"no dataset_info.json in {dataset_dir}",
                        hint="export the data first: vlm save-cord-dataset-in-sharegpt-format DIR")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    return json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
+    """The exported ShareGPT records of one registered dataset."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    info = load_dataset_info(dataset_dir)
     if dataset not in info:
         raise VlmError(f"dataset {dataset!r} is not registered in {info_path}",
                        hint=f"registered: {', '.join(info) or 'none'}; pass --dataset NAME.")
@@ -169,22 +176,42 @@ def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: Pr
     return [line.get("predict", "") for line in lines]
 
 
+def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
+               backend: str) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Generation settings and the hashes that tell one group's runs apart (mixing them is refused)."""
+    gen = {"max_new_tokens": spec.max_new_tokens, "do_sample": False, "backend": backend,
+           "batch_size": spec.batch_size if backend == "llamafactory" else None}
+    hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
+              "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
+              "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
+    return gen, hashes
+
+
+def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path,
+               pending: list[dict[str, Any]]) -> Callable[[list[dict[str, Any]]], list[str]]:
+    """A function from a chunk of records to their raw generations, for the chosen backend."""
+    if backend == "llamafactory" or not pending:
+        return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
+    from vlm.vllm_backend import VllmGenerator
+
+    return VllmGenerator(settings, load_dataset_info(settings["dataset_dir"]), spec.max_new_tokens).generate
+
+
 def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:
     """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results."""
     from contextlib import nullcontext
 
     from vlm.output import progress
     from vlm.parsing import parse_prediction
+    from vlm.vllm_backend import choose_backend
 
+    backend = choose_backend(spec.backend)
     settings = resolve_settings(spec)
     docs = load_documents(settings["dataset_dir"], settings["dataset"])
     if spec.limit:
         docs = docs[: spec.limit]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
-    gen = {"max_new_tokens": spec.max_new_tokens, "do_sample": False, "batch_size": spec.batch_size}
-    hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
-              "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
-              "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
+    gen, hashes = run_hashes(settings, prompt, spec, backend)
     with Store(spec.store) as store:
         if spec.overwrite:
             store.delete(spec.group, spec.split, [d["id"] for d in docs])
@@ -200,12 +227,13 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
                                                "pending": len(pending), "spec": asdict(spec)})
         work = spec.work_dir / spec.group / spec.split
+        generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending)
         with progress() if show_progress else nullcontext() as bar:
             task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
             for start in range(0, len(pending), spec.chunk_size):
                 chunk = pending[start: start + spec.chunk_size]
                 t0 = time.perf_counter()
-                raws = _run_chunk(chunk, settings, spec, work / f"chunk-{os.getpid()}")
+                raws = generate(chunk)
                 latency = (time.perf_counter() - t0) / len(chunk)
                 rows = []
                 for doc, raw in zip(chunk, raws):
@@ -217,6 +245,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                 if bar:
                     bar.advance(task, len(chunk))
         shutil.rmtree(work / f"chunk-{os.getpid()}", ignore_errors=True)
-    return {"group": spec.group, "split": spec.split, "dataset": settings["dataset"], "documents": len(docs),
+    return {"group": spec.group, "split": spec.split, "backend": backend, "dataset": settings["dataset"],
+            "documents": len(docs),
             "predicted": len(pending), "skipped_done": len(docs) - len(pending), "store": str(spec.store),
             "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,3 +22,14 @@ def examples(*lines: str) -> str:
     """An 'Examples' block for the end of a command's help text."""
     body = "\n\n".join(f"  $ {line}" for line in lines)
     return f"\n\nExamples:\n\n{body}"
+
+
+def help_text(command: Callable) -> str:
+    """A command's docstring as help: dedented, each paragraph on one line so the terminal rewraps it."""
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def add_examples(command: Callable, *lines: str) -> None:
+    """End a command's help with examples."""
+    command.__doc__ = help_text(command) + examples(*lines)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm.commands.common import JsonOpt, examples
+from vlm.commands.common import JsonOpt, add_examples
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"  # also in vlm.export; repeated to keep --help free of imports
 
@@ -102,7 +102,7 @@ def save_cord(
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
-save_cord.__doc__ += examples(
+add_examples(save_cord, 
     "vlm save-cord-dataset-in-sharegpt-format data/cord",
     "vlm save-cord-dataset-in-sharegpt-format data/cord --source ./cord-v2-local --split test --limit 10",
     "vlm save-cord-dataset-in-sharegpt-format data/cord --json",
@@ -141,7 +141,7 @@ def export_generic(
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
-export_generic.__doc__ += examples(
+add_examples(export_generic, 
     "vlm export data/invoices --source ./my-invoices --name invoices --prompt-file prompt.txt --target-column label",
     "vlm export data/sroie --source some-org/sroie --name sroie --prompt 'Extract the fields as JSON.' --split train",
 )
@@ -168,7 +168,7 @@ def register_cmd(
         info(f"{verb} {reg.name} in {reg.dataset_info}")
 
 
-register_cmd.__doc__ += examples(
+add_examples(register_cmd, 
     "vlm register-dataset data/cord/cord_train.json --name cord_train",
     "vlm register-dataset data/cord/cord_train.json --name cord_train --dataset-info ~/LLaMA-Factory/data/dataset_info.json",
 )

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, examples
+from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, add_examples
 
 SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
 
@@ -21,21 +21,25 @@ def predict(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
     dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
     split: SplitOpt = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size for generation.")] = 8,
+    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed, else LLaMA-Factory), llamafactory or vllm.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size (llamafactory backend; vLLM schedules its own).")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Documents per LLaMA-Factory run; each chunk is saved when done.")] = 32,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Documents per generation call; each chunk is saved when done.")] = 32,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Scratch folder for LLaMA-Factory runs and logs.")] = Path("runs/predict"),
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings passed to LLaMA-Factory.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings for LLaMA-Factory, or vllm_gpu_util, vllm_enforce_eager, vllm_max_lora_rank, vllm_config for vLLM.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Predict a split with a base model, with or without a LoRA adapter, and store every document.
 
-    Generation is greedy and batched through LLaMA-Factory's do_predict. Template, prompt
-    and image_max_pixels come from the training config, so inference matches training.
-    A killed run resumes with only the missing documents; --overwrite redoes them.
+    Generation is greedy and batched: through vLLM when it is installed (one engine, the
+    adapter applied at run time), else through LLaMA-Factory's do_predict. Either way the
+    prompt is LLaMA-Factory's template, and template, image_max_pixels and cutoff_len come
+    from the training config, so inference matches training. A killed run resumes with only
+    the missing documents; --overwrite redoes them. A group keeps one backend: switching
+    needs --overwrite or a new group name.
     """
     from vlm.config import parse_overrides
     from vlm.output import info, print_json
@@ -44,19 +48,21 @@ def predict(
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
-                       overwrite=overwrite, overrides=parse_overrides(overrides or []))
+                       overwrite=overwrite, backend=backend, overrides=parse_overrides(overrides or []))
     result = run_predict(spec, show_progress=not as_json)
     if as_json:
         print_json(result)
     else:
-        info(f"{result['group']}: {result['predicted']} predicted, {result['skipped_done']} already stored "
+        info(f"{result['group']} ({result['backend']}): {result['predicted']} predicted, "
+             f"{result['skipped_done']} already stored "
              f"({result['documents']} documents of {result['dataset']}) -> {result['store']}")
 
 
-predict.__doc__ += examples(
+add_examples(predict, 
     "vlm predict --group vanilla-model --config configs/cord.yaml --no-adapter",
     "vlm predict --group finetuned-model --config configs/cord.yaml",
     "vlm predict --group finetuned-model --config configs/cord.yaml --batch-size 16 --overwrite",
+    "vlm predict --group finetuned-vllm --config configs/cord.yaml --backend vllm vllm_gpu_util=0.5",
 )
 
 
@@ -110,7 +116,7 @@ def evaluate(
         out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
 
 
-evaluate.__doc__ += examples(
+add_examples(evaluate, 
     "vlm evaluate --groups vanilla-model finetuned-model",
     "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --worst 5 --changes",
     "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
@@ -141,7 +147,7 @@ def export_predictions(
     info(f"wrote {len(rows)} predictions to {out_file}")
 
 
-export_predictions.__doc__ += examples("vlm export-predictions --group finetuned-model runs/finetuned.jsonl")
+add_examples(export_predictions, "vlm export-predictions --group finetuned-model runs/finetuned.jsonl")
 
 COMMANDS = {"predict": predict, "evaluate": evaluate, "export-predictions": export_predictions}
 

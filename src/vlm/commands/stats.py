@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Annotated
 
 import typer
 
-from vlm.commands.common import ConfigArg, JsonOpt, examples
+from vlm.commands.common import ConfigArg, JsonOpt, add_examples
 
 DatasetOpt = Annotated[
     list[str] | None,
@@ -83,7 +82,7 @@ def stats(
         raise typer.Exit(1)
 
 
-stats.__doc__ = inspect.cleandoc(stats.__doc__) + examples(
+add_examples(stats, 
     "vlm stats configs/cord.yaml",
     "vlm stats configs/cord.yaml --image-max-pixels 262144 --cutoff-len 1024",
     "vlm stats configs/cord.yaml --dataset cord_validation --limit 50 --json",

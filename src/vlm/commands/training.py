@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples
+from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples, help_text
 
 OverridesArg = Annotated[
     Optional[list[str]],
@@ -256,33 +256,27 @@ def sweep(
     info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG")
 
 
-def _doc(command) -> str:
-    import inspect
-
-    return inspect.cleandoc(command.__doc__ or "")
-
-
 def register(app: typer.Typer) -> None:
     """Add the training commands to ``app``."""
-    app.command("render-config", help=_doc(render_config) + examples(
+    app.command("render-config", help=help_text(render_config) + examples(
         "vlm render-config configs/cord.yaml",
         "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
         "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
         "vlm render-config - learning_rate=5e-5 num_train_epochs=3"))(render_config)
-    app.command("validate", help=_doc(validate) + examples(
+    app.command("validate", help=help_text(validate) + examples(
         "vlm validate configs/cord.yaml",
         "vlm validate configs/cord.yaml learning_rate=5e-5 --json"))(validate)
-    app.command("train", help=_doc(train) + examples(
+    app.command("train", help=help_text(train) + examples(
         "vlm train configs/cord.yaml",
         "vlm train configs/cord.yaml --resume",
         "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
         "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
         "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8",
         "vlm train configs/cord.yaml --nproc-per-node 8 --deepspeed z2"))(train)
-    app.command("merge", help=_doc(merge) + examples(
+    app.command("merge", help=help_text(merge) + examples(
         "vlm merge configs/cord.yaml",
         "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
         "--export-dir saves/merged"))(merge)
-    app.command("sweep", help=_doc(sweep) + examples(
+    app.command("sweep", help=help_text(sweep) + examples(
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json"))(sweep)
