@@ -1,10 +1,17 @@
 # The two commands in the README: `make demo` and `make test`. Each sets everything up first.
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-vllm demo test test-fast bench clean
 
 setup: .venv/.setup-done
 
 .venv/.setup-done: requirements.lock pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
+	touch $@
+
+# Optional, for `vlm predict --backend vllm` on a GPU machine: .venv-vllm with vLLM 0.26 and torch 2.11.
+setup-vllm: .venv-vllm/.setup-done
+
+.venv-vllm/.setup-done: requirements-vllm.lock pyproject.toml scripts/setup.sh
+	VLM_VENV=.venv-vllm VLM_LOCK=requirements-vllm.lock bash scripts/setup.sh
 	touch $@
 
 demo: setup

@@ -81,3 +81,31 @@ def test_bad_prediction_file_is_a_clear_error(tmp_path: Path):
     bad.write_text('{"foo": 1}\n')
     r = subprocess.run([*VLM, "evaluate", "--predictions", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "neither predict/label" in r.stderr and "Traceback" not in r.stderr
+
+
+def _store_group(store_path: Path, group: str, backend: str, image_max_pixels: int) -> None:
+    from vlm.store import Prediction, Store
+
+    with Store(store_path) as store:
+        store.log_run(group, "test", {"generation": {"backend": backend, "max_new_tokens": 64},
+                                      "settings": {"template": "qwen2_vl", "image_max_pixels": image_max_pixels},
+                                      "prompt_hash": "p1"})
+        store.put_many([Prediction(group, "test", f"doc{i}", json.dumps(g), g, None, [], g)
+                        for i, g in enumerate(GTS)])
+
+
+def test_groups_predicted_differently_are_flagged(tmp_path: Path):
+    """Mixing backends or image sizes across compared groups is a confound: evaluate says so (and still scores)."""
+    store = tmp_path / "predictions.sqlite"
+    _store_group(store, "vanilla-model", "vllm", 262144)
+    _store_group(store, "finetuned-model", "llamafactory", 262144)
+    _store_group(store, "finetuned-same", "vllm", 262144)
+    mixed = subprocess.run([*VLM, "evaluate", "--groups", "vanilla-model", "finetuned-model", "--store", str(store),
+                            "--json"], capture_output=True, text=True)
+    assert mixed.returncode == 0, mixed.stderr
+    assert "differ in backend (vanilla-model: vllm, finetuned-model: llamafactory)" in " ".join(mixed.stderr.split())
+    assert "image_max_pixels" not in mixed.stderr
+    assert json.loads(mixed.stdout)["finetuned-model"]["f1"] == 1.0
+    same = subprocess.run([*VLM, "evaluate", "--groups", "vanilla-model", "finetuned-same", "--store", str(store),
+                           "--json"], capture_output=True, text=True)
+    assert same.returncode == 0 and "differ" not in same.stderr

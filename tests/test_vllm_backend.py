@@ -119,7 +119,9 @@ def test_stop_tokens_are_the_templates(tiny_model, awkward_data):
 
 
 def test_choose_backend():
-    expected = "vllm" if vllm_installed() else "llamafactory"
+    from vlm.vllm_backend import gpu_visible
+
+    expected = "vllm" if vllm_installed() and gpu_visible() else "llamafactory"
     assert choose_backend("auto") == expected
     assert choose_backend("llamafactory") == "llamafactory"
     with pytest.raises(VlmError, match="unknown backend"):

@@ -44,7 +44,30 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
             rows = store.load(name, split)
             groups.append(Group(name, [r.doc_id for r in rows], [r.parsed for r in rows],
                                 [r.ground_truth for r in rows], [r.raw for r in rows]))
+        _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
+
+
+# What must be equal across compared groups, or the comparison measures more than the model.
+_COMPARED = (("backend", ("generation", "backend")), ("max_new_tokens", ("generation", "max_new_tokens")),
+             ("template", ("settings", "template")), ("image_max_pixels", ("settings", "image_max_pixels")),
+             ("cutoff_len", ("settings", "cutoff_len")), ("prompt", ("prompt_hash",)))
+
+
+def _warn_on_mixed_settings(runs: dict[str, dict[str, Any] | None]) -> None:
+    from vlm.output import warn
+
+    for label, path in _COMPARED:
+        seen = {}
+        for name, run in runs.items():
+            value = run
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            seen[name] = value
+        if len({json.dumps(v, sort_keys=True, default=str) for v in seen.values()}) > 1:
+            detail = ", ".join(f"{name}: {value}" for name, value in seen.items())
+            warn(f"the groups differ in {label} ({detail}); the comparison measures that too. "
+                 "Predict every group with the same settings for a clean before/after.")
 
 
 def _as_json(value: Any) -> Any:

@@ -112,6 +112,12 @@ class Store:
                   p.latency_s, p.model_hash, p.adapter_hash, p.prompt_hash, p.gen_hash, now) for p in preds],
             )
 
+    def last_run(self, group: str, split: str) -> dict[str, Any] | None:
+        """The settings ``vlm predict`` logged for the latest run of a group on a split."""
+        row = self.db.execute("SELECT settings FROM runs WHERE grp=? AND split=? ORDER BY started DESC LIMIT 1",
+                              (group, split)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def groups(self) -> list[tuple[str, str, int]]:
         rows = self.db.execute("SELECT grp, split, COUNT(*) FROM predictions GROUP BY grp, split ORDER BY grp, split")
         return [tuple(r) for r in rows]

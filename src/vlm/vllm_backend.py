@@ -38,12 +38,19 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def choose_backend(requested: str) -> str:
-    """``auto`` is vLLM when it is installed, else LLaMA-Factory; ``vllm`` without vLLM is an error."""
+    """``auto`` is vLLM when it is installed and a GPU is visible, else LLaMA-Factory; ``vllm`` without vLLM
+    is an error."""
     if requested not in BACKENDS:
         raise VlmError(f"unknown backend {requested!r}", hint=f"choose one of: {', '.join(BACKENDS)}.")
     if requested == "auto":
-        return "vllm" if vllm_installed() else "llamafactory"
+        return "vllm" if vllm_installed() and gpu_visible() else "llamafactory"
     if requested == "vllm" and not vllm_installed():
         raise VlmError("--backend vllm, but vLLM is not installed in this environment",
                        hint="install a vLLM build that matches your torch and CUDA (pip install vllm), "

@@ -21,7 +21,7 @@ def predict(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
     dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
     split: SplitOpt = "test",
-    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed, else LLaMA-Factory), llamafactory or vllm.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed and a GPU is visible, else LLaMA-Factory), llamafactory or vllm.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size (llamafactory backend; vLLM schedules its own).")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Documents per generation call; each chunk is saved when done.")] = 32,
@@ -34,7 +34,7 @@ def predict(
 ) -> None:
     """Predict a split with a base model, with or without a LoRA adapter, and store every document.
 
-    Generation is greedy and batched: through vLLM when it is installed (one engine, the
+    Generation is greedy and batched: through vLLM when it is installed and a GPU is visible (one engine, the
     adapter applied at run time), else through LLaMA-Factory's do_predict. Either way the
     prompt is LLaMA-Factory's template, and template, image_max_pixels and cutoff_len come
     from the training config, so inference matches training. A killed run resumes with only
