@@ -170,3 +170,44 @@ def test_a_group_keeps_one_backend(tmp_path):
     spec.batch_size = 1  # vLLM schedules its own batches: --batch-size does not change its results
     assert run_hashes(settings, "prompt", spec, "vllm")[1] == vl
     assert run_hashes(settings, "prompt", spec, "llamafactory")[1]["gen_hash"] != lf["gen_hash"]
+
+
+@pytest.mark.slow
+def test_adapter_is_merged_once_for_vllm(tiny_model, tmp_path):
+    """vLLM serves the adapter merged by the real `llamafactory-cli export`, as do_predict does; cached by hash."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from vlm.predict import _adapter_hash
+    from vlm.vllm_backend import MERGED_MARKER, merged_model
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model)
+    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, param in peft.named_parameters():
+        if "lora_" in name:  # non-zero B, so the merge changes the weights
+            param.data.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    lora = {k: v for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+
+    settings = {"model_name_or_path": str(tiny_model), "template": "qwen2_vl", "adapter_name_or_path": str(adapter)}
+    cache = tmp_path / "merged"
+    out = merged_model(settings, _adapter_hash(str(adapter)), cache)
+    assert (out / "config.json").is_file() and (out / MERGED_MARKER).is_file()
+    assert (out / "tokenizer.json").is_file() or (out / "tokenizer_config.json").is_file()
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+    merged = load_file(next(out.glob("*.safetensors")))
+    original = load_file(next(tiny_model.glob("*.safetensors")))
+    key = next(k for k in merged if k.endswith("layers.0.self_attn.q_proj.weight"))
+    a = next(v for k, v in lora.items() if "layers.0.self_attn.q_proj.lora_A" in k)
+    b = next(v for k, v in lora.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    expected = original[key].float() + (b.float() @ a.float()) * (16 / 8)
+    assert torch.allclose(merged[key].float(), expected, atol=1e-4)
+
+    stamp = (out / "config.json").stat().st_mtime_ns
+    assert merged_model(settings, _adapter_hash(str(adapter)), cache) == out  # cached: no second export
+    assert (out / "config.json").stat().st_mtime_ns == stamp

@@ -4,11 +4,12 @@ Skipped unless vLLM is installed and a CUDA GPU is visible (CI has neither). On 
 a small random Qwen2-VL (head size 64, bf16) gets a real LoRA fine-tune through ``vlm train``,
 then both backends predict the same receipts, with and without the adapter.
 
-Base-model outputs must be identical. With the adapter they are only reported, not required to
-match: LLaMA-Factory's do_predict merges the adapter into the bf16 weights, vLLM applies it
-unmerged, and on a barely trained small model that numeric difference can flip near-tied tokens
-(measured on an H100, 2026-11-24: base 16/16 identical, adapter 0/16). A second vLLM run
-resumes with only the missing documents.
+Base-model outputs must be identical. With the adapter, vlm merges it first (as LLaMA-Factory's
+do_predict does) and the outputs must agree too. vLLM's run-time LoRA (``vllm_lora=true``) is
+only reported: measured on an H100 on 2026-11-24, it agreed with LLaMA-Factory on 0 of 16
+receipts from the first token, while the base model agreed on 16 of 16. (The merged default was
+added after that run and has not yet run on a GPU.) A second vLLM run resumes with only the
+missing documents.
 """
 
 from __future__ import annotations
@@ -93,20 +94,25 @@ def _agreement(a: dict[str, str], b: dict[str, str], chars: int | None = None) -
 
 def test_vllm_against_llamafactory(work):
     """Both backends, with and without the adapter, on the same 16 receipts."""
-    texts = {}
+    hf = {}
     for name, extra in (("finetuned", ()), ("vanilla", ("--no-adapter",))):
-        hf = _predict(work, f"{name}-hf", "llamafactory", "--batch-size", "8", *extra)
-        vl = _predict(work, f"{name}-vllm", "vllm", *extra)
-        assert (hf["backend"], vl["backend"]) == ("llamafactory", "vllm")
-        assert hf["predicted"] == vl["predicted"] == 16
-        texts[name] = (_texts(work, f"{name}-hf"), _texts(work, f"{name}-vllm"))
-        a, b = texts[name]
+        result = _predict(work, f"{name}-hf", "llamafactory", "--batch-size", "8", *extra)
+        assert result["backend"] == "llamafactory" and result["predicted"] == 16
+        hf[name] = _texts(work, f"{name}-hf")
+    vllm_runs = {"finetuned": ("finetuned", ()), "vanilla": ("vanilla", ("--no-adapter",)),
+                 "runtime-lora": ("finetuned", ("vllm_lora=true",))}
+    texts = {}
+    for name, (reference, extra) in vllm_runs.items():
+        result = _predict(work, f"{name}-vllm", "vllm", *extra)
+        assert result["backend"] == "vllm" and result["predicted"] == 16
+        a, b = hf[reference], _texts(work, f"{name}-vllm")
+        texts[name] = (a, b)
         print(f"\n{name}: identical outputs {_agreement(a, b):.0%}, identical first 8 characters "
               f"{_agreement(a, b, chars=8):.0%}, first 2 {_agreement(a, b, chars=2):.0%}; e.g. "
               f"{next(iter(a.values()))[:60]!r} vs {next(iter(b.values()))[:60]!r}")
     assert _agreement(*texts["vanilla"]) == 1.0  # same prompt, template, image size: same greedy output
-    assert texts["finetuned"][1] != texts["vanilla"][1]  # vLLM applied the adapter
-    assert texts["finetuned"][0] != texts["vanilla"][0]  # and so did LLaMA-Factory
+    assert hf["finetuned"] != hf["vanilla"] and texts["finetuned"][1] != texts["vanilla"][1]  # adapter applied
+    assert _agreement(*texts["finetuned"], chars=8) >= 0.75  # merged like do_predict: the same model
 
 
 def test_vllm_resumes_with_only_the_missing_documents(work):

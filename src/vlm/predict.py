@@ -2,8 +2,8 @@
 
 Documents are predicted in chunks, greedy. The ``llamafactory`` backend runs each
 chunk through ``llamafactory-cli train`` (``do_predict`` + ``predict_with_generate``);
-the ``vllm`` backend (``vlm.vllm_backend``) starts one vLLM engine and encodes
-prompts with LLaMA-Factory's own template. Each finished chunk is committed to the
+the ``vllm`` backend (``vlm.vllm_backend``) starts one vLLM engine on the model (with
+the adapter merged in) and encodes prompts with LLaMA-Factory's own template. Each finished chunk is committed to the
 SQLite store in one transaction, so a killed run resumes with only the missing
 documents. The template, prompt and image resolution come from the training
 config, so inference sees exactly what training saw.
@@ -139,7 +139,10 @@ def _adapter_hash(adapter: str | None) -> str | None:
 
 
 def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> dict[str, Any]:
-    cfg = {k: v for k, v in settings.items() if k not in ("dataset", "dataset_dir") and v is not None}
+    from vlm.vllm_backend import VLLM_KEYS
+
+    cfg = {k: v for k, v in settings.items()
+           if k not in ("dataset", "dataset_dir", *VLLM_KEYS) and v is not None}
     cfg.update(
         stage="sft", do_predict=True, predict_with_generate=True, finetuning_type="lora",
         eval_dataset="chunk", dataset_dir=str(chunk_dir), output_dir=str(chunk_dir / "out"),
@@ -179,8 +182,11 @@ def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: Pr
 def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
                backend: str) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Generation settings and the hashes that tell one group's runs apart (mixing them is refused)."""
+    from vlm.vllm_backend import as_bool
+
     gen = {"max_new_tokens": spec.max_new_tokens, "do_sample": False, "backend": backend,
-           "batch_size": spec.batch_size if backend == "llamafactory" else None}
+           "batch_size": spec.batch_size if backend == "llamafactory" else None,
+           "runtime_lora": backend == "vllm" and as_bool(settings.get("vllm_lora", False))}
     hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
               "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
               "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
@@ -192,9 +198,14 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
     """A function from a chunk of records to their raw generations, for the chosen backend."""
     if backend == "llamafactory" or not pending:
         return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
-    from vlm.vllm_backend import VllmGenerator
+    from vlm.vllm_backend import VllmGenerator, as_bool, merged_model
 
-    return VllmGenerator(settings, load_dataset_info(settings["dataset_dir"]), spec.max_new_tokens).generate
+    merged = None
+    if settings.get("adapter_name_or_path") and not as_bool(settings.get("vllm_lora", False)):
+        merged = merged_model(settings, _adapter_hash(settings["adapter_name_or_path"]), spec.work_dir / "merged")
+    info = load_dataset_info(settings["dataset_dir"])
+    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged).generate
+
 
 
 def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:

@@ -7,8 +7,12 @@ Train/inference skew is the thing to avoid, so nothing about the input is vLLM's
   ``dataset_info.json`` entry, with one ``<|image_pad|>`` per image that vLLM expands;
 * images are resized by LLaMA-Factory's plugin to the training ``image_max_pixels`` /
   ``image_min_pixels`` before vLLM sees them;
-* generation is greedy, stops on the template's stop tokens, and the LoRA adapter is
-  applied by vLLM at run time (no merge).
+* generation is greedy and stops on the template's stop tokens;
+* a LoRA adapter is merged into the base model by ``llamafactory-cli export`` first (cached
+  per adapter), as LLaMA-Factory's own do_predict merges it, and vLLM serves the merged
+  model. On an H100, vLLM's run-time LoRA gave outputs that differed from LLaMA-Factory's
+  from the first token while base-model outputs matched, so run-time LoRA is opt-in:
+  ``vllm_lora=true``.
 
 Engine settings use LLaMA-Factory's names: ``vllm_gpu_util``, ``vllm_enforce_eager``,
 ``vllm_max_lora_rank`` and ``vllm_config`` (a dict of any other ``vllm.LLM`` argument).
@@ -30,7 +34,8 @@ from vlm.errors import VlmError
 
 BACKENDS = ("auto", "llamafactory", "vllm")
 # Settings that belong to the vLLM engine, not to LLaMA-Factory's do_predict.
-VLLM_KEYS = ("vllm_gpu_util", "vllm_enforce_eager", "vllm_max_lora_rank", "vllm_config")
+VLLM_KEYS = ("vllm_gpu_util", "vllm_enforce_eager", "vllm_max_lora_rank", "vllm_config", "vllm_lora")
+MERGED_MARKER = "vlm_merged.json"
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -69,6 +74,48 @@ def lora_rank(adapter: str) -> int:
             return allowed
     raise VlmError(f"LoRA rank {r} in {adapter} is above vLLM's largest ({_LORA_RANKS[-1]})",
                    hint="merge the adapter first (vlm merge CONFIG) and predict with --model MERGED --no-adapter.")
+
+
+def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -> Path:
+    """The base model with the adapter merged in, by ``llamafactory-cli export``; reused while the adapter
+    is unchanged. Written to a temp folder and renamed into place, so a killed merge leaves nothing behind."""
+    import shutil
+    import tempfile
+
+    from vlm.fsutil import atomic_write_json, atomic_write_text
+    from vlm.launch import merge_config
+    from vlm.procs import find_llamafactory_cli, log_tail, run_child
+
+    out = cache_dir / adapter_hash
+    source = {"model": settings["model_name_or_path"], "adapter": str(settings["adapter_name_or_path"]),
+              "adapter_hash": adapter_hash}
+    marker = out / MERGED_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        return out
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_hash}.", dir=cache_dir))
+    try:
+        cfg = merge_config(settings, Path(settings["adapter_name_or_path"]), tmp / "model")
+        atomic_write_text(tmp / "merge.yaml", yaml_dump(cfg))
+        log = cache_dir / f"{adapter_hash}.merge.log"
+        code = run_child([find_llamafactory_cli(), "export", str(tmp / "merge.yaml")], log,
+                         env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
+        if code != 0 or not (tmp / "model" / "config.json").is_file():
+            raise VlmError(f"merging the adapter for vLLM failed (exit {code}):\n{log_tail(log)}",
+                           hint=f"full log: {log}; or pass vllm_lora=true to apply the adapter at run time.")
+        atomic_write_json(tmp / "model" / MERGED_MARKER, source)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp / "model", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def yaml_dump(cfg: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 class PromptEncoder:
@@ -143,7 +190,10 @@ class PromptEncoder:
 class VllmGenerator:
     """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order."""
 
-    def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int):
+    def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
+                 merged: Path | None = None):
+        """``merged``: the adapter already merged into the model (see ``merged_model``); then no run-time LoRA."""
+        self.merged = merged
         # vLLM and LLaMA-Factory log to stdout; keep stdout for --json and the summary line.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -156,7 +206,7 @@ class VllmGenerator:
 
         self.encoder = PromptEncoder(settings, dataset_info)
         self.cutoff_len = self.encoder.data_args.cutoff_len
-        adapter = settings.get("adapter_name_or_path")
+        adapter = None if self.merged else settings.get("adapter_name_or_path")
         extra = settings.get("vllm_config") or {}
         if isinstance(extra, str):
             try:
@@ -165,12 +215,12 @@ class VllmGenerator:
                 raise VlmError(f"vllm_config is not a JSON object: {extra!r}",
                                hint='pass e.g. vllm_config=\'{"max_num_seqs": 64}\'.') from None
         engine: dict[str, Any] = {
-            "model": settings["model_name_or_path"],
+            "model": str(self.merged or settings["model_name_or_path"]),
             "trust_remote_code": bool(settings.get("trust_remote_code", True)),
             "dtype": settings.get("infer_dtype", "auto"),
             "max_model_len": self.cutoff_len + max_new_tokens,
             "gpu_memory_utilization": float(settings.get("vllm_gpu_util", 0.7)),
-            "enforce_eager": _as_bool(settings.get("vllm_enforce_eager", False)),
+            "enforce_eager": as_bool(settings.get("vllm_enforce_eager", False)),
             "seed": 0,
             "limit_mm_per_prompt": {"image": 4},
             "disable_log_stats": True,
@@ -222,5 +272,5 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _as_bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")

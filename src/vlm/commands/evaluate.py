@@ -29,17 +29,16 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Scratch folder for LLaMA-Factory runs and logs.")] = Path("runs/predict"),
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings for LLaMA-Factory, or vllm_gpu_util, vllm_enforce_eager, vllm_max_lora_rank, vllm_config for vLLM.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings for LLaMA-Factory, or vllm_gpu_util, vllm_enforce_eager, vllm_max_lora_rank, vllm_config, vllm_lora for vLLM.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Predict a split with a base model, with or without a LoRA adapter, and store every document.
 
     Generation is greedy and batched: through vLLM when it is installed and a GPU is visible (one engine, the
-    adapter applied at run time), else through LLaMA-Factory's do_predict. Either way the
-    prompt is LLaMA-Factory's template, and template, image_max_pixels and cutoff_len come
-    from the training config, so inference matches training. A killed run resumes with only
-    the missing documents; --overwrite redoes them. A group keeps one backend: switching
-    needs --overwrite or a new group name.
+    adapter merged first, or at run time with vllm_lora=true), else through LLaMA-Factory's do_predict. Either
+    way the prompt is LLaMA-Factory's template, and template, image_max_pixels and cutoff_len come from the
+    training config, so inference matches training. A killed run resumes with only the missing documents;
+    --overwrite redoes them. A group keeps one backend: switching needs --overwrite or a new group name.
     """
     from vlm.config import parse_overrides
     from vlm.output import info, print_json
