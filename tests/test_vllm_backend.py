@@ -135,7 +135,7 @@ def test_lora_rank_rounds_up_to_a_rank_vllm_accepts(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 1024}))
     with pytest.raises(VlmError, match="above vLLM's largest") as err:
         lora_rank(str(tmp_path))
-    assert "vlm merge" in err.value.hint
+    assert "drop vllm_lora=true" in err.value.hint
     (tmp_path / "adapter_config.json").write_text("{not json")
     with pytest.raises(VlmError, match="LoRA rank"):
         lora_rank(str(tmp_path))

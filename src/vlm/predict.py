@@ -202,7 +202,8 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
 
     merged = None
     if settings.get("adapter_name_or_path") and not as_bool(settings.get("vllm_lora", False)):
-        merged = merged_model(settings, _adapter_hash(settings["adapter_name_or_path"]), spec.work_dir / "merged")
+        key = _digest([_model_hash(settings["model_name_or_path"]), _adapter_hash(settings["adapter_name_or_path"])])
+        merged = merged_model(settings, key, spec.work_dir / "merged")
     info = load_dataset_info(settings["dataset_dir"])
     return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged).generate
 

@@ -73,12 +73,13 @@ def lora_rank(adapter: str) -> int:
         if r <= allowed:
             return allowed
     raise VlmError(f"LoRA rank {r} in {adapter} is above vLLM's largest ({_LORA_RANKS[-1]})",
-                   hint="merge the adapter first (vlm merge CONFIG) and predict with --model MERGED --no-adapter.")
+                   hint="drop vllm_lora=true: by default vlm merges the adapter into the model for vLLM.")
 
 
 def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -> Path:
-    """The base model with the adapter merged in, by ``llamafactory-cli export``; reused while the adapter
-    is unchanged. Written to a temp folder and renamed into place, so a killed merge leaves nothing behind."""
+    """The base model with the adapter merged in, by ``llamafactory-cli export``; reused while
+    ``adapter_hash`` (which should cover the base model too) is unchanged. Written to a temp folder and
+    renamed into place, so a killed merge leaves nothing behind."""
     import shutil
     import tempfile
 
