@@ -83,11 +83,12 @@ def test_bad_prediction_file_is_a_clear_error(tmp_path: Path):
     assert r.returncode == 2 and "neither predict/label" in r.stderr and "Traceback" not in r.stderr
 
 
-def _store_group(store_path: Path, group: str, backend: str, image_max_pixels: int) -> None:
+def _store_group(store_path: Path, group: str, backend: str | None, image_max_pixels: int) -> None:
     from vlm.store import Prediction, Store
 
+    generation = {"max_new_tokens": 64, **({"backend": backend} if backend else {})}  # None: logged before vLLM
     with Store(store_path) as store:
-        store.log_run(group, "test", {"generation": {"backend": backend, "max_new_tokens": 64},
+        store.log_run(group, "test", {"generation": generation,
                                       "settings": {"template": "qwen2_vl", "image_max_pixels": image_max_pixels},
                                       "prompt_hash": "p1"})
         store.put_many([Prediction(group, "test", f"doc{i}", json.dumps(g), g, None, [], g)
@@ -109,3 +110,7 @@ def test_groups_predicted_differently_are_flagged(tmp_path: Path):
     same = subprocess.run([*VLM, "evaluate", "--groups", "vanilla-model", "finetuned-same", "--store", str(store),
                            "--json"], capture_output=True, text=True)
     assert same.returncode == 0 and "differ" not in same.stderr
+    _store_group(store, "older-model", None, 262144)  # a group from before the vLLM backend: LLaMA-Factory's
+    old = subprocess.run([*VLM, "evaluate", "--groups", "older-model", "finetuned-model", "--store", str(store),
+                          "--json"], capture_output=True, text=True)
+    assert old.returncode == 0 and "differ" not in old.stderr

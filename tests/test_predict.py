@@ -30,7 +30,8 @@ def exported(tmp_path_factory) -> Path:
 
 
 def _predict_cmd(tiny_model: Path, data: Path, store: Path, *extra: str) -> list[str]:
-    return [*VLM, "predict", "--group", "vanilla-model", "--model", str(tiny_model), "--dataset-dir", str(data),
+    return [*VLM, "predict", "--group", "vanilla-model", "--backend", "llamafactory", "--model", str(tiny_model),
+            "--dataset-dir", str(data),
             "--split", "test", "--store", str(store), "--work-dir", str(store.parent / "work"),
             "--max-new-tokens", "8", "--batch-size", "2", *extra, "template=qwen2_vl", "image_max_pixels=16384",
             "cutoff_len=1024"]

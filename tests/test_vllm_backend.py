@@ -112,17 +112,33 @@ def test_image_max_pixels_reaches_the_images(tiny_model, awkward_data):
     assert sizes[50176][0] < sizes[262144][0]
 
 
-def test_stop_tokens_are_the_templates(tiny_model, awkward_data):
+def test_stop_tokens_are_do_predicts(tiny_model, awkward_data):
+    """do_predict stops on EOS and every additional special token (LLaMA-Factory's SFT workflow); so does vLLM."""
     info = json.loads((awkward_data / "dataset_info.json").read_text())
     encoder = PromptEncoder(_settings(tiny_model, awkward_data, "toy", 262144, 1024), info)
-    assert encoder.tokenizer.convert_tokens_to_ids("<|im_end|>") in encoder.stop_token_ids
+    ids = encoder.stop_token_ids
+    for token in ("<|im_end|>", "<|vision_start|>", "<|image_pad|>"):
+        assert encoder.tokenizer.convert_tokens_to_ids(token) in ids, token
+    assert len(ids) == len(set(ids))
 
 
-def test_choose_backend():
-    from vlm.vllm_backend import gpu_visible
+def test_a_prompt_do_predict_would_cut_is_refused(tiny_model, awkward_data):
+    info = json.loads((awkward_data / "dataset_info.json").read_text())
+    record = json.loads((awkward_data / "toy.json").read_text())[0]
+    settings = _settings(tiny_model, awkward_data, "toy", 262144, 1024)
+    length = PromptEncoder(settings, info).encode(record)[1]
+    with pytest.raises(VlmError, match="do_predict would cut it"):
+        PromptEncoder({**settings, "cutoff_len": length}, info).encode(record)  # no room left for the answer
+    assert PromptEncoder({**settings, "cutoff_len": 2 * length + 500}, info).encode(record)[1] == length
 
-    expected = "vllm" if vllm_installed() and gpu_visible() else "llamafactory"
-    assert choose_backend("auto") == expected
+
+def test_choose_backend(monkeypatch):
+    import vlm.vllm_backend as vb
+
+    for installed, gpu, want in ((True, True, "vllm"), (True, False, "llamafactory"), (False, True, "llamafactory")):
+        monkeypatch.setattr(vb, "vllm_installed", lambda installed=installed: installed)
+        monkeypatch.setattr(vb, "gpu_visible", lambda gpu=gpu: gpu)
+        assert choose_backend("auto") == want
     assert choose_backend("llamafactory") == "llamafactory"
     with pytest.raises(VlmError, match="unknown backend"):
         choose_backend("tgi")
@@ -159,7 +175,7 @@ def test_backend_vllm_without_vllm_is_a_clear_error(tiny_model, toy_dataset, tmp
 
 def test_a_group_keeps_one_backend(tmp_path):
     """The backend is part of the generation hash, so one group never mixes backends silently."""
-    from vlm.predict import PredictSpec, run_hashes
+    from vlm.predict import PredictSpec, _digest, run_hashes
 
     settings = {"model_name_or_path": str(tmp_path), "adapter_name_or_path": None, "image_max_pixels": 262144}
     spec = PredictSpec(group="g")
@@ -167,9 +183,33 @@ def test_a_group_keeps_one_backend(tmp_path):
     vl = run_hashes(settings, "prompt", spec, "vllm")[1]
     assert lf["gen_hash"] != vl["gen_hash"] and lf["model_hash"] == vl["model_hash"]
     assert run_hashes(settings, "prompt", spec, "vllm")[1] == vl
+    assert run_hashes({**settings, "vllm_lora": "true"}, "prompt", spec, "vllm")[1]["gen_hash"] != vl["gen_hash"]
     spec.batch_size = 1  # vLLM schedules its own batches: --batch-size does not change its results
     assert run_hashes(settings, "prompt", spec, "vllm")[1] == vl
     assert run_hashes(settings, "prompt", spec, "llamafactory")[1]["gen_hash"] != lf["gen_hash"]
+    # The llamafactory hash is the one groups were stored with before the vLLM backend existed.
+    skew = {"template": None, "image_max_pixels": 262144, "image_min_pixels": None, "cutoff_len": None}
+    before = _digest({"max_new_tokens": 1024, "do_sample": False, "batch_size": 1, **skew})
+    assert run_hashes(settings, "prompt", spec, "llamafactory")[1]["gen_hash"] == before
+
+
+def test_auto_keeps_a_groups_backend(tiny_model, toy_dataset, tmp_path, monkeypatch):
+    """Installing vLLM later must not strand a group predicted with LLaMA-Factory: auto keeps its backend."""
+    import vlm.vllm_backend as vb
+    from vlm.predict import PredictSpec, run_predict
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model), "template": "qwen2_vl",
+                                      "dataset": "cord_train", "dataset_dir": str(toy_dataset),
+                                      "output_dir": str(tmp_path / "adapter"), "cutoff_len": 2048}))
+    spec = PredictSpec(group="g", config=config, no_adapter=True, store=tmp_path / "store.sqlite",
+                       work_dir=tmp_path / "work", max_new_tokens=4, limit=1, backend="llamafactory")
+    assert run_predict(spec, show_progress=False)["predicted"] == 1
+    monkeypatch.setattr(vb, "vllm_installed", lambda: True)  # as if vLLM and a GPU were there now
+    monkeypatch.setattr(vb, "gpu_visible", lambda: True)
+    spec.backend = "auto"
+    again = run_predict(spec, show_progress=False)
+    assert (again["backend"], again["predicted"], again["skipped_done"]) == ("llamafactory", 0, 1)
 
 
 @pytest.mark.slow

@@ -49,9 +49,13 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
 
 
 # What must be equal across compared groups, or the comparison measures more than the model.
-_COMPARED = (("backend", ("generation", "backend")), ("max_new_tokens", ("generation", "max_new_tokens")),
-             ("template", ("settings", "template")), ("image_max_pixels", ("settings", "image_max_pixels")),
-             ("cutoff_len", ("settings", "cutoff_len")), ("prompt", ("prompt_hash",)))
+_COMPARED = (("backend", ("generation", "backend")), ("runtime LoRA", ("generation", "runtime_lora")),
+             ("max_new_tokens", ("generation", "max_new_tokens")), ("template", ("settings", "template")),
+             ("image_max_pixels", ("settings", "image_max_pixels")),
+             ("image_min_pixels", ("settings", "image_min_pixels")), ("cutoff_len", ("settings", "cutoff_len")),
+             ("prompt", ("prompt_hash",)))
+# Runs logged before a setting existed: what it was then.
+_DEFAULTS = {"backend": "llamafactory", "runtime LoRA": False}
 
 
 def _warn_on_mixed_settings(runs: dict[str, dict[str, Any] | None]) -> None:
@@ -63,7 +67,7 @@ def _warn_on_mixed_settings(runs: dict[str, dict[str, Any] | None]) -> None:
             value = run
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None
-            seen[name] = value
+            seen[name] = _DEFAULTS.get(label) if value is None and run else value
         if len({json.dumps(v, sort_keys=True, default=str) for v in seen.values()}) > 1:
             detail = ", ".join(f"{name}: {value}" for name, value in seen.items())
             warn(f"the groups differ in {label} ({detail}); the comparison measures that too. "

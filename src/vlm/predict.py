@@ -46,7 +46,7 @@ class PredictSpec:
     work_dir: Path = Path("runs/predict")
     batch_size: int = 8
     max_new_tokens: int = 1024
-    chunk_size: int = 32
+    chunk_size: int | None = None  # 32 documents per LLaMA-Factory run, 256 per vLLM call
     limit: int | None = None
     overwrite: bool = False
     backend: str = "auto"
@@ -184,9 +184,12 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
     """Generation settings and the hashes that tell one group's runs apart (mixing them is refused)."""
     from vlm.vllm_backend import as_bool
 
-    gen = {"max_new_tokens": spec.max_new_tokens, "do_sample": False, "backend": backend,
-           "batch_size": spec.batch_size if backend == "llamafactory" else None,
-           "runtime_lora": backend == "vllm" and as_bool(settings.get("vllm_lora", False))}
+    gen: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "do_sample": False}
+    if backend == "llamafactory":  # the same keys as before the vLLM backend, so stored groups stay resumable
+        gen["batch_size"] = spec.batch_size
+    else:
+        gen.update(backend=backend, runtime_lora=as_bool(settings.get("vllm_lora", False)),
+                   **{k: settings.get(k) for k in ("infer_dtype", "vllm_config", "repetition_penalty")})
     hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
               "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
               "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
@@ -205,7 +208,17 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
         key = _digest([_model_hash(settings["model_name_or_path"]), _adapter_hash(settings["adapter_name_or_path"])])
         merged = merged_model(settings, key, spec.work_dir / "merged")
     info = load_dataset_info(settings["dataset_dir"])
-    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged).generate
+    max_images = max(len(d.get("images") or []) for d in pending)
+    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images).generate
+
+
+def _stored_backend(spec: PredictSpec) -> str | None:
+    """The backend a group's stored predictions were made with (groups from before vLLM: llamafactory)."""
+    if not spec.store.is_file() or spec.overwrite:
+        return None
+    with Store(spec.store) as store:
+        run = store.last_run(spec.group, spec.split)
+    return ((run or {}).get("generation") or {}).get("backend", "llamafactory") if run else None
 
 
 
@@ -217,7 +230,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     from vlm.parsing import parse_prediction
     from vlm.vllm_backend import choose_backend
 
-    backend = choose_backend(spec.backend)
+    # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
+    backend = choose_backend(_stored_backend(spec) or "auto" if spec.backend == "auto" else spec.backend)
     settings = resolve_settings(spec)
     docs = load_documents(settings["dataset_dir"], settings["dataset"])
     if spec.limit:
@@ -232,7 +246,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         if stale:
             raise VlmError(
                 f"group {spec.group!r} already holds {spec.split} predictions made with a different model, adapter, "
-                "prompt or generation settings",
+                f"prompt or generation settings (backend now: {backend})",
                 hint="pass --overwrite to redo them, or use a new --group name.")
         done = store.done_ids(spec.group, spec.split)
         pending = [d for d in docs if d["id"] not in done]
@@ -242,8 +256,9 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending)
         with progress() if show_progress else nullcontext() as bar:
             task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
-            for start in range(0, len(pending), spec.chunk_size):
-                chunk = pending[start: start + spec.chunk_size]
+            size = spec.chunk_size or (256 if backend == "vllm" else 32)  # vLLM batches a whole chunk at once
+            for start in range(0, len(pending), size):
+                chunk = pending[start: start + size]
                 t0 = time.perf_counter()
                 raws = generate(chunk)
                 latency = (time.perf_counter() - t0) / len(chunk)

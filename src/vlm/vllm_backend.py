@@ -79,7 +79,8 @@ def lora_rank(adapter: str) -> int:
 def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -> Path:
     """The base model with the adapter merged in, by ``llamafactory-cli export``; reused while
     ``adapter_hash`` (which should cover the base model too) is unchanged. Written to a temp folder and
-    renamed into place, so a killed merge leaves nothing behind."""
+    renamed into place, so a killed merge never leaves a half-written model; its temp folder is removed
+    by the next merge of the same adapter."""
     import shutil
     import tempfile
 
@@ -91,9 +92,11 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     source = {"model": settings["model_name_or_path"], "adapter": str(settings["adapter_name_or_path"]),
               "adapter_hash": adapter_hash}
     marker = out / MERGED_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == source:
+    if marker.is_file() and json.loads(marker.read_text()).get("adapter_hash") == adapter_hash:
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(f".{adapter_hash}.*"):  # left by a merge that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_hash}.", dir=cache_dir))
     try:
         cfg = merge_config(settings, Path(settings["adapter_name_or_path"]), tmp / "model")
@@ -130,12 +133,18 @@ class PromptEncoder:
         from llamafactory.hparams import DataArguments, ModelArguments
         from llamafactory.model import load_tokenizer
 
-        model_args = ModelArguments(
-            model_name_or_path=settings["model_name_or_path"],
-            trust_remote_code=bool(settings.get("trust_remote_code", True)),
-            **{k: settings[k] for k in ("image_max_pixels", "image_min_pixels") if settings.get(k) is not None})
-        self.data_args = DataArguments(template=settings["template"], dataset_dir=settings["dataset_dir"],
-                                       cutoff_len=int(settings.get("cutoff_len", 2048)))
+        from vlm.preflight import _DATA_KEYS, _MODEL_KEYS
+
+        given = {k: v for k, v in settings.items() if v is not None}
+        try:
+            model_args = ModelArguments(
+                model_name_or_path=settings["model_name_or_path"],
+                **{k: given[k] for k in ("image_max_pixels", "image_min_pixels", *_MODEL_KEYS) if k in given})
+            self.data_args = DataArguments(template=settings["template"], dataset_dir=settings["dataset_dir"],
+                                           cutoff_len=int(settings.get("cutoff_len", 2048)),
+                                           **{k: given[k] for k in _DATA_KEYS if k in given})
+        except (TypeError, ValueError) as e:
+            raise VlmError(f"LLaMA-Factory rejects these settings: {e}") from None
         self.max_pixels, self.min_pixels = model_args.image_max_pixels, model_args.image_min_pixels
         pristine = copy.copy(TEMPLATES[settings["template"]])
         try:
@@ -150,8 +159,10 @@ class PromptEncoder:
         collapsed = copy.copy(template)
         collapsed.mm_plugin = copy.copy(template.mm_plugin)
         collapsed.mm_plugin.expand_mm_tokens = False  # one placeholder per image; vLLM expands it
-        self.encoder = UnsupervisedDatasetProcessor(collapsed, self.tokenizer, self.processor, self.data_args)
-        self.stop_token_ids = template.get_stop_token_ids(self.tokenizer)
+        untruncated = copy.copy(self.data_args)
+        untruncated.cutoff_len = 10**9  # lengths are checked below on the expanded prompt, as do_predict sees it
+        self.encoder = UnsupervisedDatasetProcessor(collapsed, self.tokenizer, self.processor, untruncated)
+        self.stop_token_ids = _stop_token_ids(self.tokenizer, template)
         self.image_token_id = (self.tokenizer.convert_tokens_to_ids(self.plugin.image_token)
                                if self.plugin.image_token else None)
         name = settings["dataset"]
@@ -175,9 +186,9 @@ class PromptEncoder:
         if ex["_videos"] or ex["_audios"]:
             raise VlmError(f"document {record.get('id')}: video and audio inputs are not supported by vlm predict")
         paths = ex["_images"] or []
-        ids, _ = self.encoder._encode_data_example(prompt=ex["_prompt"], response=ex["_response"],
-                                                   system=ex["_system"], tools=ex["_tools"], images=paths,
-                                                   videos=[], audios=[])
+        ids, labels = self.encoder._encode_data_example(prompt=ex["_prompt"], response=ex["_response"],
+                                                        system=ex["_system"], tools=ex["_tools"], images=paths,
+                                                        videos=[], audios=[])
         prompt: dict[str, Any] = {"prompt_token_ids": ids}
         length = len(ids)
         if paths:
@@ -185,6 +196,13 @@ class PromptEncoder:
                                                     image_min_pixels=self.min_pixels)["images"]
             prompt["multi_modal_data"] = {"image": images}
             length += sum(self.image_tokens(im) - 1 for im in images)
+        from llamafactory.data.processor.processor_utils import infer_seqlen
+
+        kept, _ = infer_seqlen(length, len(labels), self.data_args.cutoff_len)
+        if kept < length:
+            raise VlmError(f"document {record.get('id')}: the prompt is {length} tokens; with its answer, "
+                           f"do_predict would cut it to {kept} (cutoff_len {self.data_args.cutoff_len})",
+                           hint="lower image_max_pixels or raise cutoff_len (see vlm stats CONFIG).")
         return prompt, length
 
 
@@ -192,9 +210,10 @@ class VllmGenerator:
     """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
-                 merged: Path | None = None):
-        """``merged``: the adapter already merged into the model (see ``merged_model``); then no run-time LoRA."""
-        self.merged = merged
+                 merged: Path | None = None, max_images: int = 1):
+        """``merged``: the adapter already merged into the model (see ``merged_model``), so no run-time LoRA.
+        ``max_images``: the most images one document has (vLLM reserves room for that many)."""
+        self.merged, self.max_images = merged, max(1, max_images)
         # vLLM and LLaMA-Factory log to stdout; keep stdout for --json and the summary line.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -202,8 +221,12 @@ class VllmGenerator:
             self._start(settings, dataset_info, max_new_tokens)
 
     def _start(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int) -> None:
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
+        except Exception as e:  # a broken install raises more than ImportError
+            raise VlmError(f"vLLM is installed but cannot be imported: {type(e).__name__}: {e}",
+                           hint="reinstall it (make setup-vllm), or use --backend llamafactory.") from None
 
         self.encoder = PromptEncoder(settings, dataset_info)
         self.cutoff_len = self.encoder.data_args.cutoff_len
@@ -217,17 +240,17 @@ class VllmGenerator:
                                hint='pass e.g. vllm_config=\'{"max_num_seqs": 64}\'.') from None
         engine: dict[str, Any] = {
             "model": str(self.merged or settings["model_name_or_path"]),
-            "trust_remote_code": bool(settings.get("trust_remote_code", True)),
+            "trust_remote_code": as_bool(settings.get("trust_remote_code", True)),
             "dtype": settings.get("infer_dtype", "auto"),
             "max_model_len": self.cutoff_len + max_new_tokens,
-            "gpu_memory_utilization": float(settings.get("vllm_gpu_util", 0.7)),
+            "gpu_memory_utilization": _number(settings, "vllm_gpu_util", 0.7, float),
             "enforce_eager": as_bool(settings.get("vllm_enforce_eager", False)),
             "seed": 0,
-            "limit_mm_per_prompt": {"image": 4},
+            "limit_mm_per_prompt": {"image": self.max_images},
             "disable_log_stats": True,
         }
         if adapter:
-            rank = max(lora_rank(adapter), int(settings.get("vllm_max_lora_rank", 8)))
+            rank = max(lora_rank(adapter), _number(settings, "vllm_max_lora_rank", 8, int))
             engine.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
         engine.update(extra)
         try:
@@ -238,7 +261,8 @@ class VllmGenerator:
                                 "or use --backend llamafactory.") from e
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
-                                     stop_token_ids=self.encoder.stop_token_ids)
+                                     stop_token_ids=self.encoder.stop_token_ids,
+                                     repetition_penalty=_number(settings, "repetition_penalty", 1.0, float))
         self.engine_args = {k: v for k, v in engine.items() if k != "model"}
 
     def generate(self, records: list[dict[str, Any]]) -> list[str]:
@@ -246,14 +270,7 @@ class VllmGenerator:
             return self._generate(records)
 
     def _generate(self, records: list[dict[str, Any]]) -> list[str]:
-        prompts = []
-        for record in records:
-            prompt, length = self.encoder.encode(record)
-            if length > self.cutoff_len:
-                raise VlmError(f"document {record.get('id')}: the prompt is {length} tokens, over cutoff_len "
-                               f"{self.cutoff_len}; LLaMA-Factory would have cut it",
-                               hint="lower image_max_pixels or raise cutoff_len (see vlm stats CONFIG).")
-            prompts.append(prompt)
+        prompts = [self.encoder.encode(record)[0] for record in records]
         outputs = self.llm.generate(prompts, self.params, use_tqdm=False, lora_request=self.lora)
         return [out.outputs[0].text if out.outputs else "" for out in outputs]
 
@@ -271,6 +288,23 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _stop_token_ids(tokenizer: Any, template: Any) -> list[int]:
+    """What do_predict stops on: the EOS token and every additional special token (as LLaMA-Factory's SFT
+    workflow sets ``eos_token_id``), plus the template's stop words."""
+    extra = getattr(tokenizer, "additional_special_tokens_ids", None)
+    if not isinstance(extra, list):
+        extra = tokenizer.convert_tokens_to_ids([str(t) for t in getattr(tokenizer, "_extra_special_tokens", [])])
+    ids = [tokenizer.eos_token_id, *extra, *template.get_stop_token_ids(tokenizer)]
+    return list(dict.fromkeys(i for i in ids if i is not None and i != -1))
+
+
+def _number(settings: dict[str, Any], key: str, default: float, kind: type) -> Any:
+    try:
+        return kind(settings.get(key, default))
+    except (TypeError, ValueError):
+        raise VlmError(f"{key}={settings.get(key)!r} is not a number", hint=f"e.g. {key}={default}") from None
 
 
 def as_bool(value: Any) -> bool:

@@ -24,7 +24,7 @@ def predict(
     backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed and a GPU is visible, else LLaMA-Factory), llamafactory or vllm.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size (llamafactory backend; vLLM schedules its own).")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Documents per generation call; each chunk is saved when done.")] = 32,
+    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", min=1, help="Documents per generation call, saved when done (default 32 for llamafactory, 256 for vllm).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
