@@ -30,7 +30,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ LF_IMAGE_MIN_PIXELS = 32 * 32
 LF_CUTOFF_LEN = 2048
 
 # Config keys that change how examples are tokenized; passed on to LLaMA-Factory unchanged.
-_MODEL_KEYS = ("trust_remote_code", "use_fast_tokenizer", "split_special_tokens", "add_tokens",
+MODEL_KEYS = ("trust_remote_code", "use_fast_tokenizer", "split_special_tokens", "add_tokens",
                "add_special_tokens", "model_revision", "cache_dir")
-_DATA_KEYS = ("default_system", "enable_thinking", "preserve_thinking", "tool_format", "train_on_prompt",
+DATA_KEYS = ("default_system", "enable_thinking", "preserve_thinking", "tool_format", "train_on_prompt",
               "mask_history", "media_dir", "packing", "neat_packing", "max_samples")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KINDS = ("image", "prompt", "answer", "total")
@@ -146,7 +146,7 @@ def check_config(cfg: Mapping[str, Any], limit: int | None = None, show_progress
         raise VlmError(f"config has no {', '.join(missing)}", hint="token counts need the model, template and dataset.")
     datasets = cfg["dataset"]
     datasets = [d.strip() for d in datasets.split(",")] if isinstance(datasets, str) else [str(d) for d in datasets]
-    extra = {k: cfg[k] for k in (*_MODEL_KEYS, *_DATA_KEYS) if cfg.get(k) is not None}
+    extra = {k: cfg[k] for k in (*MODEL_KEYS, *DATA_KEYS) if cfg.get(k) is not None}
     return token_budget(
         cfg["model_name_or_path"], cfg["template"], cfg.get("dataset_dir") or "data", datasets,
         image_max_pixels=_int(cfg, "image_max_pixels", LF_IMAGE_MAX_PIXELS),
@@ -252,23 +252,19 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
 def _iter_examples(counter: _Counter, dataset_dir: str, datasets: list[str], info: dict[str, Any],
                    limit: int | None) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Yield (dataset, index, aligned example) through LLaMA-Factory's own parser and converter."""
-    from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.parser import get_dataset_list
 
     n = 0
     for name, attr in zip(datasets, get_dataset_list(datasets, {d: info[d] for d in datasets})):
-        convert = get_dataset_converter(attr.formatting, attr, counter.data_args)
+        convert = record_converter(attr, counter.data_args)
         records = _read_records(Path(dataset_dir) / info[name]["file_name"])
         if counter.data_args.max_samples is not None:
             records = records[: counter.data_args.max_samples]
-        # datasets.load_dataset gives every record every column, None where it is missing; so do we.
-        columns = [c for c in (attr.messages, attr.system, attr.tools, attr.images, attr.videos, attr.audios,
-                               attr.chosen, attr.rejected, attr.kto_tag) if c]
         for i, record in enumerate(records):
             if limit is not None and n >= limit:
                 return
             try:
-                example = convert({**dict.fromkeys(columns), **record})
+                example = convert(record)
             except (KeyError, TypeError) as e:
                 raise VlmError(f"example {i} of dataset {name!r} does not match its dataset_info.json columns: {e!r}",
                                hint="check the columns and tags of this dataset in dataset_info.json.") from None
@@ -280,37 +276,63 @@ def _iter_examples(counter: _Counter, dataset_dir: str, datasets: list[str], inf
             yield name, i, example
 
 
+def load_template(model_args: Any, data_args: Any) -> tuple[dict[str, Any], Any]:
+    """LLaMA-Factory's tokenizer module and fixed template, set up as ``get_dataset`` sets them up."""
+    from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
+    from llamafactory.model import load_tokenizer
+
+    name, model_path = data_args.template, model_args.model_name_or_path
+    if name not in TEMPLATES:
+        raise VlmError(f"LLaMA-Factory has no template {name!r}",
+                       hint="use the template of the model's family, e.g. qwen2_vl for Qwen2-VL.")
+    pristine = copy.copy(TEMPLATES[name])
+    try:
+        module = load_tokenizer(model_args)
+        return module, get_template_and_fix_tokenizer(module["tokenizer"], data_args)
+    except (OSError, ValueError) as e:
+        raise VlmError(f"LLaMA-Factory cannot load {model_path} with template {name!r}: {e}") from None
+    finally:
+        TEMPLATES[name] = pristine  # the call sets default_system etc. on the shared template; undo that
+
+
+def one_placeholder_per_image(template: Any) -> Any:
+    """A copy of ``template`` whose plugin leaves one image token per image instead of expanding it."""
+    light = copy.copy(template)
+    light.mm_plugin = copy.copy(template.mm_plugin)
+    light.mm_plugin.expand_mm_tokens = False
+    return light
+
+
+def record_converter(attr: Any, data_args: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """LLaMA-Factory's converter for one dataset's raw records (``_prompt``, ``_response``, ``_images``...)."""
+    from llamafactory.data.converter import get_dataset_converter
+
+    convert = get_dataset_converter(attr.formatting, attr, data_args)
+    # datasets.load_dataset gives every record every column, None where it is missing; so do we.
+    columns = [c for c in (attr.messages, attr.system, attr.tools, attr.images, attr.videos, attr.audios,
+                           attr.chosen, attr.rejected, attr.kto_tag) if c]
+    return lambda record: convert({**dict.fromkeys(columns), **record})
+
+
 class _Counter:
     """LLaMA-Factory's tokenizer, processor and template, set up as ``get_dataset`` sets them up."""
 
     def __init__(self, model_path: str, template: str, dataset_dir: str, image_max_pixels: int,
                  image_min_pixels: int, cutoff_len: int, extra: dict[str, Any]):
-        from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
         from llamafactory.data.processor import SupervisedDatasetProcessor
         from llamafactory.extras.constants import IGNORE_INDEX
         from llamafactory.hparams import DataArguments, ModelArguments
-        from llamafactory.model import load_tokenizer
 
         try:
             model_args = ModelArguments(model_name_or_path=model_path, image_max_pixels=image_max_pixels,
                                         image_min_pixels=image_min_pixels,
-                                        **{k: v for k, v in extra.items() if k in _MODEL_KEYS})
+                                        **{k: v for k, v in extra.items() if k in MODEL_KEYS})
             self.data_args = DataArguments(template=template, dataset_dir=dataset_dir, cutoff_len=cutoff_len,
-                                           **{k: v for k, v in extra.items() if k in _DATA_KEYS})
+                                           **{k: v for k, v in extra.items() if k in DATA_KEYS})
         except ValueError as e:
             raise VlmError(f"LLaMA-Factory rejects these arguments: {e}") from None
         self.cutoff_len = self.data_args.cutoff_len  # packing takes one off
-        if template not in TEMPLATES:
-            raise VlmError(f"LLaMA-Factory has no template {template!r}",
-                           hint="use the template of the model's family, e.g. qwen2_vl for Qwen2-VL.")
-        pristine = copy.copy(TEMPLATES[template])
-        try:
-            module = load_tokenizer(model_args)
-            self.template = get_template_and_fix_tokenizer(module["tokenizer"], self.data_args)
-        except (OSError, ValueError) as e:
-            raise VlmError(f"LLaMA-Factory cannot load {model_path} with template {template!r}: {e}") from None
-        finally:
-            TEMPLATES[template] = pristine  # the call sets default_system etc. on the shared template; undo that
+        module, self.template = load_template(model_args, self.data_args)
         self.tokenizer, self.processor = module["tokenizer"], module["processor"]
         self.plugin = self.template.mm_plugin
         self.image_token_id = (self.tokenizer.convert_tokens_to_ids(self.plugin.image_token)
@@ -321,10 +343,8 @@ class _Counter:
         untruncated.cutoff_len = 10**9
         self.full = SupervisedDatasetProcessor(self.template, self.tokenizer, self.processor, untruncated)
         # The same template with one placeholder token per image: no pixels are read.
-        light = copy.copy(self.template)
-        light.mm_plugin = copy.copy(self.plugin)
-        light.mm_plugin.expand_mm_tokens = False
-        self.light = SupervisedDatasetProcessor(light, self.tokenizer, self.processor, untruncated)
+        self.light = SupervisedDatasetProcessor(one_placeholder_per_image(self.template), self.tokenizer,
+                                                self.processor, untruncated)
         self.method = "fast"
         self._sizes: dict[str, tuple[int, int]] = {}
         self._probes: dict[tuple[int, int, int], int] = {}

@@ -84,6 +84,7 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     import shutil
     import tempfile
 
+    from vlm.config import render_yaml
     from vlm.fsutil import atomic_write_json, atomic_write_text
     from vlm.launch import merge_config
     from vlm.procs import find_llamafactory_cli, log_tail, run_child
@@ -100,7 +101,7 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_hash}.", dir=cache_dir))
     try:
         cfg = merge_config(settings, Path(settings["adapter_name_or_path"]), tmp / "model")
-        atomic_write_text(tmp / "merge.yaml", yaml_dump(cfg))
+        atomic_write_text(tmp / "merge.yaml", render_yaml(cfg, ["Merge config written by vlm predict for vLLM."]))
         log = cache_dir / f"{adapter_hash}.merge.log"
         code = run_child([find_llamafactory_cli(), "export", str(tmp / "merge.yaml")], log,
                          env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
@@ -116,60 +117,40 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     return out
 
 
-def yaml_dump(cfg: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg, sort_keys=False)
-
-
 class PromptEncoder:
     """Turn exported ShareGPT records into vLLM inputs exactly as LLaMA-Factory's ``do_predict`` sees them."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any]):
-        from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
-        from llamafactory.data.converter import get_dataset_converter
         from llamafactory.data.parser import get_dataset_list
         from llamafactory.data.processor import UnsupervisedDatasetProcessor
         from llamafactory.hparams import DataArguments, ModelArguments
-        from llamafactory.model import load_tokenizer
 
-        from vlm.preflight import _DATA_KEYS, _MODEL_KEYS
+        from vlm.preflight import DATA_KEYS, MODEL_KEYS, load_template, one_placeholder_per_image, record_converter
 
         given = {k: v for k, v in settings.items() if v is not None}
         try:
             model_args = ModelArguments(
                 model_name_or_path=settings["model_name_or_path"],
-                **{k: given[k] for k in ("image_max_pixels", "image_min_pixels", *_MODEL_KEYS) if k in given})
+                **{k: given[k] for k in ("image_max_pixels", "image_min_pixels", *MODEL_KEYS) if k in given})
             self.data_args = DataArguments(template=settings["template"], dataset_dir=settings["dataset_dir"],
                                            cutoff_len=int(settings.get("cutoff_len", 2048)),
-                                           **{k: given[k] for k in _DATA_KEYS if k in given})
+                                           **{k: given[k] for k in DATA_KEYS if k in given})
         except (TypeError, ValueError) as e:
             raise VlmError(f"LLaMA-Factory rejects these settings: {e}") from None
         self.max_pixels, self.min_pixels = model_args.image_max_pixels, model_args.image_min_pixels
-        pristine = copy.copy(TEMPLATES[settings["template"]])
-        try:
-            module = load_tokenizer(model_args)
-            template = get_template_and_fix_tokenizer(module["tokenizer"], self.data_args)
-        except (OSError, ValueError) as e:
-            raise VlmError(f"LLaMA-Factory cannot load {settings['model_name_or_path']}: {e}") from None
-        finally:
-            TEMPLATES[settings["template"]] = pristine  # the call edits the shared template; undo that
+        module, template = load_template(model_args, self.data_args)
         self.tokenizer, self.processor = module["tokenizer"], module["processor"]
         self.plugin = template.mm_plugin
-        collapsed = copy.copy(template)
-        collapsed.mm_plugin = copy.copy(template.mm_plugin)
-        collapsed.mm_plugin.expand_mm_tokens = False  # one placeholder per image; vLLM expands it
         untruncated = copy.copy(self.data_args)
         untruncated.cutoff_len = 10**9  # lengths are checked below on the expanded prompt, as do_predict sees it
-        self.encoder = UnsupervisedDatasetProcessor(collapsed, self.tokenizer, self.processor, untruncated)
+        # One placeholder per image; vLLM expands it.
+        self.encoder = UnsupervisedDatasetProcessor(one_placeholder_per_image(template), self.tokenizer,
+                                                    self.processor, untruncated)
         self.stop_token_ids = _stop_token_ids(self.tokenizer, template)
         self.image_token_id = (self.tokenizer.convert_tokens_to_ids(self.plugin.image_token)
                                if self.plugin.image_token else None)
         name = settings["dataset"]
-        attr = get_dataset_list([name], {name: dataset_info[name]})[0]
-        self.convert = get_dataset_converter(attr.formatting, attr, self.data_args)
-        self.columns = [c for c in (attr.messages, attr.system, attr.tools, attr.images, attr.videos, attr.audios)
-                        if c]
+        self.convert = record_converter(get_dataset_list([name], {name: dataset_info[name]})[0], self.data_args)
 
     def image_tokens(self, image: Any) -> int:
         """How many tokens vLLM (and the HF processor) expand one resized image into."""
@@ -179,7 +160,7 @@ class PromptEncoder:
 
     def encode(self, record: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """(vLLM prompt, prompt length once vLLM has expanded the image placeholders)."""
-        ex = self.convert({**dict.fromkeys(self.columns), **record})
+        ex = self.convert(record)
         if len(ex["_prompt"]) % 2 != 1:  # do_predict drops these
             raise VlmError(f"document {record.get('id')}: not a user/assistant conversation LLaMA-Factory can read",
                            hint="each record needs messages alternating user/assistant.")
@@ -263,7 +244,6 @@ class VllmGenerator:
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
                                      stop_token_ids=self.encoder.stop_token_ids,
                                      repetition_penalty=_number(settings, "repetition_penalty", 1.0, float))
-        self.engine_args = {k: v for k, v in engine.items() if k != "model"}
 
     def generate(self, records: list[dict[str, Any]]) -> list[str]:
         with stdout_to_stderr():
