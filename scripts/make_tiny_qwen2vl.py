@@ -7,9 +7,9 @@ LoRA and generation run on it for real in seconds on a CPU. Nothing is
 downloaded: the byte-level BPE tokenizer is trained on a small seeded corpus and
 carries Qwen2-VL's special tokens and chat template.
 
-    python scripts/make_tiny_qwen2vl.py OUT_DIR [--seed 0] [--size tiny|small] [--force]
+    python scripts/make_tiny_qwen2vl.py OUT_DIR [--seed 0] [--size tiny|medium|small] [--force]
 
-``--size small`` (width 256, head size 64, bfloat16) is for GPU engines such as
+``--size medium`` (width 128) is for CPU tests that need a model that learns. ``--size small`` (width 256, head size 64, bfloat16) is for GPU engines such as
 vLLM, whose attention kernels need a head size of at least 64.
 """
 
@@ -87,9 +87,13 @@ def build_tokenizer(seed: int):
 # Text and vision widths per size; head size = hidden / heads (64 for "small", which vLLM's kernels need).
 SIZES = {
     "tiny": dict(hidden=32, intermediate=64, heads=2, kv_heads=1, mrope=[2, 3, 3], vision=32, vision_heads=2,
-                 dtype="float32"),
+                 dtype="float32", embed_std=0.5),
+    # Wide enough that a short fine-tune makes the output depend on the image and its positions (the
+    # width-32 model emits the same filler whatever it is shown); still trains in seconds on a CPU.
+    "medium": dict(hidden=128, intermediate=256, heads=4, kv_heads=2, mrope=[4, 6, 6], vision=64, vision_heads=2,
+                   dtype="float32", embed_std=0.15),
     "small": dict(hidden=256, intermediate=512, heads=4, kv_heads=2, mrope=[8, 12, 12], vision=128, vision_heads=2,
-                  dtype="bfloat16"),
+                  dtype="bfloat16", embed_std=0.5),
 }
 
 
@@ -123,7 +127,7 @@ def build(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     # init the logits span only about +-0.6, so no adapter could push the loss far below ln(vocab).
     # A wider embedding lets a LoRA fine-tune actually learn, as it does on a real model.
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, 0.5)
+        model.get_input_embeddings().weight.normal_(0.0, dims["embed_std"])
     model = model.to(getattr(torch, dims["dtype"]))
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (CPU tests) or small (GPU engines)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (CPU tests), medium (CPU tests that need learning) or small (GPU engines)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and any(args.out_dir.iterdir()) and not args.force:

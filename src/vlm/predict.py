@@ -185,8 +185,10 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
     from vlm.vllm_backend import as_bool
 
     gen: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "do_sample": False}
-    if backend == "llamafactory":  # the same keys as before the vLLM backend, so stored groups stay resumable
+    if backend == "llamafactory":  # the same keys as before the other backends, so stored groups stay resumable
         gen["batch_size"] = spec.batch_size
+    elif backend == "transformers":
+        gen.update(backend=backend, **{k: settings.get(k) for k in ("infer_dtype", "repetition_penalty")})
     else:
         gen.update(backend=backend, runtime_lora=as_bool(settings.get("vllm_lora", False)),
                    **{k: settings.get(k) for k in ("infer_dtype", "vllm_config", "repetition_penalty")})
@@ -199,15 +201,19 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
 def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path,
                pending: list[dict[str, Any]]) -> Callable[[list[dict[str, Any]]], list[str]]:
     """A function from a chunk of records to their raw generations, for the chosen backend."""
-    if backend == "llamafactory" or not pending:
+    if backend == "llamafactory":
         return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
+    info = load_dataset_info(settings["dataset_dir"])
+    if backend == "transformers":
+        from vlm.transformers_backend import TransformersGenerator
+
+        return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size).generate
     from vlm.vllm_backend import VllmGenerator, as_bool, merged_model
 
     merged = None
     if settings.get("adapter_name_or_path") and not as_bool(settings.get("vllm_lora", False)):
         key = _digest([_model_hash(settings["model_name_or_path"]), _adapter_hash(settings["adapter_name_or_path"])])
         merged = merged_model(settings, key, spec.work_dir / "merged")
-    info = load_dataset_info(settings["dataset_dir"])
     max_images = max(len(d.get("images") or []) for d in pending)
     return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images).generate
 
@@ -221,9 +227,42 @@ def _stored_backend(spec: PredictSpec) -> str | None:
     return ((run or {}).get("generation") or {}).get("backend", "llamafactory") if run else None
 
 
+def _plan(spec: PredictSpec, docs: list[dict[str, Any]], hashes: dict[str, str | None],
+          backend: str) -> list[dict[str, Any]]:
+    """The documents to predict, read from the store without touching it.
+
+    Without --overwrite, documents already stored are skipped and a group made with other settings is
+    refused. With --overwrite every document is redone, and its old row is replaced only when its new
+    one is committed; so a redo that would leave rows made otherwise outside this run is refused first.
+    """
+    if not spec.store.exists():
+        return docs
+    current = (hashes["model_hash"], hashes["adapter_hash"], hashes["prompt_hash"], hashes["gen_hash"])
+    with Store(spec.store) as store:
+        other = store.ids_made_otherwise(spec.group, spec.split, current)
+        done = store.done_ids(spec.group, spec.split)
+    ids = {d["id"] for d in docs}
+    if spec.overwrite:
+        left = other - ids
+        if left:
+            raise VlmError(f"--overwrite would redo {len(ids)} {spec.split} predictions of group {spec.group!r} "
+                           f"but leave {len(left)} others made with different settings (e.g. {min(left)})",
+                           hint="drop --limit so the whole split is redone, or use a new --group name.")
+        return docs
+    if other:
+        raise VlmError(
+            f"group {spec.group!r} already holds {len(other)} {spec.split} predictions made with a different model, "
+            f"adapter, prompt or generation settings (backend now: {backend})",
+            hint="pass --overwrite to redo them, or use a new --group name.")
+    return [d for d in docs if d["id"] not in done]
+
 
 def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:
-    """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results."""
+    """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results.
+
+    Nothing is written until the inputs, the store and the generator are known to be good; then each
+    chunk is committed in one transaction as it finishes.
+    """
     from contextlib import nullcontext
 
     from vlm.output import progress
@@ -231,34 +270,25 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     from vlm.vllm_backend import choose_backend
 
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
-    backend = choose_backend(_stored_backend(spec) or "auto" if spec.backend == "auto" else spec.backend)
+    stored = _stored_backend(spec) if spec.backend == "auto" else None
+    backend = choose_backend(stored or spec.backend)
     settings = resolve_settings(spec)
+    check_backend(backend, settings["model_name_or_path"], stored=stored is not None)
     docs = load_documents(settings["dataset_dir"], settings["dataset"])
     if spec.limit:
         docs = docs[: spec.limit]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
     gen, hashes = run_hashes(settings, prompt, spec, backend)
-    with Store(spec.store) as store:
-        if spec.overwrite:
-            store.delete(spec.group, spec.split, [d["id"] for d in docs])
-        current = (hashes["model_hash"], hashes["adapter_hash"], hashes["prompt_hash"], hashes["gen_hash"])
-        stale = store.hashes(spec.group, spec.split) - {current}
-        if stale:
-            raise VlmError(
-                f"group {spec.group!r} already holds {spec.split} predictions made with a different model, adapter, "
-                f"prompt or generation settings (backend now: {backend})",
-                hint="pass --overwrite to redo them, or use a new --group name.")
-        done = store.done_ids(spec.group, spec.split)
-        pending = [d for d in docs if d["id"] not in done]
+    pending = _plan(spec, docs, hashes, backend)
+    work = spec.work_dir / spec.group / spec.split
+    generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending) if pending else None
+    with Store(spec.store, write=True) as store:
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
                                                "pending": len(pending), "spec": asdict(spec)})
-        work = spec.work_dir / spec.group / spec.split
-        generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending)
-        with progress() if show_progress else nullcontext() as bar:
+        with progress() if show_progress and pending else nullcontext() as bar:
             task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
-            size = spec.chunk_size or (256 if backend == "vllm" else 32)  # vLLM batches a whole chunk at once
-            for start in range(0, len(pending), size):
-                chunk = pending[start: start + size]
+            for start in range(0, len(pending), chunk_size(spec, backend)):
+                chunk = pending[start: start + chunk_size(spec, backend)]
                 t0 = time.perf_counter()
                 raws = generate(chunk)
                 latency = (time.perf_counter() - t0) / len(chunk)
@@ -271,8 +301,33 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                 store.put_many(rows)
                 if bar:
                     bar.advance(task, len(chunk))
-        shutil.rmtree(work / f"chunk-{os.getpid()}", ignore_errors=True)
+    shutil.rmtree(work / f"chunk-{os.getpid()}", ignore_errors=True)
     return {"group": spec.group, "split": spec.split, "backend": backend, "dataset": settings["dataset"],
             "documents": len(docs),
             "predicted": len(pending), "skipped_done": len(docs) - len(pending), "store": str(spec.store),
             "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}
+
+
+def chunk_size(spec: PredictSpec, backend: str) -> int:
+    """Documents per committed chunk: one batch for transformers (the model stays loaded, so small chunks
+    cost nothing and a kill loses at most a batch), 32 per llamafactory-cli run, 256 per vLLM call."""
+    if spec.chunk_size:
+        return spec.chunk_size
+    return {"transformers": spec.batch_size, "llamafactory": 32}.get(backend, 256)
+
+
+def check_backend(backend: str, model: str, stored: bool = False) -> None:
+    """Refuse LLaMA-Factory's do_predict for M-RoPE models: under transformers 5.6 it generates without
+    ``mm_token_type_ids``, so image tokens get 1-D text positions instead of the 3-D ones training used."""
+    if backend != "llamafactory":
+        return
+    from vlm.lf_inputs import model_type, mrope_model_types
+
+    kind = model_type(model)
+    if kind in mrope_model_types() or kind is None:
+        what = f"a {kind} model" if kind else f"{model} (its model type could not be read)"
+        raise VlmError(
+            f"LLaMA-Factory's do_predict would give {what} the wrong image positions "
+            "(it calls generate without mm_token_type_ids, so M-RoPE falls back to 1-D text positions)"
+            + ("; this group's stored predictions were made that way" if stored else ""),
+            hint="use --backend transformers (or auto)" + (" with --overwrite to redo them" if stored else "") + ".")

@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from vlm.errors import VlmError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -59,14 +62,16 @@ class Prediction:
 
 
 class Store:
-    """A thin wrapper over the SQLite file; open it with ``Store(path)``."""
+    """The SQLite file. ``Store(path)`` opens an existing store read-only (evaluate, export);
+    ``Store(path, write=True)`` opens or creates one for ``vlm predict``.
 
-    def __init__(self, path: str | Path):
+    A store is never seen without its tables: a new one is built beside its final name and linked
+    into place whole. A SQLite file that is not a vlm store is refused, never modified.
+    """
+
+    def __init__(self, path: str | Path, write: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.db = _open_for_writing(self.path) if write else _open_read_only(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -87,13 +92,11 @@ class Store:
                                "WHERE grp=? AND split=?", (group, split))
         return {tuple(r) for r in rows}
 
-    def delete(self, group: str, split: str, doc_ids: Iterable[str] | None = None) -> None:
-        with self.db:
-            if doc_ids is None:
-                self.db.execute("DELETE FROM predictions WHERE grp=? AND split=?", (group, split))
-            else:
-                self.db.executemany("DELETE FROM predictions WHERE grp=? AND split=? AND doc_id=?",
-                                    [(group, split, d) for d in doc_ids])
+    def ids_made_otherwise(self, group: str, split: str, current: tuple) -> set[str]:
+        """Documents of a group stored with other (model, adapter, prompt, generation) hashes than ``current``."""
+        rows = self.db.execute("SELECT doc_id, model_hash, adapter_hash, prompt_hash, gen_hash FROM predictions "
+                               "WHERE grp=? AND split=?", (group, split))
+        return {r[0] for r in rows if tuple(r[1:]) != tuple(current)}
 
     def log_run(self, group: str, split: str, settings: dict[str, Any]) -> None:
         with self.db:
@@ -143,3 +146,74 @@ class Store:
              "prompt_hash": p.prompt_hash, "gen_hash": p.gen_hash}
             for p in self.load(group, split)
         ]
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"file:{quote(str(path.resolve()))}?{mode}"
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file that is not a vlm store (not SQLite, or SQLite without our tables)."""
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise VlmError(f"{path} is not a vlm prediction store: {e}",
+                       hint="pass --store with a file written by vlm predict, or a new path.") from None
+    if not {"predictions", "runs"} <= tables:
+        db.close()
+        raise VlmError(f"{path} is not a vlm prediction store (its tables: {', '.join(sorted(tables)) or 'none'})",
+                       hint="pass --store with a file written by vlm predict, or a new path; it was left unchanged.")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Readers never write: no WAL switch, no tables created, and it works on read-only storage."""
+    if not path.is_file():
+        raise VlmError(f"prediction store not found: {path}", hint="run vlm predict first, or pass --store PATH.")
+    # mode=ro still needs a writable folder for a WAL store's shared-memory file; immutable=1 does not.
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            db = sqlite3.connect(_uri(path, mode), uri=True, timeout=30)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        except sqlite3.DatabaseError as e:
+            raise VlmError(f"{path} is not a vlm prediction store: {e}",
+                           hint="pass --store with a file written by vlm predict.") from None
+        _check_schema(db, path)
+        return db
+    raise VlmError(f"cannot read the prediction store {path}", hint="check its permissions.")
+
+
+def _open_for_writing(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        _create(path)
+    try:
+        db = sqlite3.connect(_uri(path, "mode=rw"), uri=True, timeout=30)
+    except sqlite3.OperationalError as e:
+        raise VlmError(f"cannot open the prediction store {path} for writing: {e}",
+                       hint="check that it is a file you can write, or pass another --store.") from None
+    _check_schema(db, path)
+    db.execute("PRAGMA journal_mode=WAL")  # readers are not blocked while a run commits chunks
+    return db
+
+
+def _create(path: Path) -> None:
+    """Build an empty store beside ``path`` with its tables, then link it into place whole."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp)
+        db.executescript(_SCHEMA)
+        db.execute("PRAGMA journal_mode=WAL")  # WAL is a property of the file, so it carries over
+        db.close()
+        try:
+            os.link(tmp, path)  # never replaces a store another run created meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)

@@ -21,7 +21,6 @@ Engine settings use LLaMA-Factory's names: ``vllm_gpu_util``, ``vllm_enforce_eag
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import json
 import os
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.lf_inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
 
-BACKENDS = ("auto", "llamafactory", "vllm")
+BACKENDS = ("auto", "transformers", "vllm", "llamafactory")
 # Settings that belong to the vLLM engine, not to LLaMA-Factory's do_predict.
 VLLM_KEYS = ("vllm_gpu_util", "vllm_enforce_eager", "vllm_max_lora_rank", "vllm_config", "vllm_lora")
 MERGED_MARKER = "vlm_merged.json"
@@ -50,16 +50,16 @@ def gpu_visible() -> bool:
 
 
 def choose_backend(requested: str) -> str:
-    """``auto`` is vLLM when it is installed and a GPU is visible, else LLaMA-Factory; ``vllm`` without vLLM
+    """``auto`` is vLLM when it is installed and a GPU is visible, else transformers; ``vllm`` without vLLM
     is an error."""
     if requested not in BACKENDS:
         raise VlmError(f"unknown backend {requested!r}", hint=f"choose one of: {', '.join(BACKENDS)}.")
     if requested == "auto":
-        return "vllm" if vllm_installed() and gpu_visible() else "llamafactory"
+        return "vllm" if vllm_installed() and gpu_visible() else "transformers"
     if requested == "vllm" and not vllm_installed():
         raise VlmError("--backend vllm, but vLLM is not installed in this environment",
                        hint="install a vLLM build that matches your torch and CUDA (pip install vllm), "
-                            "or use --backend llamafactory.")
+                            "or use --backend transformers.")
     return requested
 
 
@@ -117,76 +117,6 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     return out
 
 
-class PromptEncoder:
-    """Turn exported ShareGPT records into vLLM inputs exactly as LLaMA-Factory's ``do_predict`` sees them."""
-
-    def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any]):
-        from llamafactory.data.parser import get_dataset_list
-        from llamafactory.data.processor import UnsupervisedDatasetProcessor
-        from llamafactory.hparams import DataArguments, ModelArguments
-
-        from vlm.preflight import DATA_KEYS, MODEL_KEYS, load_template, one_placeholder_per_image, record_converter
-
-        given = {k: v for k, v in settings.items() if v is not None}
-        try:
-            model_args = ModelArguments(
-                model_name_or_path=settings["model_name_or_path"],
-                **{k: given[k] for k in ("image_max_pixels", "image_min_pixels", *MODEL_KEYS) if k in given})
-            self.data_args = DataArguments(template=settings["template"], dataset_dir=settings["dataset_dir"],
-                                           cutoff_len=int(settings.get("cutoff_len", 2048)),
-                                           **{k: given[k] for k in DATA_KEYS if k in given})
-        except (TypeError, ValueError) as e:
-            raise VlmError(f"LLaMA-Factory rejects these settings: {e}") from None
-        self.max_pixels, self.min_pixels = model_args.image_max_pixels, model_args.image_min_pixels
-        module, template = load_template(model_args, self.data_args)
-        self.tokenizer, self.processor = module["tokenizer"], module["processor"]
-        self.plugin = template.mm_plugin
-        untruncated = copy.copy(self.data_args)
-        untruncated.cutoff_len = 10**9  # lengths are checked below on the expanded prompt, as do_predict sees it
-        # One placeholder per image; vLLM expands it.
-        self.encoder = UnsupervisedDatasetProcessor(one_placeholder_per_image(template), self.tokenizer,
-                                                    self.processor, untruncated)
-        self.stop_token_ids = _stop_token_ids(self.tokenizer, template)
-        self.image_token_id = (self.tokenizer.convert_tokens_to_ids(self.plugin.image_token)
-                               if self.plugin.image_token else None)
-        name = settings["dataset"]
-        self.convert = record_converter(get_dataset_list([name], {name: dataset_info[name]})[0], self.data_args)
-
-    def image_tokens(self, image: Any) -> int:
-        """How many tokens vLLM (and the HF processor) expand one resized image into."""
-        ip = self.processor.image_processor
-        patches = ip.get_number_of_image_patches(image.height, image.width, {})
-        return patches // (getattr(ip, "merge_size", 1) ** 2)
-
-    def encode(self, record: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """(vLLM prompt, prompt length once vLLM has expanded the image placeholders)."""
-        ex = self.convert(record)
-        if len(ex["_prompt"]) % 2 != 1:  # do_predict drops these
-            raise VlmError(f"document {record.get('id')}: not a user/assistant conversation LLaMA-Factory can read",
-                           hint="each record needs messages alternating user/assistant.")
-        if ex["_videos"] or ex["_audios"]:
-            raise VlmError(f"document {record.get('id')}: video and audio inputs are not supported by vlm predict")
-        paths = ex["_images"] or []
-        ids, labels = self.encoder._encode_data_example(prompt=ex["_prompt"], response=ex["_response"],
-                                                        system=ex["_system"], tools=ex["_tools"], images=paths,
-                                                        videos=[], audios=[])
-        prompt: dict[str, Any] = {"prompt_token_ids": ids}
-        length = len(ids)
-        if paths:
-            images = self.plugin._regularize_images(paths, image_max_pixels=self.max_pixels,
-                                                    image_min_pixels=self.min_pixels)["images"]
-            prompt["multi_modal_data"] = {"image": images}
-            length += sum(self.image_tokens(im) - 1 for im in images)
-        from llamafactory.data.processor.processor_utils import infer_seqlen
-
-        kept, _ = infer_seqlen(length, len(labels), self.data_args.cutoff_len)
-        if kept < length:
-            raise VlmError(f"document {record.get('id')}: the prompt is {length} tokens; with its answer, "
-                           f"do_predict would cut it to {kept} (cutoff_len {self.data_args.cutoff_len})",
-                           hint="lower image_max_pixels or raise cutoff_len (see vlm stats CONFIG).")
-        return prompt, length
-
-
 class VllmGenerator:
     """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order."""
 
@@ -207,7 +137,7 @@ class VllmGenerator:
             from vllm.lora.request import LoRARequest
         except Exception as e:  # a broken install raises more than ImportError
             raise VlmError(f"vLLM is installed but cannot be imported: {type(e).__name__}: {e}",
-                           hint="reinstall it (make setup-vllm), or use --backend llamafactory.") from None
+                           hint="reinstall it (make setup-vllm), or use --backend transformers.") from None
 
         self.encoder = PromptEncoder(settings, dataset_info)
         self.cutoff_len = self.encoder.data_args.cutoff_len
@@ -239,7 +169,7 @@ class VllmGenerator:
         except Exception as e:  # vLLM raises many types (no GPU, out of memory, unsupported model)
             raise VlmError(f"vLLM could not start: {type(e).__name__}: {e}",
                            hint="check the GPU with nvidia-smi, lower vllm_gpu_util=0.5, "
-                                "or use --backend llamafactory.") from e
+                                "or use --backend transformers.") from e
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
                                      stop_token_ids=self.encoder.stop_token_ids,
@@ -268,16 +198,6 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _stop_token_ids(tokenizer: Any, template: Any) -> list[int]:
-    """What do_predict stops on: the EOS token and every additional special token (as LLaMA-Factory's SFT
-    workflow sets ``eos_token_id``), plus the template's stop words."""
-    extra = getattr(tokenizer, "additional_special_tokens_ids", None)
-    if not isinstance(extra, list):
-        extra = tokenizer.convert_tokens_to_ids([str(t) for t in getattr(tokenizer, "_extra_special_tokens", [])])
-    ids = [tokenizer.eos_token_id, *extra, *template.get_stop_token_ids(tokenizer)]
-    return list(dict.fromkeys(i for i in ids if i is not None and i != -1))
 
 
 def _number(settings: dict[str, Any], key: str, default: float, kind: type) -> Any:

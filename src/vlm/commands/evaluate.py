@@ -21,10 +21,10 @@ def predict(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
     dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
     split: SplitOpt = "test",
-    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed and a GPU is visible, else LLaMA-Factory), llamafactory or vllm.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Eval batch size (llamafactory backend; vLLM schedules its own).")] = 8,
+    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed and a GPU is visible, else transformers), transformers, vllm, or llamafactory (do_predict; refused for M-RoPE models such as Qwen2-VL).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Generation batch size (transformers and llamafactory; vLLM schedules its own).")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
-    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", min=1, help="Documents per generation call, saved when done (default 32 for llamafactory, 256 for vllm).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", min=1, help="Documents per generation call, saved when done (default: one batch for transformers, 32 for llamafactory, 256 for vllm).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
@@ -35,9 +35,10 @@ def predict(
     """Predict a split with a base model, with or without a LoRA adapter, and store every document.
 
     Generation is greedy and batched: through vLLM when it is installed and a GPU is visible (one engine, the
-    adapter merged first, or at run time with vllm_lora=true), else through LLaMA-Factory's do_predict. Either
-    way the prompt is LLaMA-Factory's template, and template, image_max_pixels and cutoff_len come from the
-    training config, so inference matches training. A killed run resumes with only the missing documents;
+    adapter merged first, or at run time with vllm_lora=true), else through transformers' generate on the model
+    LLaMA-Factory loads (adapter merged). Either way the prompt is LLaMA-Factory's template, images are resized
+    as in training, M-RoPE models get the 3-D image positions training used, and template, image_max_pixels
+    and cutoff_len come from the training config, so inference matches training. A killed run resumes with only the missing documents;
     --overwrite redoes them. A group keeps one backend: switching needs --overwrite or a new group name.
     """
     from vlm.config import parse_overrides

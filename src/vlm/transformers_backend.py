@@ -1,0 +1,97 @@
+"""The transformers backend of ``vlm predict``: LLaMA-Factory's model, prompts and images, our ``generate`` call.
+
+Why not LLaMA-Factory's own ``do_predict``: in LLaMA-Factory 0.9.5 under transformers 5.6 it calls
+Qwen2-VL's ``generate`` without ``mm_token_type_ids`` (its collator gets no model when
+``predict_with_generate`` is on, so it computes no positions either). transformers then
+silently gives every image token a plain 1-D text position and sets ``rope_deltas`` to zero,
+while training used the 3-D M-RoPE positions. Predictions then come from a model that sees its
+image tokens in the wrong places.
+
+This engine keeps everything else LLaMA-Factory's:
+
+* the model is loaded by LLaMA-Factory's ``load_model`` (a LoRA adapter is merged into the
+  weights, as ``do_predict`` merges it);
+* prompts and pixels come from ``vlm.lf_inputs.PromptEncoder`` (LLaMA-Factory's converter,
+  template, predict-time processor and image plugin, at the training resolution);
+* generation is greedy, left-padded and batched, and stops where ``do_predict`` stops (EOS and
+  every additional special token); the answer is decoded with special tokens skipped.
+
+It adds the ``mm_token_type_ids`` that the model's M-RoPE needs, built as LLaMA-Factory's
+training collator builds them. The model is loaded once per run, not once per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlm.errors import VlmError
+
+# LLaMA-Factory's infer_dtype choices; "auto" lets LLaMA-Factory pick (bf16 on a GPU that has it).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class TransformersGenerator:
+    """One model for the whole run; ``generate`` takes a chunk of records and returns raw texts in order."""
+
+    def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
+                 batch_size: int):
+        from vlm.lf_inputs import PromptEncoder
+        from vlm.preflight import _quiet
+
+        self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
+        self.repetition_penalty = float(settings.get("repetition_penalty", 1.0))
+        with _quiet():
+            self.encoder = PromptEncoder(settings, dataset_info, expand_images=True)
+            self.model = _load_model(settings, self.encoder)
+        self.device = next(self.model.parameters()).device
+
+    def generate(self, records: list[dict[str, Any]]) -> list[str]:
+        texts: list[str] = []
+        for start in range(0, len(records), self.batch_size):
+            texts += self._generate(records[start: start + self.batch_size])
+        return texts
+
+    def _generate(self, records: list[dict[str, Any]]) -> list[str]:
+        import torch
+
+        inputs = self.encoder.batch(records, self.model)
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        if "pixel_values" in inputs:  # the vision tower runs in the model's dtype
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        tokenizer = self.encoder.tokenizer
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                      repetition_penalty=self.repetition_penalty,
+                                      eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
+        answers = out[:, inputs["input_ids"].shape[1]:]
+        return tokenizer.batch_decode(answers.tolist(), skip_special_tokens=True)
+
+
+def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
+    """The model (with the adapter merged in, if any) as LLaMA-Factory loads it for inference."""
+    from llamafactory.hparams import FinetuningArguments
+    from llamafactory.model import load_model
+
+    dtype = str(settings.get("infer_dtype", "auto"))
+    if dtype not in DTYPES:
+        raise VlmError(f"infer_dtype={dtype!r} is not one of {', '.join(DTYPES)}", hint="e.g. infer_dtype=float32")
+    model_args = copy_args(encoder.model_args, infer_dtype=dtype)
+    adapter = settings.get("adapter_name_or_path")
+    if adapter:
+        model_args.adapter_name_or_path = [str(adapter)]
+    try:
+        model = load_model(encoder.tokenizer, model_args, FinetuningArguments(finetuning_type="lora"),
+                           is_trainable=False)
+    except (OSError, ValueError) as e:
+        raise VlmError(f"LLaMA-Factory cannot load {settings['model_name_or_path']}"
+                       f"{' with adapter ' + str(adapter) if adapter else ''}: {e}") from None
+    return model.eval()
+
+
+def copy_args(args: Any, **changes: Any) -> Any:
+    import copy
+
+    new = copy.copy(args)
+    for key, value in changes.items():
+        setattr(new, key, value)
+    return new

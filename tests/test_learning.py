@@ -1,0 +1,121 @@
+"""Predictions reproduce what training learned: positions, template, labels, adapter and scoring together.
+
+A width-128 Qwen2-VL (wide enough that its output depends on the image) is fine-tuned with LoRA
+through the real ``vlm train`` until it reproduces its training receipts. Then:
+
+* ``vlm predict`` with the adapter writes exactly the training targets (nTED accuracy 1.0 through
+  ``vlm evaluate``), and the base model does not;
+* ``vlm predict``'s greedy text equals a reference generation whose inputs come from the model's own
+  processor, ``mm_token_type_ids`` included; the same reference without ``mm_token_type_ids`` (what
+  LLaMA-Factory 0.9.5's do_predict does under transformers 5.6) writes something else, so this test
+  tells the two apart;
+* LLaMA-Factory's do_predict backend is refused for this model instead of scoring it silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+VLM = [sys.executable, "-m", "vlm.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+PROMPT = "Extract the receipt as JSON."
+PIXELS = 16384
+# LoRA on a random model learns slowly; these settings make 8 receipts reproducible in about a minute.
+TRAIN = ["--epochs", "60", "--batch-size", "8", "--lora-rank", "64", "learning_rate=5e-3", "bf16=false",
+         "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={PIXELS}",
+         "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
+         "val_size=0", "eval_strategy=no", "logging_steps=10"]
+
+
+def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run([*VLM, *args], capture_output=True, text=True, cwd=cwd, env=ENV)
+    assert r.returncode == 0, f"vlm {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: medium model, toy receipts, a LoRA adapter that has learned them, predictions of both groups."""
+    root = tmp_path_factory.mktemp("learning")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(root / "model"),
+                    "--size", "medium"], check=True, capture_output=True)
+    make_toy_dataset(root / "data", prompt=PROMPT)
+    vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
+        "--output-dir", "saves/lora", *TRAIN, cwd=root)
+    vlm("train", "run.yaml", cwd=root)
+    for group, extra in (("vanilla-model", ["--no-adapter"]), ("finetuned-model", [])):
+        vlm("predict", "--group", group, "--config", "run.yaml", "--split", "train", "--max-new-tokens", "48",
+            "--batch-size", "3", *extra, cwd=root)
+    return root
+
+
+@pytest.mark.slow
+def test_finetuned_adapter_reproduces_its_training_targets(trained: Path):
+    report = json.loads(vlm("evaluate", "--groups", "vanilla-model", "finetuned-model", "--split", "train",
+                            "--json", cwd=trained).stdout)
+    assert report["finetuned-model"]["documents"] == 8
+    assert report["finetuned-model"]["ted_accuracy"] == 1.0, report["finetuned-model"]
+    assert report["finetuned-model"]["valid_json"] == 1.0
+    assert report["vanilla-model"]["ted_accuracy"] < 0.5, report["vanilla-model"]
+
+
+def _reference(root: Path, records: list[dict], with_types: bool) -> list[str]:
+    """Greedy text from the model's own processor and transformers alone (adapter merged by peft)."""
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(root / "model")
+    model = Qwen2VLForConditionalGeneration.from_pretrained(root / "model", dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, root / "saves" / "lora").merge_and_unload().eval()
+    texts = []
+    for record in records:
+        content = record["messages"][0]["content"]
+        assert content.startswith("<image>")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": content[7:]}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        # The toy images are below image_max_pixels, so neither LLaMA-Factory nor the processor resizes them.
+        image = Image.open(record["images"][0]).convert("RGB")
+        assert image.width * image.height <= PIXELS
+        inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+        assert "mm_token_type_ids" in inputs
+        if not with_types:
+            inputs.pop("mm_token_type_ids")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        texts.append(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
+    return texts
+
+
+@pytest.mark.slow
+def test_predictions_equal_a_processor_reference_with_3d_positions(trained: Path):
+    records = json.loads((trained / "data" / "cord_train.json").read_text())
+    vlm("export-predictions", "--group", "finetuned-model", "--split", "train", "finetuned.jsonl", cwd=trained)
+    lines = (trained / "finetuned.jsonl").read_text().splitlines()
+    stored = {row["id"]: row["prediction"] for row in map(json.loads, lines)}
+    right = _reference(trained, records, with_types=True)
+    wrong = _reference(trained, records, with_types=False)
+    # The model's output depends on its image positions: without mm_token_type_ids it writes something else.
+    assert right != wrong
+    assert [stored[r["id"]] for r in records] == right
+
+
+@pytest.mark.slow
+def test_do_predict_backend_is_refused_for_mrope_models(trained: Path):
+    r = subprocess.run([*VLM, "predict", "--group", "lf", "--config", "run.yaml", "--split", "train",
+                        "--backend", "llamafactory"], capture_output=True, text=True, cwd=trained, env=ENV)
+    assert r.returncode == 2
+    assert "mm_token_type_ids" in r.stderr and "--backend transformers" in r.stderr
+    assert not (trained / "runs" / "predict" / "lf").exists()
+    assert yaml.safe_load((trained / "run.yaml").read_text())["template"] == "qwen2_vl"
