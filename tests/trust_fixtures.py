@@ -1,7 +1,7 @@
 """A small prediction store with receipt images, for the consistency and report.html tests.
 
-Six receipts, two groups. By construction (each named in ``EXPECTED``): the fine-tune fixes doc0, doc2 and
-doc3 and breaks doc1; vanilla's doc0 and the fine-tune's doc1 do not add up; both groups read doc5's total
+Six receipts, two groups. By construction (each named in ``EXPECTED``): the fine-tune fixes doc2 and doc3
+(nTED up by 0.1 or more) and breaks doc1; vanilla's doc0 (total 0.977) and the fine-tune's doc1 do not add up; both groups read doc5's total
 as 25,000 where the ground truth says 25,500 (a label-error candidate).
 """
 
@@ -48,18 +48,24 @@ VANILLA = [
 ]
 FINETUNED = [
     json.dumps(GTS[0]),
-    json.dumps(_with(GTS[1], ("menu", "price"), "53.000")),  # inconsistent: 1 x 35.000 != 53.000
+    json.dumps({"menu": {"nm": "Nasi Gorang", "cnt": "1 x", "unitprice": "35.000", "price": "53.000"},
+                "total": {"total_price": "53.000"}}),  # inconsistent: 1 x 35.000 != 53.000; nTED 0.878
     json.dumps(GTS[2]),
     "```json\n" + json.dumps(GTS[3]) + "\n```",  # one parse repair
     json.dumps(GTS[4]),
     json.dumps(_with(GTS[5], ("total", "total_price"), "25,000")),
 ]
-EXPECTED = {"fixed": ["doc0", "doc2", "doc3"], "broken": ["doc1"], "inconsistent": ["doc1"], "label": ["doc5"]}
+EXPECTED = {"fixed": [2, 3], "broken": [1], "inconsistent": [1], "label": [5]}  # positions among the six
 
 
-def make_store(root: Path) -> Path:
+def expected_ids(kind: str, repeat: int = 1) -> list[str]:
+    return [f"doc{i}" for i in range(len(GTS) * repeat) if i % len(GTS) in EXPECTED[kind]]
+
+
+def make_store(root: Path, repeat: int = 1) -> Path:
     """``root/predictions.sqlite`` with groups vanilla-model and finetuned-model on split test, and the
-    images and dataset_info.json their logged runs point to. Returns the store's path."""
+    images and dataset_info.json their logged runs point to; ``repeat`` copies of the six receipts
+    (doc ids doc0, doc1, ...). Returns the store's path."""
     from PIL import Image, ImageDraw
 
     from vlm.parsing import parse_prediction
@@ -68,9 +74,10 @@ def make_store(root: Path) -> Path:
     data = root / "data"
     (data / "images").mkdir(parents=True, exist_ok=True)
     records = []
-    for i, gt in enumerate(GTS):
+    gts = GTS * repeat
+    for i, gt in enumerate(gts):
         image = data / "images" / f"doc{i}.jpg"
-        img = Image.new("RGB", (300, 420 + 20 * i), (250, 248, 240))
+        img = Image.new("RGB", (300, 420 + 20 * (i % 6)), (250, 248, 240))
         draw = ImageDraw.Draw(img)
         for line, text in enumerate(json.dumps(gt).split(", ")):
             draw.text((10, 10 + 14 * line), text[:48], fill=(30, 30, 30))
@@ -85,7 +92,7 @@ def make_store(root: Path) -> Path:
         for group, raws in (("vanilla-model", VANILLA), ("finetuned-model", FINETUNED)):
             s.log_run(group, "test", {"settings": {"dataset_dir": str(data), "dataset": "cord_test"}})
             rows = []
-            for i, (raw, gt) in enumerate(zip(raws, GTS)):
+            for i, (raw, gt) in enumerate(zip(raws * repeat, gts)):
                 p = parse_prediction(raw)
                 rows.append(Prediction(group, "test", f"doc{i}", raw, p.value, p.error, p.repairs, gt))
             s.put_many(rows)
