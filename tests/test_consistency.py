@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from vlm.consistency import (CORD_RULES, FAIL, NA, PASS, check_document, flags, parse_count, parse_money,
-                             rule_fields_in_schema, verdict)
+from vlm.consistency import (
+    CORD_RULES,
+    FAIL,
+    NA,
+    PASS,
+    check_document,
+    flags,
+    parse_count,
+    parse_money,
+    rule_fields_in_schema,
+    verdict,
+)
 
 VLM = [sys.executable, "-m", "vlm.cli"]
 

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from trust_fixtures import expected_ids, make_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

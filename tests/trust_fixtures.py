@@ -1,8 +1,8 @@
 """A small prediction store with receipt images, for the consistency and report.html tests.
 
 Six receipts, two groups. By construction (each named in ``EXPECTED``): the fine-tune fixes doc2 and doc3
-(nTED up by 0.1 or more) and breaks doc1; vanilla's doc0 (total 0.977) and the fine-tune's doc1 do not add up; both groups read doc5's total
-as 25,000 where the ground truth says 25,500 (a label-error candidate).
+(nTED up by 0.1 or more) and breaks doc1; vanilla's doc0 (nTED 0.977) and the fine-tune's doc1 do not add
+up; both groups read doc5's total as 25,000 where the ground truth says 25,500 (a label-error candidate).
 """
 
 from __future__ import annotations
