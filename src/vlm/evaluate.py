@@ -188,6 +188,9 @@ def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -
                  for k, d in enumerate(order)]
         for g in groups
     }
+    from vlm.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
+
+    add_trust(result, groups, scores)
     return result
 
 

@@ -18,6 +18,7 @@ LABELS = {
     "menu_precision": "menu rows precision",
     "menu_recall": "menu rows recall",
     "menu_f1": "menu rows F1",
+    "consistent": "consistent (checks pass)",
 }
 
 

@@ -71,15 +71,20 @@ def evaluate(
     predictions: Annotated[Optional[list[Path]], typer.Option("--predictions", help="Prediction JSONL files, one group each.")] = None,
     split: SplitOpt = "test",
     store: StoreOpt = DEFAULT_STORE,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write report.md, metrics.json, per_document.csv, chart.png here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write report.md, report.html, metrics.json, per_document.csv, chart.png, coverage.png here.")] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Show the N worst documents of each group.")] = 0,
     changes: Annotated[bool, typer.Option("--changes", help="List documents each group fixed or broke against the baseline.")] = False,
     resamples: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples for the 95% CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     fields: Annotated[bool, typer.Option("--fields/--no-fields", help="Show the per-field table.")] = True,
+    label_errors: Annotated[Optional[int], typer.Option("--label-errors", min=0, help="List N label-error candidates (fields where all groups agree and the ground truth differs); report.md lists 20 by default.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
+
+    Also checks that each prediction adds up (menu prices to the subtotal, subtotal plus tax to the total, cash
+    minus total to the change, count times unit price to the price) and reports the accuracy of the
+    predictions that pass against those that fail. --output also writes coverage.png and report.html.
 
     Groups come from the store (--groups) or from files (--predictions): LLaMA-Factory's
     generated_predictions.jsonl, or JSONL lines of {"id", "prediction", "ground_truth"}.
@@ -102,13 +107,21 @@ def evaluate(
         extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
     if changes:
         extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
+    from vlm import trust
+
+    candidates = trust.label_error_candidates(result)
+    if label_errors is not None:
+        extra["label_errors"] = candidates[:label_errors]
     if output:
         paths = write_outputs(result, output)
+        paths += trust.write_outputs(result, output, candidates, 20 if label_errors is None else label_errors,
+                                     store=store if groups else None, split=split)
         info("wrote " + ", ".join(str(p) for p in paths))
     if as_json:
         print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
         return
     print_tables(result, show_fields=fields)
+    trust.print_trust(result, extra.get("label_errors"))
     for g, rows in extra.get("worst", {}).items():
         out.print(f"[bold]{worst} worst documents of {g}[/bold]: " + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
     for g, ch in extra.get("changes", {}).items():
@@ -120,6 +133,7 @@ add_examples(evaluate,
     "vlm evaluate --groups vanilla-model finetuned-model",
     "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --worst 5 --changes",
     "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
+    "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --label-errors 50",
 )
 
 
@@ -128,10 +142,16 @@ def export_predictions(
     out_file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
     split: SplitOpt = "test",
     store: StoreOpt = DEFAULT_STORE,
+    only_consistent: Annotated[bool, typer.Option("--only-consistent", help="Only predictions that pass every consistency check that applies (one or more).")] = False,
 ) -> None:
-    """Export a stored group to JSONL ({"id", "prediction", "ground_truth", ...} per line)."""
+    """Export a stored group to JSONL ({"id", "prediction", "ground_truth", "flags", ...} per line).
+
+    flags: the consistency verdict (consistent, inconsistent or unchecked), the failed checks, and every check's
+    status (pass, fail or n/a), so a pipeline can send inconsistent extractions to a person.
+    """
     import json
 
+    from vlm.consistency import flag_rows
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
     from vlm.output import info
@@ -143,11 +163,14 @@ def export_predictions(
         rows = s.export_jsonl(group, split)
     if not rows:
         raise VlmError(f"no predictions for group {group!r} on split {split!r}")
+    stored = len(rows)
+    rows = flag_rows(rows, only_consistent)
     atomic_write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    info(f"wrote {len(rows)} predictions to {out_file}")
+    info(f"wrote {len(rows)} predictions to {out_file}" + (f" ({stored} stored)" if only_consistent else ""))
 
 
-add_examples(export_predictions, "vlm export-predictions --group finetuned-model runs/finetuned.jsonl")
+add_examples(export_predictions, "vlm export-predictions --group finetuned-model runs/finetuned.jsonl",
+             "vlm export-predictions --group finetuned-model runs/trusted.jsonl --only-consistent")
 
 COMMANDS = {"predict": predict, "evaluate": evaluate, "export-predictions": export_predictions}
 
