@@ -168,7 +168,7 @@ def test_backend_vllm_without_vllm_is_a_clear_error(tiny_model, toy_dataset, tmp
                              "--no-adapter", "--backend", "vllm", "--store", str(store)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
-    assert "vLLM is not installed" in result.stderr and "--backend llamafactory" in result.stderr
+    assert "vLLM is not installed" in result.stderr and "--backend transformers" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not store.exists()  # refused before anything was written
 
@@ -194,7 +194,7 @@ def test_a_group_keeps_one_backend(tmp_path):
 
 
 def test_auto_keeps_a_groups_backend(tiny_model, toy_dataset, tmp_path, monkeypatch):
-    """Installing vLLM later must not strand a group predicted with LLaMA-Factory: auto keeps its backend."""
+    """Installing vLLM later must not strand a group predicted with transformers: auto keeps its backend."""
     import vlm.vllm_backend as vb
     from vlm.predict import PredictSpec, run_predict
 
@@ -203,13 +203,13 @@ def test_auto_keeps_a_groups_backend(tiny_model, toy_dataset, tmp_path, monkeypa
                                       "dataset": "cord_train", "dataset_dir": str(toy_dataset),
                                       "output_dir": str(tmp_path / "adapter"), "cutoff_len": 2048}))
     spec = PredictSpec(group="g", config=config, no_adapter=True, store=tmp_path / "store.sqlite",
-                       work_dir=tmp_path / "work", max_new_tokens=4, limit=1, backend="llamafactory")
+                       work_dir=tmp_path / "work", max_new_tokens=4, limit=1, backend="transformers")
     assert run_predict(spec, show_progress=False)["predicted"] == 1
     monkeypatch.setattr(vb, "vllm_installed", lambda: True)  # as if vLLM and a GPU were there now
     monkeypatch.setattr(vb, "gpu_visible", lambda: True)
     spec.backend = "auto"
     again = run_predict(spec, show_progress=False)
-    assert (again["backend"], again["predicted"], again["skipped_done"]) == ("llamafactory", 0, 1)
+    assert (again["backend"], again["predicted"], again["skipped_done"]) == ("transformers", 0, 1)
 
 
 @pytest.mark.slow
