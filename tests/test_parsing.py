@@ -15,7 +15,7 @@ GOOD = {"menu": [{"nm": "Nasi Goreng", "cnt": "1 x", "price": "45,000"}], "total
 
 def test_valid_json_needs_no_repair():
     r = parse_prediction(json.dumps(GOOD))
-    assert r == ParseResult(GOOD, [], None)
+    assert r == ParseResult(GOOD, [], None, valid=True)
     assert parse_prediction("  \n" + json.dumps(GOOD, indent=2) + "\n").repairs == []
 
 
@@ -28,12 +28,13 @@ def test_valid_json_needs_no_repair():
     ("{'a': 'b', 'c': 'it\\'s'}", {"a": "b", "c": "it's"}, ["single_quotes"]),
     ("{'a': None, 'b': True, 'c': False}", {"a": None, "b": True, "c": False}, ["single_quotes", "python_literals"]),
     ('{"a": [1, 2,], "b": 3,}', {"a": [1, 2], "b": 3}, ["trailing_comma"]),
-    ('{"menu": [{"nm": "Nasi Gor', {"menu": [{"nm": "Nasi Gor"}]}, ["truncated"]),
+    ('{"menu": [{"nm": "Nasi Gor', {"menu": [{}]}, ["truncated"]),  # the cut-off value is dropped
     ('{"a": "x", "b":', {"a": "x"}, ["truncated"]),
     ('{"a": "x", "b"', {"a": "x"}, ["truncated"]),
     ('{"a": "x", ', {"a": "x"}, ["truncated"]),
-    ('{"a": {"b": [1, 2', {"a": {"b": [1, 2]}}, ["truncated"]),
-    ('{"a": "x\\', {"a": "x"}, ["truncated"]),
+    ('{"a": {"b": [1, 2', {"a": {"b": [1]}}, ["truncated"]),
+    ('{"a": {"b": [1, 2]', {"a": {"b": [1, 2]}}, ["truncated"]),
+    ('{"a": "x\\', {}, ["truncated"]),
     ('{"a": "1" "b": "2"}', {"a": "1", "b": "2"}, ["missing_comma"]),
     ('{"a" "1"}', {"a": "1"}, ["missing_colon"]),
     ('{"a": , "b": 2}', {"b": 2}, ["missing_value"]),
