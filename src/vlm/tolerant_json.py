@@ -119,8 +119,8 @@ class Tolerant:
             if c in "\"'":
                 return "s", self.string(c)
             m = _NUMBER.match(s, self.i)
-            if m and dict_value:
-                special = self._dict_number(m)
+            if dict_value and (m or c == "("):
+                special = self._dict_number(self.i)
                 if special is not None:
                     return special
             if m:
@@ -143,9 +143,9 @@ class Tolerant:
             self.note("dropped_characters")
             self.i += 1
 
-    def _dict_number(self, m: re.Match) -> tuple[str, object] | None:
+    def _dict_number(self, start: int) -> tuple[str, object] | None:
         """Arithmetic, thousands separators, or a number cut mid-group, where a dict value starts with a number."""
-        s, start = self.s, m.start()
+        s = self.s
         e = _ARITH.match(s, start)
         if e:
             expr = e.group()
