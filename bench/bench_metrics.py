@@ -12,7 +12,17 @@ computes (the standard metrics, the number-normalised variants, headers, menu
 rows and the per-field counts) plus ``aggregate``; the reference computes only
 the standard nTED accuracy and F1 counts.
 
-    python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--json]
+Two more measurements, side by side with their references:
+
+* the paired bootstrap (``--bootstrap-docs`` documents x 2 groups, 1000
+  resamples): the block-vectorised ``bootstrap_delta`` against the loop that
+  scores each resample with ``aggregate`` (the implementation it replaced),
+  checking that the intervals are identical;
+* one huge answer (``--huge-mb`` MB, cut mid-value, as a runaway generation
+  ends): ``vlm evaluate`` on a file holding it, in a child process, reporting
+  its peak RSS and time against the same file without the huge line.
+
+    python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50] [--json]
 """
 
 from __future__ import annotations
@@ -20,8 +30,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import reference_metric as R
 
+from vlm.evaluate import bootstrap_delta
 from vlm.metrics import aggregate, number_key, score_documents
 
 ITEMS = ["Nasi Goreng", "Es Teh Manis", "Ayam Bakar Madu", "Mie Goreng Spesial", "Kopi Susu Gula Aren", "Air Mineral",
@@ -135,11 +149,74 @@ def best_of(repeats: int, fn) -> tuple[float, float, object]:
     return wall, cpu, result
 
 
+def bootstrap_loop(base, other, n_docs: int, resamples: int = 1000, seed: int = 0) -> dict:
+    """The reference: the bootstrap as it was before vectorising, one ``aggregate`` per resample and group."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        idx = rng.integers(0, n_docs, n_docs)
+        a, b = aggregate(base, idx), aggregate(other, idx)
+        for key, value in b.items():
+            if value is not None and a.get(key) is not None:
+                draws.setdefault(key, []).append(value - a[key])
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in draws.items()}
+
+
+def bench_bootstrap(r: random.Random, n_docs: int, repeats: int) -> dict:
+    """Per-document scores of n_docs documents (real scoring of 100 documents, tiled), then both bootstraps."""
+    from vlm.metrics import DocScores
+
+    gts = [ground_truth(r) for _ in range(100)]
+    scores = []
+    for name in ("vanilla", "finetuned"):
+        s = score_documents(predictions(r, gts, name), gts)
+        pick = [r.randrange(len(s)) for _ in range(n_docs)]  # a shuffled tiling, so resamples differ per group
+        scores.append(DocScores(*[[getattr(s, f)[k] for k in pick] for f in ("valid", "ted_accuracy",
+                                  "ted_accuracy_numnorm", "f1", "f1_numnorm")],
+                                header={p: [v[k] for k in pick] for p, v in s.header.items()},
+                                menu=[s.menu[k] for k in pick], fields=[s.fields[k] for k in pick]))
+    t_new, _, new = best_of(repeats, lambda: bootstrap_delta(scores[0], scores[1], n_docs))
+    t_old, _, old = best_of(1, lambda: bootstrap_loop(scores[0], scores[1], n_docs))
+    return {"documents": n_docs, "groups": 2, "resamples": 1000, "vectorised_seconds": round(t_new, 3),
+            "loop_seconds": round(t_old, 3), "speedup": round(t_old / t_new, 1), "identical": new == old}
+
+
+def bench_huge_answer(megabytes: int) -> dict:
+    """Peak RSS and time of ``vlm evaluate`` on a file with one huge cut-off answer, and without it."""
+    row = '{"nm": "Es Teh Manis", "cnt": "1", "price": "5,000"}, '
+    huge = '{"menu": [' + row * (megabytes * 1_000_000 // len(row)) + '{"nm": "Es Te'
+    gt = {"menu": [{"nm": "Es Teh Manis", "cnt": "1", "price": "5,000"}], "total": {"total_price": "5,000"}}
+    small = json.dumps({"id": "small", "prediction": json.dumps(gt), "ground_truth": gt}) + "\n"
+    out = {"answer_mb": round(len(huge) / 1e6, 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, text in (("with_huge", json.dumps({"id": "huge", "prediction": huge, "ground_truth": gt})
+                             + "\n" + small), ("without", small)):
+            path = Path(tmp) / f"{label}.jsonl"
+            path.write_text(text)
+            del text
+            # a fresh child per run, so ru_maxrss is that run's peak
+            code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+                    "print(p.returncode, time.perf_counter() - t, "
+                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.count('valid_json'))")
+            cmd = [sys.executable, "-c", code, sys.executable, "-m", "vlm.cli", "evaluate", "--predictions",
+                   str(path), "--json"]
+            rc, seconds, kib, _ = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout.split()
+            out[label] = {"exit": int(rc), "seconds": round(float(seconds), 2), "peak_rss_mb": round(int(kib) / 1024)}
+    out["rss_ratio"] = round(out["with_huge"]["peak_rss_mb"] / out["without"]["peak_rss_mb"], 2)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bootstrap-docs", type=int, default=10000, help="0 skips the bootstrap comparison")
+    p.add_argument("--huge-mb", type=int, default=50, help="0 skips the huge-answer measurement")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -175,6 +252,9 @@ def main() -> None:
         "speedup": round(t_ref / t_fast, 1), "fast_cpu_seconds": round(cpu_fast, 4),
         "reference_cpu_seconds": round(cpu_ref, 3), "cpu_speedup": round(cpu_ref / cpu_fast, 1), "max_abs_diff": worst, "f1_count_mismatches": f1_mismatch,
         "numnorm_checked": numnorm_differs, "agree": agree,
+        "bootstrap": bench_bootstrap(random.Random(args.seed + 1), args.bootstrap_docs, args.repeats)
+        if args.bootstrap_docs else None,
+        "huge_answer": bench_huge_answer(args.huge_mb) if args.huge_mb else None,
         "summary": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
                            if k in ("valid_json", "ted_accuracy", "f1", "ted_accuracy_numnorm", "menu_f1")}
                     for name, s in summary.items()},
@@ -190,7 +270,18 @@ def main() -> None:
               f"numnorm checked on {numnorm_differs} documents -> {'OK' if agree else 'MISMATCH'}")
         for name, s in result["summary"].items():
             print(f"  {name:10s} " + "  ".join(f"{k}={v}" for k, v in s.items()))
-    sys.exit(0 if agree else 1)
+        if result["bootstrap"]:
+            b = result["bootstrap"]
+            print(f"bootstrap, {b['documents']} documents x 2 groups, 1000 resamples:")
+            print(f"  vectorised: {b['vectorised_seconds']:.3f} s, loop (reference): {b['loop_seconds']:.3f} s, "
+                  f"speedup {b['speedup']}x, intervals identical: {b['identical']}")
+        if result["huge_answer"]:
+            h = result["huge_answer"]
+            print(f"one {h['answer_mb']} MB cut-off answer: vlm evaluate peak RSS {h['with_huge']['peak_rss_mb']} MB "
+                  f"in {h['with_huge']['seconds']} s (exit {h['with_huge']['exit']}); without it "
+                  f"{h['without']['peak_rss_mb']} MB in {h['without']['seconds']} s; ratio {h['rss_ratio']}x")
+    ok = agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 from pathlib import Path
@@ -288,3 +289,29 @@ def test_band_search_is_exact_within_its_bound():
                 got = zhang_shasha(a, b, upd, bound)
                 assert got == d if d <= bound else got >= d, (bound, d, got)
         checked += 1
+
+
+# --- issue 11: zeros and unquoted decimals ------------------------------------------------------------------------
+
+def test_header_exact_match_treats_zero_as_donut_does():
+    """Donut's normalisation drops a bare 0, so the main metrics see no changeprice; the header score agrees."""
+    gt = {"total": {"total_price": "20,000", "cashprice": "20,000", "changeprice": "0"}}
+    pred = {"total": {"total_price": "20,000", "cashprice": "20,000", "changeprice": 0}}
+    doc = M.score_document(pred, gt)
+    assert doc["f1"] == (2, 2, 3)  # the 0 is not a predicted pair
+    assert doc["header"]["total.changeprice"] is False
+    assert M.header_matches({"total": {"changeprice": "0"}}, gt)["total.changeprice"] is True
+    assert M.header_matches(pred, {"total": {"changeprice": 0}})["total.changeprice"] is None  # gt 0: no field
+
+
+def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
+    """``31.000`` unquoted means 31000 on a CORD receipt: numnorm matches "31.000"; Donut's metric is unchanged."""
+    from vlm.parsing import parse_prediction
+
+    gt = {"menu": [{"nm": "Nasi Campur", "price": "31.000"}], "total": {"total_price": "31.000"}}
+    pred = parse_prediction('{"menu": [{"nm": "Nasi Campur", "price": 31.000}], "total": {"total_price": 31.000}}')
+    doc = M.score_document(pred.value, gt)
+    assert doc["f1_numnorm"] == (3, 3, 3) and doc["ted_accuracy_numnorm"] == 1.0
+    plain = json.loads(json.dumps(pred.value))  # the same answer as plain floats: what Donut's metric sees
+    assert doc["f1"] == R.f1_counts(plain, gt) == (1, 3, 3)
+    assert doc["ted_accuracy"] == pytest.approx(R.ted_accuracy(plain, gt), abs=1e-12)

@@ -48,6 +48,10 @@ import numpy as np
 
 from vlm.schema import HEADER_FIELDS
 from vlm.ted import build_tree, tree_distances
+from vlm.tolerant_json import Num
+
+# Donut keeps list items of these types (``Num`` is a parsed float that remembers its literal).
+_SCALARS = frozenset({str, int, float, Num})
 
 Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
 
@@ -68,8 +72,26 @@ def normalize(data: Any) -> Any:
     if isinstance(data, list):
         if all(isinstance(item, dict) for item in data):
             return [n for n in (normalize(item) for item in data) if n]
-        return [str(item).strip() for item in data if type(item) in {str, int, float} and str(item).strip()]
+        return [str(item).strip() for item in data if type(item) in _SCALARS and str(item).strip()]
     return [str(data).strip()]
+
+
+def literals(data: Any) -> dict[str, str]:
+    """The printed form of every unquoted decimal in ``data``: ``{"31.0": "31.000"}`` (Donut's metric sees "31.0").
+
+    The number-normalised variants read ``31.000`` as printed (31000 in CORD's receipts), not as 31.
+    """
+    out: dict[str, str] = {}
+    todo = [data]
+    while todo:
+        v = todo.pop()
+        if type(v) is dict:
+            todo.extend(v.values())
+        elif type(v) is list:
+            todo.extend(v)
+        elif type(v) is Num:
+            out[str(v).strip()] = v.literal
+    return out
 
 
 def flatten(data: Any) -> list[tuple[str, Any]]:
@@ -158,14 +180,17 @@ def _field_counts(p: list, g: list) -> dict[str, Counts]:
 
 
 def _header_value(doc: Any, path: str) -> str | None:
+    """The field's text as Donut's normalisation keeps it: a bare ``0`` (or ``0.0``) is dropped there, so here too."""
     group, key = path.split(".", 1)
     g = doc.get(group) if isinstance(doc, dict) else None
     if isinstance(g, list):
         g = next((item for item in g if isinstance(item, dict)), None)
     v = g.get(key) if isinstance(g, dict) else None
-    if isinstance(v, list):
-        v = v[0] if v else None
-    if type(v) not in (str, int, float):
+    if isinstance(v, list):  # Donut keeps a 0 inside a list
+        v = next((str(x).strip() for x in v if type(x) in _SCALARS and str(x).strip()), None)
+    elif not v:
+        return None
+    if type(v) not in _SCALARS:
         return None
     return str(v).strip() or None
 
@@ -226,9 +251,20 @@ class DocScores:
         return self._arrays
 
 
-def score_document(pred: dict | None, gt: Any) -> dict[str, Any]:
-    """Every per-document value for one prediction (``None`` = invalid JSON, scored as ``{}``)."""
-    p, valid = ({}, False) if pred is None else (pred, True)
+def _numnorm_key(lits: dict[str, str], gt_texts: set[str]):
+    """``number_key``, reading the prediction's unquoted decimals as printed (where no gt leaf has that text)."""
+    lits = {t: lit for t, lit in lits.items() if t not in gt_texts}
+    if not lits:
+        return number_key
+    return lambda text: number_key(lits.get(text, text))
+
+
+def score_document(pred: dict | None, gt: Any, valid: bool | None = None) -> dict[str, Any]:
+    """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
+
+    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts.
+    """
+    p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
     try:
         np_ = normalize(p)
         tp = build_tree(np_)
@@ -236,26 +272,28 @@ def score_document(pred: dict | None, gt: Any) -> dict[str, Any]:
         p, np_, tp, valid = {}, {}, build_tree({}), False
     ng = normalize(gt)
     tg = build_tree(ng)
-    d, d_num = tree_distances(tp, tg, number_key)
-    denom = tg.closed_form_insert_all()
     fp, fg = flatten(np_), flatten(ng)
+    lits = literals(p) if p else {}
+    key = _numnorm_key(lits, {v for _, v in fg}) if lits else number_key
+    d, d_num = tree_distances(tp, tg, key)
+    denom = tg.closed_form_insert_all()
     return {
         "valid": valid,
         "ted_accuracy": _accuracy(d, denom),
         "ted_accuracy_numnorm": _accuracy(d_num, denom),
         "f1": _pair_counts(fp, fg),
-        "f1_numnorm": _pair_counts([(k, number_key(v)) for k, v in fp], [(k, number_key(v)) for k, v in fg]),
+        "f1_numnorm": _pair_counts([(k, key(v)) for k, v in fp], [(k, number_key(v)) for k, v in fg]),
         "header": header_matches(p, gt),
         "menu": menu_counts(p, gt),
         "fields": _field_counts(fp, fg),
     }
 
 
-def score_documents(preds: list[dict | None], gts: list[Any]) -> DocScores:
-    """Score each prediction against its ground truth."""
-    if len(preds) != len(gts):
+def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] | None = None) -> DocScores:
+    """Score each prediction against its ground truth; ``valid`` overrides what counts as valid JSON."""
+    if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
-    docs = [score_document(p, g) for p, g in zip(preds, gts)]
+    docs = [score_document(p, g, None if valid is None else valid[k]) for k, (p, g) in enumerate(zip(preds, gts))]
     return DocScores(
         valid=[d["valid"] for d in docs],
         ted_accuracy=[d["ted_accuracy"] for d in docs],
@@ -297,6 +335,56 @@ def aggregate(scores: DocScores, indices: Any = None) -> dict[str, float | None]
     out["menu_precision"] = matched / n_pred if n_pred else None
     out["menu_recall"] = matched / n_gt if n_gt else None
     out["menu_f1"] = _f1(matched, n_pred, n_gt)
+    return out
+
+
+def draw_counts(indices: np.ndarray, n_docs: int) -> np.ndarray:
+    """How often each document is drawn in each resample: (resamples x n_docs) floats."""
+    rows = len(indices)
+    flat = (np.arange(rows)[:, None] * n_docs + indices).ravel()
+    return np.bincount(flat, minlength=rows * n_docs).reshape(rows, n_docs).astype(float)
+
+
+def resampled(scores: DocScores, indices: np.ndarray, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``aggregate`` over every row of ``indices`` (resamples x documents) at once; NaN where it gives None.
+
+    ``counts`` (``draw_counts(indices)``) can be shared by groups scored on the same draws.
+
+    Bit for bit what ``aggregate`` gives row by row: the nTED means reduce each
+    gathered row as ``aggregate`` does, and every other metric is a ratio of
+    integer sums, which a float matrix product of the draw counts computes exactly.
+    """
+    a = scores.arrays()
+    n = indices.shape[1]
+    if n == 0:
+        raise ValueError("no documents to aggregate")
+    headers = list(scores.header)
+    columns = [a["valid"][:, None], a["f1"], a["f1_num"], a["menu"]]
+    columns += [np.stack([a[f"applies:{p}"], a[f"correct:{p}"]], axis=1) for p in headers]
+    if counts is None:
+        counts = draw_counts(indices, len(scores))
+    sums = counts @ np.concatenate(columns, axis=1).astype(float)
+
+    def f1(tp, n_pred, n_gt):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n_pred + n_gt == 0, 1.0, 2.0 * tp / (n_pred + n_gt))
+
+    def ratio(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+
+    out = {
+        "valid_json": sums[:, 0] / n,
+        "ted_accuracy": a["ted"][indices].mean(axis=1),
+        "f1": f1(sums[:, 1], sums[:, 2], sums[:, 3]),
+        "ted_accuracy_numnorm": a["ted_num"][indices].mean(axis=1),
+        "f1_numnorm": f1(sums[:, 4], sums[:, 5], sums[:, 6]),
+    }
+    for k, path in enumerate(headers):
+        out[f"header.{path}"] = ratio(sums[:, 11 + 2 * k], sums[:, 10 + 2 * k])
+    out["menu_precision"] = ratio(sums[:, 7], sums[:, 8])
+    out["menu_recall"] = ratio(sums[:, 7], sums[:, 9])
+    out["menu_f1"] = f1(sums[:, 7], sums[:, 8], sums[:, 9])
     return out
 
 

@@ -1,15 +1,27 @@
 """Lenient parsing of a model's JSON answer into a dict, recording every repair it needed.
 
-Valid JSON objects parse with no repairs. Otherwise a small tolerant tokenizer
-and an explicit-stack parser (no recursion, depth capped at ``MAX_DEPTH``) accept
-what models commonly emit, naming each repair: ``code_fence``, ``surrounding_text``
-(prose before or after), ``single_quotes``, ``python_literals`` (None/True/False),
-``trailing_comma`` (also stray commas), ``truncated`` (open strings and containers
-closed, a dangling key dropped), ``missing_comma``, ``missing_colon``,
-``missing_value``, ``missing_key`` (the value is dropped), ``stray_colon``,
-``mismatched_brackets``, ``unquoted_text``, ``control_characters`` (raw ones in
-strings) and ``dropped_characters``. A top-level value that is not an object is
-invalid. ``parse_prediction`` never raises.
+``valid`` is True when the answer is one valid JSON object once code fences and
+surrounding prose are removed; such answers need no repair but ``code_fence``
+and ``surrounding_text``. Anything else is recovered the way a careful reader
+would, naming each repair:
+
+* where the object is: ``code_fence``, ``surrounding_text`` (prose before or
+  after), ``last_block`` (several fenced blocks: the last complete object wins),
+  ``merged_blocks`` (one block per section, disjoint keys: merged),
+  ``split_objects`` (``{"menu": ...}, {"total": ...}``: objects that follow one
+  another with disjoint keys are one answer, merged);
+* inside it (``vlm.tolerant_json``): ``single_quotes``, ``python_literals``,
+  ``trailing_comma``, ``truncated`` (a value the end cut off is dropped, open
+  containers closed), ``missing_comma``, ``missing_colon``, ``missing_value``,
+  ``missing_key``, ``stray_colon``, ``mismatched_brackets``, ``unquoted_text``,
+  ``control_characters``, ``dropped_characters``, ``thousands_separator``,
+  ``arithmetic`` and ``dropped_arithmetic``.
+
+Not scored (``value`` None, ``error`` says why): a top-level value that is not
+an object, an API response envelope (a whole chat-completion JSON), nesting past
+``MAX_DEPTH``, and more than ``MAX_NODES`` values. Answers longer than
+``MAX_ANSWER_CHARS`` are cut there first and marked truncated, which bounds the
+memory and time one answer can take. ``parse_prediction`` never raises.
 """
 
 from __future__ import annotations
@@ -18,12 +30,17 @@ import json
 import re
 from dataclasses import dataclass, field
 
-MAX_DEPTH = 64
+from vlm.tolerant_json import MAX_DEPTH, Tolerant, number
+
+__all__ = ["MAX_ANSWER_CHARS", "MAX_DEPTH", "MAX_NODES", "ParseResult", "api_envelope", "count_nodes",
+           "parse_prediction"]
+
+# A CORD answer is 1-10 kB; a generation that runs away is cut, not parsed whole (a 50 MB answer once took 22 GB).
+MAX_ANSWER_CHARS = 200_000
+MAX_NODES = 20_000
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"', "'": "'"}
+_NEXT_OBJECT = re.compile(r"\s*,?\s*(?=\{)")
+_PLACEMENT = ("code_fence", "surrounding_text")  # repairs that leave the answer valid JSON
 
 
 @dataclass
@@ -31,6 +48,12 @@ class ParseResult:
     value: dict | None
     repairs: list[str] = field(default_factory=list)
     error: str | None = None
+    valid: bool = False  # one valid JSON object once fences and prose are removed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return "truncated" in self.repairs
 
 
 def parse_prediction(text: str) -> ParseResult:
@@ -39,6 +62,26 @@ def parse_prediction(text: str) -> ParseResult:
         return _parse(text)
     except Exception as e:  # noqa: BLE001 - a last guard: the parser is written not to raise
         return ParseResult(None, [], f"unparseable: {type(e).__name__}: {e}")
+
+
+def _strict(text: str) -> tuple[bool, object]:
+    try:
+        return True, json.loads(text, parse_float=number)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def count_nodes(value: object, limit: int = MAX_NODES) -> int:
+    """Values and containers in ``value``, counted up to just past ``limit`` (so a huge one costs little)."""
+    todo, n = [value], 0
+    while todo and n <= limit:
+        v = todo.pop()
+        n += 1
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return n
 
 
 def _depth_ok(value: object) -> bool:
@@ -51,199 +94,130 @@ def _depth_ok(value: object) -> bool:
     return True
 
 
-def _strict(text: str) -> tuple[bool, object]:
-    try:
-        return True, json.loads(text)
-    except (ValueError, RecursionError):
-        return False, None
+def api_envelope(value: object) -> str | None:
+    """The kind of API response ``value`` is (an answer wrapped in its transport), or None."""
+    if not isinstance(value, dict):
+        return None
+    choices = value.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict) and (
+            "message" in choices[0] or "text" in choices[0] or "delta" in choices[0]):
+        return str(value.get("object") or "chat.completion") + " (the answer is in choices[0].message.content)"
+    content = value.get("content")
+    if value.get("type") == "message" and value.get("role") == "assistant" and isinstance(content, list):
+        return "Anthropic message (the answer is in content[0].text)"
+    if isinstance(value.get("candidates"), list) and value["candidates"] and "content" in value["candidates"][0]:
+        return "Gemini response (the answer is in candidates[0].content.parts[0].text)"
+    return None
 
 
 def _parse(text: str) -> ParseResult:
     if not isinstance(text, str):
         return ParseResult(None, [], f"expected text, got {type(text).__name__}")
+    repairs: list[str] = []
+    notes: list[str] = []
+    if len(text) > MAX_ANSWER_CHARS:
+        notes.append(f"the answer is {len(text):,} characters; only the first {MAX_ANSWER_CHARS:,} were parsed")
+        repairs.append("truncated")
+        text = text[:MAX_ANSWER_CHARS]
+    ok, whole = _strict(text)
+    blocks = [] if ok else list(_FENCE.finditer(text))
+    if not blocks:
+        value, valid, error = _from_span(text, repairs)
+    else:
+        repairs.append("code_fence")
+        outside = text[:blocks[0].start()] + "".join(text[a.end():b.start()] for a, b in zip(blocks, blocks[1:]))
+        if (outside + text[blocks[-1].end():]).strip():
+            repairs.append("surrounding_text")
+        value, valid, error = _from_blocks([b.group(1) for b in blocks], repairs)
+    return _result(value, repairs, error, valid and set(repairs) <= set(_PLACEMENT), notes)
+
+
+def _from_blocks(blocks: list[str], repairs: list[str]) -> tuple[dict | None, bool, str | None]:
+    """One fenced block: its object. Several: merged when they are sections (disjoint keys), else the last object."""
+    if len(blocks) == 1:
+        return _from_span(blocks[0], repairs)
+    complete = []
+    for block in blocks:
+        ok, value = _strict(block)
+        if ok and isinstance(value, dict) and value:
+            complete.append(value)
+    if len(complete) > 1 and _disjoint(complete):
+        repairs.append("merged_blocks")
+        return {k: v for obj in complete for k, v in obj.items()}, False, None
+    repairs.append("last_block")
+    if complete:
+        return complete[-1], False, None
+    with_object = [b for b in blocks if "{" in b]
+    value, _, error = _from_span((with_object or blocks)[-1], repairs)
+    return value, False, error
+
+
+def _disjoint(objects: list[dict]) -> bool:
+    seen: set = set()
+    for obj in objects:
+        if seen & obj.keys():
+            return False
+        seen |= obj.keys()
+    return True
+
+
+def _from_span(text: str, repairs: list[str]) -> tuple[dict | None, bool, str | None]:
+    """(object, valid, error) from text with no fences: the first object, with split objects that follow merged."""
     ok, value = _strict(text)
     if ok:
-        return _result(value, [])
-    repairs: list[str] = []
-    fence = _FENCE.search(text)
-    if fence:
-        repairs.append("code_fence")
-        if text[:fence.start()].strip() or text[fence.end():].strip():
-            repairs.append("surrounding_text")
-        text = fence.group(1)
-        ok, value = _strict(text)
-        if ok:
-            return _result(value, repairs)
+        return (value, True, None) if isinstance(value, dict) else \
+            (None, False, f"the answer is a JSON {type(value).__name__}, not an object")
     body = text.lstrip()
     if not body:
-        return ParseResult(None, repairs, "no JSON object found (empty answer)")
+        return None, False, "no JSON object found (empty answer)"
     start = body.find("{")
     if start < 0 or body[0] == "[":
-        return ParseResult(None, repairs, "the answer is not a JSON object")
-    if start > 0 and "surrounding_text" not in repairs:
-        repairs.append("surrounding_text")
+        return None, False, "the answer is not a JSON object"
+    if start > 0:
+        _note(repairs, "surrounding_text")
+    value, end, valid, error = _object_at(body, start, repairs)
+    if value is None:
+        return None, False, error
+    while (m := _NEXT_OBJECT.match(body, end)) and m.end() < len(body):
+        more, more_end, _, _ = _object_at(body, m.end(), repairs)
+        if not more or not _disjoint([value, more]):
+            break
+        value.update(more)
+        _note(repairs, "split_objects")
+        end, valid = more_end, False
+    if body[end:].strip():
+        _note(repairs, "surrounding_text")
+    return value, valid, None
+
+
+def _object_at(body: str, start: int, repairs: list[str]) -> tuple[dict | None, int, bool, str | None]:
+    """(object, end, strictly valid, error) of the object that opens at ``start``."""
     try:
-        value, end = json.JSONDecoder().raw_decode(body, start)
-        if body[end:].strip() and "surrounding_text" not in repairs:
-            repairs.append("surrounding_text")
-        return _result(value, repairs)
+        value, end = json.JSONDecoder(parse_float=number).raw_decode(body, start)
+        return value, end, True, None
     except (ValueError, RecursionError):
         pass
-    return _Tolerant(body, start, repairs).run()
+    parser = Tolerant(body, start, repairs)
+    value, error = parser.run()
+    return value, min(parser.i, len(body)), False, error
 
 
-def _result(value: object, repairs: list[str]) -> ParseResult:
+def _note(repairs: list[str], name: str) -> None:
+    if name not in repairs:
+        repairs.append(name)
+
+
+def _result(value: object, repairs: list[str], error: str | None, valid: bool, notes: list[str]) -> ParseResult:
+    if error is not None:
+        return ParseResult(None, repairs, error, False, notes)
     if not isinstance(value, dict):
-        return ParseResult(None, repairs, f"the answer is a JSON {type(value).__name__}, not an object")
+        return ParseResult(None, repairs, f"the answer is a JSON {type(value).__name__}, not an object", False, notes)
     if not _depth_ok(value):
-        return ParseResult(None, repairs, f"the answer nests deeper than {MAX_DEPTH} levels")
-    return ParseResult(value, repairs)
-
-
-class _Tolerant:
-    """Tokens and an explicit stack; each frame is [container, key or None, state]."""
-
-    def __init__(self, text: str, pos: int, repairs: list[str]):
-        self.s, self.i, self.repairs, self.after_comma = text, pos, repairs, False
-
-    def note(self, name: str) -> None:
-        if name not in self.repairs:
-            self.repairs.append(name)
-
-    def token(self) -> tuple[str, object]:
-        """The next token as (kind, value); kinds: one of ``{}[]:,``, ``v`` (a scalar), ``s`` (a string), ``$`` (end)."""
-        s, n = self.s, len(self.s)
-        while True:
-            while self.i < n and s[self.i].isspace():
-                self.i += 1
-            if self.i >= n:
-                return "$", None
-            c = s[self.i]
-            if c in "{}[]:,":
-                self.i += 1
-                return c, None
-            if c in "\"'":
-                return "s", self.string(c)
-            m = _NUMBER.match(s, self.i)
-            if m:
-                self.i, t = m.end(), m.group()
-                try:
-                    return "v", (float(t) if any(ch in t for ch in ".eE") else int(t))
-                except ValueError:  # more digits than int() takes
-                    return "s", t
-            m = _WORD.match(s, self.i)
-            if m:
-                self.i, w = m.end(), m.group()
-                if w in _LITERALS:
-                    if w[0].isupper():
-                        self.note("python_literals")
-                    return "v", _LITERALS[w]
-                self.note("unquoted_text")
-                return "s", w
-            self.note("dropped_characters")
-            self.i += 1
-
-    def string(self, quote: str) -> str:
-        s, n = self.s, len(self.s)
-        self.i += 1
-        if quote == "'":
-            self.note("single_quotes")
-        out: list[str] = []
-        while self.i < n and s[self.i] != quote:
-            c = s[self.i]
-            self.i += 1
-            if c != "\\":
-                if c < " ":
-                    self.note("control_characters")
-                out.append(c)
-            elif self.i < n:
-                e = s[self.i]
-                hexits = s[self.i + 1:self.i + 5]
-                if e == "u" and len(hexits) == 4 and all(h in "0123456789abcdefABCDEF" for h in hexits):
-                    out.append(chr(int(hexits, 16)))
-                    self.i += 5
-                else:
-                    out.append(_ESCAPES.get(e, e))
-                    self.i += 1
-        if self.i >= n:
-            self.note("truncated")
-        self.i += 1
-        text = "".join(out)
-        if any("\ud800" <= ch <= "\udfff" for ch in text):  # pair up surrogates, replace lone ones
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return text
-
-    def run(self) -> ParseResult:
-        self.token()  # the opening brace
-        stack: list[list] = [[{}, None, "key"]]  # states: key, colon, value, comma
-        result = stack[0][0]
-        while stack:
-            kind, val = self.token()
-            frame = stack[-1]
-            state, is_dict = frame[2], isinstance(frame[0], dict)
-            if kind == "$":
-                self.note("truncated")
-                while stack:
-                    self._close(stack)
-                break
-            if kind in "}]":
-                if (kind == "}") != is_dict:
-                    self.note("mismatched_brackets")
-                if self.after_comma:
-                    self.note("trailing_comma")
-                self.after_comma = False
-                if is_dict and state in ("colon", "value"):
-                    self.note("missing_value")
-                self._close(stack)
-                if (kind == "}") != is_dict and stack:
-                    self.i -= 1  # let the parent see this bracket too
-                continue
-            self.after_comma = kind == ","
-            if kind == ",":
-                if state == "comma":
-                    frame[2] = "key" if is_dict else "value"
-                elif is_dict and state in ("colon", "value"):
-                    self.note("missing_value")
-                    frame[1], frame[2] = None, "key"
-                else:
-                    self.note("trailing_comma")
-                continue
-            if kind == ":":
-                if is_dict and state == "colon":
-                    frame[2] = "value"
-                else:
-                    self.note("stray_colon")
-                continue
-            if is_dict and state in ("key", "comma") and kind == "s":
-                if state == "comma":
-                    self.note("missing_comma")
-                frame[1], frame[2] = val, "colon"
-                continue
-            if is_dict and state in ("key", "comma"):
-                self.note("missing_key")
-                frame[1] = None
-            elif is_dict and state == "colon":
-                self.note("missing_colon")
-            elif not is_dict and state == "comma":
-                self.note("missing_comma")
-            if kind in "{[":
-                if len(stack) >= MAX_DEPTH:
-                    return ParseResult(None, self.repairs, f"the answer nests deeper than {MAX_DEPTH} levels")
-                stack.append([{} if kind == "{" else [], None, "key" if kind == "{" else "value"])
-                continue
-            self._put(frame, val)
-        if self.s[self.i:].strip():
-            self.note("surrounding_text")
-        return ParseResult(result, self.repairs)
-
-    def _put(self, frame: list, value: object) -> None:
-        if isinstance(frame[0], list):
-            frame[0].append(value)
-        elif frame[1] is not None:
-            frame[0][frame[1]] = value
-        frame[1], frame[2] = None, "comma"
-
-    def _close(self, stack: list[list]) -> None:
-        frame = stack.pop()
-        if stack:
-            self._put(stack[-1], frame[0])
+        return ParseResult(None, repairs, f"the answer nests deeper than {MAX_DEPTH} levels", False, notes)
+    if count_nodes(value) > MAX_NODES:
+        return ParseResult(None, repairs, f"the answer holds more than {MAX_NODES:,} values; not scored", False, notes)
+    envelope = api_envelope(value)
+    if envelope:
+        return ParseResult(None, repairs, f"the answer is an API response envelope, {envelope}; "
+                           "store the model's message text, not the whole response", False, notes)
+    return ParseResult(value, repairs, None, valid, notes)

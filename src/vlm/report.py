@@ -58,6 +58,24 @@ def field_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def answer_lines(result: dict[str, Any]) -> list[str]:
+    """One line per group on how its answers read: valid JSON, recovered by which repairs, not scored."""
+    lines = []
+    for name, g in result["groups"].items():
+        a = g.get("answers")
+        if not a:
+            continue
+        repairs = ", ".join(f"{k} {v}" for k, v in a["repairs"].items()) or "none"
+        line = (f"{name}: valid JSON {a['valid_json']:.3f}; recovered {a['recovered']:.3f} "
+                f"(needed repairs {a['repaired']:.3f}); not scored {a['not_scored']:.3f}; repairs: {repairs}")
+        if a["out_of_schema"]["documents"]:
+            line += f"; {a['out_of_schema']['documents']} with keys outside the schema"
+        if a["api_envelopes"]:
+            line += f"; {a['api_envelopes']} API envelopes"
+        lines.append(line)
+    return lines
+
+
 def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
     from rich.table import Table
 
@@ -72,6 +90,8 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
     for label, cells in rows:
         table.add_row(label, *cells)
     out.print(table)
+    for line in answer_lines(result):
+        out.print(line, highlight=False)
     if show_fields:
         fields = Table(title="per-field F1 (micro, over documents)")
         fields.add_column("field")
@@ -95,7 +115,10 @@ def markdown(result: dict[str, Any]) -> str:
     return (
         f"# Evaluation\n\n{result['documents']} documents. Deltas are against `{result['baseline']}`, "
         "with 95% paired-bootstrap confidence intervals over documents.\n\n"
-        f"{table(metric_headers, metric_table, 'metric')}\n\n## Per-field F1\n\n"
+        f"{table(metric_headers, metric_table, 'metric')}\n\n## Answers\n\n"
+        "Valid JSON: one JSON object once code fences and prose are removed. Recovered: an object was read, "
+        "with the repairs listed.\n\n" + "".join(f"- {line}\n" for line in answer_lines(result)) +
+        "\n## Per-field F1\n\n"
         f"{table(groups + ['gt count'], field_rows(result), 'field')}\n\n"
         "![comparison](chart.png)\n"
     )
@@ -104,10 +127,11 @@ def markdown(result: dict[str, Any]) -> str:
 def per_document_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["group", "id", "valid_json", "ted_accuracy"])
+    writer.writerow(["group", "id", "valid_json", "ted_accuracy", "repairs"])
     for group, rows in result["per_document"].items():
         for r in rows:
-            writer.writerow([group, r["id"], int(bool(r["valid"])), f"{r['ted_accuracy']:.6f}"])
+            writer.writerow([group, r["id"], int(bool(r["valid"])), f"{r['ted_accuracy']:.6f}",
+                             " ".join(r.get("repairs", []))])
     return buf.getvalue()
 
 

@@ -66,3 +66,46 @@ def schema_keys() -> set[str]:
         keys.update(inner)
     keys.update(MENU_SUB_KEYS)
     return keys
+
+
+# Names models use for CORD's keys (the blog's prompt asked for ``subtotal``); checked before a fuzzy match.
+_ALIASES = {"subtotal": "sub_total", "qty": "cnt", "quantity": "cnt", "count": "cnt", "name": "nm",
+            "item": "nm", "item_name": "nm", "unit_price": "unitprice", "tax": "tax_price",
+            "service": "service_price", "discount": "discount_price", "cash": "cashprice", "change": "changeprice",
+            "cash_price": "cashprice", "change_price": "changeprice", "total": "total_price"}
+
+
+def likely_key(key: str, allowed: tuple[str, ...] | set[str]) -> str | None:
+    """The schema key ``key`` most likely means, among ``allowed`` (``subtotal`` -> ``sub_total``), or None."""
+    import difflib
+
+    alias = _ALIASES.get(key.lower())
+    if alias in allowed:
+        return alias
+    if key.lower() == "subtotal" and "subtotal_price" in allowed:
+        return "subtotal_price"
+    match = difflib.get_close_matches(key.lower(), list(allowed), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _rows(value: object) -> list[dict]:
+    items = value if isinstance(value, list) else [value]
+    return [row for row in items if isinstance(row, dict)]
+
+
+def unknown_keys(doc: dict) -> list[tuple[str, str | None]]:
+    """Each key path in ``doc`` outside ``CORD_SCHEMA`` (``subtotal``, ``menu.qty``), with the likely schema key."""
+    out: list[tuple[str, str | None]] = []
+    for group, value in doc.items():
+        if group not in CORD_SCHEMA:
+            out.append((str(group), likely_key(str(group), set(CORD_SCHEMA))))
+            continue
+        allowed = CORD_SCHEMA[group]
+        for row in _rows(value):
+            for key, inner in row.items():
+                if key not in allowed:
+                    out.append((f"{group}.{key}", likely_key(str(key), allowed)))
+                elif group == "menu" and key == "sub":
+                    out += [(f"menu.sub.{k}", likely_key(str(k), MENU_SUB_KEYS))
+                            for sub in _rows(inner) for k in sub if k not in MENU_SUB_KEYS]
+    return out
