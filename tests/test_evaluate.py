@@ -87,7 +87,7 @@ def _store_group(store_path: Path, group: str, backend: str | None, image_max_pi
     from vlm.store import Prediction, Store
 
     generation = {"max_new_tokens": 64, **({"backend": backend} if backend else {})}  # None: logged before vLLM
-    with Store(store_path) as store:
+    with Store(store_path, write=True) as store:
         store.log_run(group, "test", {"generation": generation,
                                       "settings": {"template": "qwen2_vl", "image_max_pixels": image_max_pixels},
                                       "prompt_hash": "p1"})
@@ -121,7 +121,7 @@ def test_groups_predicted_differently_are_flagged(tmp_path: Path):
 def _store_answers(store_path: Path, group: str, answers: list[str]) -> None:
     from vlm.store import Prediction, Store
 
-    with Store(store_path) as store:
+    with Store(store_path, write=True) as store:
         store.put_many([Prediction(group, "test", f"doc{i}", a, None, None, [], g) for i, (a, g) in
                         enumerate(zip(answers, GTS))])
 

@@ -85,9 +85,9 @@ def test_label_error_candidates(result):
 
 
 def _result_for(preds_by_group: dict[str, list], gts: list) -> dict:
-    from vlm.evaluate import Group
+    from vlm.evaluate import Group, read_answer
 
-    groups = [Group(name, [f"d{i}" for i in range(len(gts))], preds, gts, [json.dumps(p) for p in preds])
+    groups = [Group(name, [f"d{i}" for i in range(len(gts))], [read_answer(json.dumps(p)) for p in preds], gts)
               for name, preds in preds_by_group.items()]
     return evaluate_groups(groups, resamples=100)
 

@@ -88,7 +88,7 @@ def make_store(root: Path, repeat: int = 1) -> Path:
     (data / "cord_test.json").write_text(json.dumps(records), encoding="utf-8")
     (data / "dataset_info.json").write_text(json.dumps({"cord_test": {"file_name": "cord_test.json"}}))
     store = root / "predictions.sqlite"
-    with Store(store) as s:
+    with Store(store, write=True) as s:
         for group, raws in (("vanilla-model", VANILLA), ("finetuned-model", FINETUNED)):
             s.log_run(group, "test", {"settings": {"dataset_dir": str(data), "dataset": "cord_test"}})
             rows = []

@@ -77,8 +77,6 @@ def add_trust(result: dict[str, Any], groups: list, scores: dict[str, Any]) -> N
     Each per-document row also gets ``verdict``, ``checks``, ``repairs``, ``prediction`` and ``ground_truth``
     (references, not copies), which the HTML report and the label-error list read.
     """
-    from vlm.parsing import parse_prediction
-
     gt_checks = [{k: v.status for k, v in check_document(gt).items()} for gt in groups[0].gts]
     gt_summary = {"checks": check_counts(gt_checks),
                   "consistent": sum(verdict(c) == "consistent" for c in gt_checks) / len(gt_checks)}
@@ -87,9 +85,9 @@ def add_trust(result: dict[str, Any], groups: list, scores: dict[str, Any]) -> N
         s = scores[g.name]
         rows = result["per_document"][g.name]
         checks, keys = [], []
-        for k, (pred, raw, row) in enumerate(zip(g.preds, g.raws, rows)):
+        for k, (pred, answer, row) in enumerate(zip(g.preds, g.answers, rows)):
             c = {name: r.status for name, r in check_document(pred).items()}
-            repairs = parse_prediction(raw).repairs if isinstance(raw, str) and pred is not None else []
+            repairs = list(answer.repairs) if pred is not None else []
             row.update(verdict=verdict(c, s.valid[k]), checks=c, repairs=repairs, prediction=pred,
                        ground_truth=g.gts[k])
             checks.append(c)
