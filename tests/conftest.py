@@ -27,14 +27,13 @@ def toy_dataset(tmp_path: Path) -> Path:
     return make_toy_dataset(tmp_path / "toy-cord")
 
 
-def make_toy_dataset(root: Path, prompt: str | None = None) -> Path:
+def make_toy_dataset(root: Path) -> Path:
     """Write a folder laid out like ``vlm save-cord-dataset-in-sharegpt-format DIR`` writes it.
 
     ``cord_{train,validation,test}.json`` (ShareGPT: ``id``, ``messages``, absolute ``images``),
     ``images/<split>/*.jpg``, ``dataset_info.json`` registering ``cord_train``,
     ``cord_validation`` and ``cord_test``, and ``manifest.json``. Train has 8 records,
-    validation and test 2 each. ``prompt`` replaces the CORD prompt (a short one trains faster).
-    Returns the folder.
+    validation and test 2 each. Returns the folder.
     """
     from PIL import Image
 
@@ -52,7 +51,7 @@ def make_toy_dataset(root: Path, prompt: str | None = None) -> Path:
                       "total": {"total_price": f"{i + 1}0,000"}}
             records.append({
                 "id": doc_id,
-                "messages": [{"role": "user", "content": "<image>" + (prompt or cord_prompt())},
+                "messages": [{"role": "user", "content": "<image>" + cord_prompt()},
                              {"role": "assistant", "content": json.dumps(answer, separators=(",", ":"))}],
                 "images": [str(image.resolve())],
             })

@@ -44,9 +44,9 @@ def test_whole_pipeline(tmp_path: Path, tiny_model: Path):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert (adapter / "vlm_run.json").is_file()
 
-    vlm("predict", "--group", "vanilla-model", "--backend", "llamafactory", "--config", "run.yaml", "--no-adapter",
+    vlm("predict", "--group", "vanilla-model", "--config", "run.yaml", "--no-adapter",
         "--max-new-tokens", "24", "--chunk-size", "3", cwd=tmp_path)
-    vlm("predict", "--group", "finetuned-model", "--backend", "llamafactory", "--config", "run.yaml",
+    vlm("predict", "--group", "finetuned-model", "--config", "run.yaml",
         "--max-new-tokens", "24", cwd=tmp_path)
 
     test_ids = {r["id"] for r in json.loads((tmp_path / "data" / "cord_test.json").read_text())}

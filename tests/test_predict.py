@@ -1,4 +1,4 @@
-"""`vlm predict` on the tiny model through the real llamafactory-cli: store, resume after SIGKILL, skew guards."""
+"""`vlm predict` on the tiny model: store, resume after SIGKILL, skew guards, and the store's own guarantees."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def exported(tmp_path_factory) -> Path:
 
 
 def _predict_cmd(tiny_model: Path, data: Path, store: Path, *extra: str) -> list[str]:
-    return [*VLM, "predict", "--group", "vanilla-model", "--backend", "llamafactory", "--model", str(tiny_model),
+    return [*VLM, "predict", "--group", "vanilla-model", "--backend", "transformers", "--model", str(tiny_model),
             "--dataset-dir", str(data),
             "--split", "test", "--store", str(store), "--work-dir", str(store.parent / "work"),
-            "--max-new-tokens", "8", "--batch-size", "2", *extra, "template=qwen2_vl", "image_max_pixels=16384",
+            "--max-new-tokens", "32", "--batch-size", "2", *extra, "template=qwen2_vl", "image_max_pixels=16384",
             "cutoff_len=1024"]
 
 
@@ -45,15 +45,21 @@ def _rows(store: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, tiny_model: Path, exported: Path):
     store = tmp_path / "preds.sqlite"
-    proc = subprocess.Popen(_predict_cmd(tiny_model, exported, store, "--chunk-size", "2"), env=ENV,
+    proc = subprocess.Popen(_predict_cmd(tiny_model, exported, store, "--chunk-size", "1"), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if store.exists() and len(_rows(store)) >= 2:
+        if store.exists() and len(_rows(store)) >= 2:  # a store is never seen without its tables
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
+    # Hold the store's write lock, so the run blocks on its next commit and the kill lands mid-run
+    # whatever the machine's speed; then SIGKILL it.
+    lock = sqlite3.connect(store, timeout=60)
+    lock.execute("BEGIN IMMEDIATE")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    lock.rollback()
+    lock.close()
     before = _rows(store)
     assert 2 <= len(before) < 6, f"kill landed after {len(before)} documents"
 
@@ -74,7 +80,7 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
     assert redo["predicted"] == 6
 
     # A different generation setting under the same group name is refused, not silently mixed.
-    mixed = subprocess.run([*_predict_cmd(tiny_model, exported, store), "--max-new-tokens", "9"], env=ENV,
+    mixed = subprocess.run([*_predict_cmd(tiny_model, exported, store), "--max-new-tokens", "33"], env=ENV,
                            capture_output=True, text=True)
     assert mixed.returncode == 2 and "--overwrite" in mixed.stderr
 

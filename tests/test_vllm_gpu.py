@@ -1,15 +1,17 @@
-"""`vlm predict --backend vllm` for real: vLLM on a GPU against LLaMA-Factory's do_predict.
+"""`vlm predict --backend vllm` for real: vLLM on a GPU against the corrected transformers backend.
 
 Skipped unless vLLM is installed and a CUDA GPU is visible (CI has neither). On a GPU machine:
 a small random Qwen2-VL (head size 64, bf16) gets a real LoRA fine-tune through ``vlm train``,
 then both backends predict the same receipts, with and without the adapter.
 
-Base-model outputs must be identical. With the adapter, vlm merges it first (as LLaMA-Factory's
-do_predict does), and at least 12 of 16 outputs must agree in their first 8 characters. vLLM's run-time LoRA (``vllm_lora=true``) is
-only reported: measured on an H100 on 2026-11-24, it agreed with LLaMA-Factory on 0 of 16
-receipts from the first token, while the base model agreed on 16 of 16. (The merged default was
-added after that run and has not yet run on a GPU.) A second vLLM run resumes with only the
-missing documents.
+The reference is the ``transformers`` backend, which generates with the 3-D M-RoPE image positions
+training used (``tests/test_learning.py`` checks it against the model's own processor on the CPU).
+It is NOT LLaMA-Factory's do_predict, which under transformers 5.6 gives image tokens 1-D text
+positions: on an H100 on 2026-11-24 vLLM (which computes M-RoPE itself) disagreed with do_predict
+from the first token on 16 of 16 fine-tuned receipts, which that bug explains. Base-model outputs
+must be identical; with the adapter (merged first, as LLaMA-Factory merges it), at least 12 of 16
+outputs must agree in their first 8 characters (bf16 on two engines). vLLM's run-time LoRA
+(``vllm_lora=true``) is only reported. A second vLLM run resumes with only the missing documents.
 """
 
 from __future__ import annotations
@@ -92,12 +94,12 @@ def _agreement(a: dict[str, str], b: dict[str, str], chars: int | None = None) -
     return sum(a[k][:chars] == b[k][:chars] for k in a) / len(a)
 
 
-def test_vllm_against_llamafactory(work):
+def test_vllm_against_transformers(work):
     """Both backends, with and without the adapter, on the same 16 receipts."""
     hf = {}
     for name, extra in (("finetuned", ()), ("vanilla", ("--no-adapter",))):
-        result = _predict(work, f"{name}-hf", "llamafactory", "--batch-size", "8", *extra)
-        assert result["backend"] == "llamafactory" and result["predicted"] == 16
+        result = _predict(work, f"{name}-hf", "transformers", "--batch-size", "8", *extra)
+        assert result["backend"] == "transformers" and result["predicted"] == 16
         hf[name] = _texts(work, f"{name}-hf")
     vllm_runs = {"finetuned": ("finetuned", ()), "vanilla": ("vanilla", ("--no-adapter",)),
                  "runtime-lora": ("finetuned", ("vllm_lora=true",))}
@@ -112,7 +114,7 @@ def test_vllm_against_llamafactory(work):
               f"{next(iter(a.values()))[:60]!r} vs {next(iter(b.values()))[:60]!r}")
     assert _agreement(*texts["vanilla"]) == 1.0  # same prompt, template, image size: same greedy output
     assert hf["finetuned"] != hf["vanilla"] and texts["finetuned"][1] != texts["vanilla"][1]  # adapter applied
-    assert _agreement(*texts["finetuned"], chars=8) >= 0.75  # merged like do_predict: the same model
+    assert _agreement(*texts["finetuned"], chars=8) >= 0.75  # merged like LLaMA-Factory merges it: the same model
 
 
 def test_vllm_resumes_with_only_the_missing_documents(work):
