@@ -203,7 +203,7 @@ def _image_info(data: bytes) -> tuple[str, int, int]:
     return ext, width, height
 
 
-def _decode_fully(data: bytes | memoryview) -> None:
+def decode_fully(data: bytes | memoryview | str | os.PathLike) -> None:
     """Raise ValueError unless every byte of the image decodes (a cut file has a good header but no tail).
 
     JPEGs decode in draft mode (1/8 scale): the whole entropy-coded stream is still read,
@@ -215,7 +215,7 @@ def _decode_fully(data: bytes | memoryview) -> None:
     from PIL import Image
 
     try:
-        with Image.open(BytesIO(data)) as im:
+        with Image.open(data if isinstance(data, (str, os.PathLike)) else BytesIO(data)) as im:
             if im.format == "JPEG":
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
@@ -238,7 +238,7 @@ def _write_image(path: Path, data: bytes | memoryview, digest: str, verified: bo
     """
     reused = _on_disk(path, len(data), digest)
     if not (reused and verified):
-        _decode_fully(data)
+        decode_fully(data)
     if not reused:
         atomic_write_bytes(path, data, fsync=False)
     return reused

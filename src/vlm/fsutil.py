@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,8 +24,13 @@ _OWN_TEMP = re.compile(r"^\..+\.vlm-[A-Za-z0-9_]{8}\.tmp$")
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, fsync: bool = True) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it (unless told not to), then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file the caller asked for, not a temp name or a parent
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -88,19 +94,31 @@ def lock_path(target: str | os.PathLike) -> Path:
 
 
 class LockedError(Exception):
-    """Another process holds the lock (``try_lock``)."""
+    """Another process holds the lock (``try_lock``); ``holder`` is the note it left, e.g. its pid."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(str(path))
+        self.path, self.holder = path, holder
 
 
 @contextlib.contextmanager
-def try_lock(target: str | os.PathLike) -> Iterator[None]:
-    """Like ``file_lock``, but raise LockedError at once instead of waiting when another process holds it."""
+def try_lock(target: str | os.PathLike, note: str = "") -> Iterator[None]:
+    """Like ``file_lock``, but raise LockedError at once instead of waiting when another process holds it.
+
+    ``note`` (e.g. "pid 123") is written into the lock file for whoever is refused next.
+    """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(str(path)) from None
+            f.seek(0)
+            raise LockedError(path, f.read().strip()) from None
+        f.seek(0)
+        f.truncate()
+        f.write(note)
+        f.flush()
         try:
             yield
         finally:
