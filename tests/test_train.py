@@ -336,10 +336,14 @@ def alive(pid: int) -> bool:
 def test_second_train_on_one_output_dir_is_refused(workdir: Path):
     """D10: while one vlm train holds output_dir (here: this test process holds its lock), another is refused
     at once, before the preflight, with the holder named."""
-    from vlm.fsutil import try_lock
+    import fcntl
 
     out = workdir / "saves" / "run"
-    with try_lock(out / "vlm_train", note="pid 4242"):
+    out.mkdir(parents=True)
+    with open(out / ".vlm_train.lock", "a+") as held:  # what a running vlm train holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
         with pytest.raises(VlmError, match=f"another vlm train is running on {out} \\(pid 4242\\)") as e:
             invoke("train", "run.yaml")
     assert "output_dir=" in e.value.hint
