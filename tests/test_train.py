@@ -370,8 +370,16 @@ def test_validate_names_an_image_that_does_not_decode(workdir: Path, toy_dataset
 @pytest.mark.slow
 def test_stats_names_a_truncated_image(tmp_path: Path, tiny_model: Path, toy_dataset: Path):
     """D9: vlm stats decodes an example's pixels; a cut file is named instead of a bare OSError."""
+    import random
+
+    from PIL import Image
+
     image = toy_dataset / "images" / "train" / "train-00000.jpg"
+    noise = random.Random(0).randbytes(256 * 256 * 3)  # a photo-like payload: the header is a small part of it
+    Image.frombytes("RGB", (256, 256), noise).save(image, quality=90)
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    with Image.open(image) as im:
+        assert im.size == (256, 256)  # the header still reads: only decoding the pixels finds the cut
     config = write_config(tmp_path / "run.yaml", tiny_model, toy_dataset, str(tmp_path / "out"))
     r = subprocess.run([*VLM, "stats", str(config)], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]
