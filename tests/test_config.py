@@ -76,8 +76,9 @@ def test_shipped_config_is_a_fresh_render(shipped: Path, in_tmp: Path):
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_config_validates(shipped: Path):
-    result = invoke("validate", str(shipped))
+def test_shipped_config_validates(shipped: Path, toy_dataset: Path):
+    # vlm validate also checks the data, as vlm train does: point dataset_dir at an export.
+    result = invoke("validate", str(shipped), f"dataset_dir={toy_dataset}")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"OK {shipped}")
 
@@ -197,3 +198,66 @@ def test_sweep_renders_one_validated_config_per_point(in_tmp: Path):
     assert cfg["output_dir"] == "saves/qwen2_vl-2b/lora/cord_lr5e-5_r16_e10"
     assert "# Train with:  vlm train sweep/cord_lr5e-5_r16_e10.yaml" in (
         in_tmp / "sweep" / "cord_lr5e-5_r16_e10.yaml").read_text()
+
+
+# ---------------------------------------------------------------- issue 12
+
+
+def test_sweep_refuses_to_overwrite_hand_edited_configs(in_tmp: Path):
+    """D6: like render-config, sweep replaces a config holding something else only with --force."""
+    args = ("sweep", str(ROOT / "configs" / "cord.yaml"), "--lr", "1e-4,5e-5", "--out-dir", "sweep")
+    assert invoke(*args).exit_code == 0
+    edited = in_tmp / "sweep" / "cord_lr5e-5.yaml"
+    other = in_tmp / "sweep" / "cord_lr1e-4.yaml"
+    edited.write_text(edited.read_text() + "# my note\nmax_samples: 10\n")
+    other.unlink()
+    before = edited.read_bytes()
+    from vlm.errors import VlmError
+
+    with pytest.raises(VlmError, match="1 config\\(s\\) in sweep hold something else") as e:
+        invoke(*args)
+    assert "--force" in e.value.hint
+    assert edited.read_bytes() == before and not other.exists()  # nothing written, not even the missing one
+    assert invoke(*args, "--force").exit_code == 0
+    assert b"my note" not in edited.read_bytes() and other.is_file()
+
+
+def test_validate_checks_the_data_as_train_does(tmp_path: Path, toy_dataset: Path):
+    """D16: a missing dataset_dir, an unregistered or an empty dataset name are problems, not OK."""
+    from vlm.errors import VlmError
+
+    cord = str(ROOT / "configs" / "cord.yaml")
+    assert invoke("validate", cord, f"dataset_dir={toy_dataset}").exit_code == 0
+    with pytest.raises(VlmError, match=f"dataset_dir {tmp_path / 'nowhere'} does not exist"):
+        invoke("validate", cord, f"dataset_dir={tmp_path / 'nowhere'}")
+    with pytest.raises(VlmError, match="'cord_trian' is not registered"):
+        invoke("validate", cord, f"dataset_dir={toy_dataset}", "dataset=cord_trian")
+    with pytest.raises(ConfigError, match="dataset: empty"):
+        invoke("validate", cord, f"dataset_dir={toy_dataset}", "dataset=")
+    result = invoke("validate", cord, f"dataset_dir={tmp_path / 'nowhere'}", "--json", catch=True)
+    assert json.loads(result.stdout)["ok"] is False
+
+
+def test_render_refuses_an_empty_dataset_name(in_tmp: Path):
+    """D16: render-config dataset= used to write dataset: '' and call it validated."""
+    with pytest.raises(ConfigError, match="dataset: empty"):
+        invoke("render-config", "x.yaml", "dataset=")
+    assert not (in_tmp / "x.yaml").exists()
+
+
+def test_empty_yaml_lists_each_problem_once(tmp_path: Path):
+    """D19."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as e:
+        invoke("validate", str(empty))
+    assert len(e.value.problems) == len(set(e.value.problems)) >= 1
+
+
+def test_non_utf8_yaml_is_named(tmp_path: Path):
+    """D13: a config that is not UTF-8 gets one line naming it, not the catch-all."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("model_name_or_path: caf\xe9\n".encode("latin-1"))
+    r = subprocess.run([sys.executable, "-m", "vlm.cli", "validate", str(bad)], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and f"{bad} is not UTF-8 text" in r.stderr and "bug" not in r.stderr

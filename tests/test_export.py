@@ -48,7 +48,8 @@ def make_source(root: Path, n: int = 6, pad: int = 0, bad: bool = False) -> Path
         if bad and split == "train":
             images += [{"bytes": b"\xff\xd8 not really a jpeg", "path": None}, {"bytes": _png(30, 30), "path": None},
                        {"bytes": _png(31, 31), "path": None}]
-            gts += [gts[0], "{not json", json.dumps({"meta": {}})]
+            good_gt = json.dumps({"gt_parse": {"total": {"total_price": "1"}}})
+            gts += [good_gt, "{not json", json.dumps({"meta": {}})]
         ds = datasets.Dataset.from_dict({"image": images, "ground_truth": gts}, features=features)
         (root / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
@@ -147,3 +148,130 @@ def test_sigkill_then_rerun_equals_a_clean_run(tmp_path: Path):
     assert json.loads(r.stdout)["splits"]["train"]["reused_images"] > 0
     assert snapshot(out) == clean
     assert not list(out.rglob(".*.tmp"))  # leftovers of the killed run's atomic writes are cleaned up
+
+
+# ---------------------------------------------------------------- issue 12: lose nothing, say why
+
+
+def _export(out: Path, src: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(out), "--source", str(src), *args],
+                          capture_output=True, text=True)
+
+
+def test_rerun_removes_only_its_own_temp_files(tmp_path: Path):
+    """D2: a rerun cleans up a killed run's temp files, never the user's own hidden .*.tmp files."""
+    src = make_source(tmp_path / "src", n=2)
+    out = tmp_path / "out"
+    assert _export(out, src, "--split", "test").returncode == 0
+    mine = [out / ".notes.tmp", out / "images" / "test" / ".draft.tmp", out / "sub" / ".keep.tmp"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("user data")
+    ours = out / ".cord_test.json.vlm-abcd1234.tmp"  # what a killed atomic write leaves
+    ours.write_text("half")
+    r = _export(out, src, "--split", "test")
+    assert r.returncode == 0, r.stderr
+    assert all(p.read_text() == "user data" for p in mine)
+    assert not ours.exists()
+
+
+def test_manifest_describes_every_split_in_the_folder(tmp_path: Path):
+    """D3: exporting some splits into an existing export merges the manifest, also when two exports run at once."""
+    src = make_source(tmp_path / "src", n=2)
+    out = tmp_path / "out"
+    assert _export(out, src, "--split", "train").returncode == 0
+    r = _export(out, src, "--split", "test")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["splits"]) == ["train", "test"]
+    assert sorted(manifest["images"]) == ["test-00000", "test-00001", "train-00000", "train-00001"]
+
+    both = tmp_path / "both"
+    cmd = [*VLM, "save-cord-dataset-in-sharegpt-format", str(both), "--source", str(src), "--split"]
+    procs = [subprocess.Popen([*cmd, split], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for split in ("validation", "test")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    manifest = json.loads((both / "manifest.json").read_text())
+    assert sorted(manifest["splits"]) == ["test", "validation"] and len(manifest["images"]) == 4
+    assert sorted(json.loads((both / "dataset_info.json").read_text())) == ["cord_test", "cord_validation"]
+
+
+def _truncated_source(root: Path) -> tuple[Path, bytes]:
+    """A train split whose record 1 is a JPEG cut to a third: its header is fine, its pixels are not."""
+    import datasets
+
+    whole = _jpeg(400, 300, pad=0, seed=3)
+    features = datasets.Features({"image": datasets.Image(), "ground_truth": datasets.Value("string")})
+    gt = json.dumps({"gt_parse": {"total": {"total_price": "1"}}})
+    (root / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": [{"bytes": whole, "path": None}, {"bytes": whole[: len(whole) // 3],
+                                                                           "path": None}],
+                                "ground_truth": [gt, gt]}, features=features).to_parquet(
+        str(root / "data" / "train-00000-of-00001.parquet"))
+    return root, whole
+
+
+def test_truncated_image_is_skipped_and_listed(tmp_path: Path):
+    """D9: a JPEG cut to a third has a good header; the export decodes it fully and skips it."""
+    src, _ = _truncated_source(tmp_path / "src")
+    out = tmp_path / "out"
+    for run in range(2):  # the rerun reuses the good image (sha256) and still skips the bad one
+        r = _export(out, src, "--split", "train", "--json")
+        assert r.returncode == 0, r.stderr
+        result = json.loads(r.stdout)
+        assert result["splits"]["train"]["records"] == 1
+        assert result["splits"]["train"]["reused_images"] == run
+        assert [(s["id"], s["reason"].split(":")[0]) for s in result["skipped"]] == [
+            ("train-00001", "image does not decode")]
+    assert [rec["id"] for rec in json.loads((out / "cord_train.json").read_text())] == ["train-00000"]
+    assert not list((out / "images" / "train").glob("train-00001*"))
+
+
+def test_all_records_skipped_is_an_error_with_the_reasons(tmp_path: Path):
+    """D11 and D21: a split with no good record names the causes, writes no file, and leaves no empty folder."""
+    src = make_source(tmp_path / "src", n=0, bad=True)  # train: 3 bad records only
+    out = tmp_path / "out"
+    r = _export(out, src, "--split", "train")
+    assert r.returncode == 1, r.stderr
+    assert "all 3 record(s) were skipped" in r.stderr and "'messages'" not in r.stderr
+    assert "1 x target is not valid JSON" in r.stderr and "1 x target has no field 'gt_parse'" in r.stderr
+    assert "1 x image" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_zero_row_split_says_so_and_leaves_no_folder(tmp_path: Path):
+    """D12 and D21: a zero-row parquet in an existing local directory is named as such."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([], image_type), "ground_truth": pa.array([], pa.string())}),
+                   src / "data" / "train-00000-of-00001.parquet")
+    out = tmp_path / "out"
+    r = _export(out, src, "--split", "train")
+    assert r.returncode == 2
+    assert f"split 'train' of {src} has no rows" in r.stderr and "exists either" not in r.stderr
+    assert not out.exists()
+
+
+def test_missing_source_leaves_no_folder(tmp_path: Path):
+    """D21: the output folder is created only once the source has loaded."""
+    r = _export(tmp_path / "out" / "nested", tmp_path / "nowhere")
+    assert r.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_rerun_does_not_claim_to_register(tmp_path: Path):
+    """D22: 'registered' is printed only when dataset_info.json changed."""
+    src = make_source(tmp_path / "src", n=2)
+    out = tmp_path / "out"
+    first = _export(out, src, "--split", "test")
+    assert first.returncode == 0 and f"registered cord_test in {out}" in first.stderr
+    info = (out / "dataset_info.json").read_bytes()
+    again = _export(out, src, "--split", "test")
+    assert again.returncode == 0, again.stderr
+    assert "\nregistered" not in "\n" + again.stderr and "already registered (file unchanged): cord_test" in again.stderr
+    assert (out / "dataset_info.json").read_bytes() == info

@@ -116,3 +116,73 @@ def test_cli_register_and_error_exit(checkout: Path, exported: Path):
     bad = subprocess.run([*vlm, "register-dataset", str(exported.parent / "missing.json"), "--name", "x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- issue 12
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlm.cli", *args], capture_output=True, text=True)
+
+
+def test_symlinked_dataset_info_is_written_through(tmp_path: Path, exported: Path):
+    """D4: the link stays a link; the file it points to gets the entry, atomically, with its backup beside it."""
+    real = tmp_path / "shared" / "dataset_info.json"
+    real.parent.mkdir()
+    real.write_text('{"other": {"file_name": "x.json"}}\n')
+    link = exported.parent / "dataset_info.json"
+    link.symlink_to(real)
+    r = _cli("register-dataset", str(exported), "--name", "cord_train")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real
+    info = json.loads(real.read_text())
+    assert list(info) == ["other", "cord_train"]
+    # LLaMA-Factory joins file_name to the link's folder; the target's folder differs, so it is absolute.
+    assert info["cord_train"]["file_name"] == str(exported.resolve())
+    assert (real.parent / "dataset_info.json.bak").read_text() == '{"other": {"file_name": "x.json"}}\n'
+
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "gone" / "dataset_info.json")
+    r = _cli("register-dataset", str(exported), "--name", "cord_train", "--dataset-info", str(dangling))
+    assert r.returncode == 2 and "dangling symlink" in r.stderr and str(dangling) in r.stderr
+    assert dangling.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("content, ok, reason", [
+    (b"[]\n", True, None),
+    (b"  [ ]  ", True, None),
+    (b'\xef\xbb\xbf[{"messages": [{"role": "user", "content": "x"}]}]', False, "byte-order mark"),
+    (b'[{"messages": [{"role": "user", "content": "<image>x"}], "images": ["a.jpg"]}, {"messages": [{"ro', False,
+     "invalid JSON"),
+    (b'[{"messages": [{"role": "user", "content": "x"}]}, {"text": "no messages"}]', False,
+     "record 1 is not a ShareGPT record: it has no 'messages' list"),
+    (b'[{"messages": [{"role": "user", "content": "x"}], "images": "a.jpg"}]', False, "'images' must be a list"),
+    (b'{"messages": []}', False, "not a JSON list"),
+])
+def test_data_json_is_parsed_and_checked(tmp_path: Path, content: bytes, ok: bool, reason: str | None):
+    """D17: the whole file is parsed (streaming) and every record's shape is checked."""
+    data = tmp_path / "d.json"
+    data.write_bytes(content)
+    r = _cli("register-dataset", str(data), "--name", "d")
+    assert (r.returncode == 0) is ok, r.stderr
+    if reason:
+        assert reason in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "dataset_info.json").exists()
+
+
+def test_streaming_parser_reads_a_large_file_in_small_chunks(tmp_path: Path):
+    from vlm.registry import iter_json_list
+
+    records = [{"messages": [{"role": "user", "content": "é" * (i % 50)}], "images": [f"{i}.jpg"], "n": -1.5e-7 * i}
+               for i in range(2000)]
+    data = tmp_path / "big.json"
+    data.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    assert list(iter_json_list(data, chunk=7)) == records
+
+
+@pytest.mark.parametrize("name", ["it's", 'say"hi', "a$b", "cord\r", "a..b", ".."])
+def test_dataset_names_are_restricted(exported: Path, name: str):
+    """D18: only letters, digits, '_', '-' and '.', and no '..'."""
+    r = _cli("register-dataset", str(exported), "--name", name)
+    assert r.returncode == 2 and "invalid dataset name" in r.stderr
+    assert not (exported.parent / "dataset_info.json").exists()

@@ -328,3 +328,79 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# ---------------------------------------------------------------- issue 12
+
+
+def test_second_train_on_one_output_dir_is_refused(workdir: Path):
+    """D10: while one vlm train holds output_dir (here: this test process holds its lock), another is refused
+    at once, before the preflight, with the holder named."""
+    import fcntl
+
+    out = workdir / "saves" / "run"
+    out.mkdir(parents=True)
+    with open(out / ".vlm_train.lock", "a+") as held:  # what a running vlm train holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
+        with pytest.raises(VlmError, match=f"another vlm train is running on {out} \\(pid 4242\\)") as e:
+            invoke("train", "run.yaml")
+    assert "output_dir=" in e.value.hint
+    assert sorted(p.name for p in out.iterdir()) == [".vlm_train.lock"]  # no config, log or manifest written
+
+
+def test_unwritable_output_dir_fails_before_the_preflight(workdir: Path):
+    """D13: an output_dir that cannot be created is named at once (the config's model does not even exist)."""
+    (workdir / "saves").write_text("a file where a folder should be")
+    r = subprocess.run([*VLM, "train", "run.yaml"], cwd=workdir, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "output_dir" in r.stderr and str(workdir / "saves") in r.stderr and "bug" not in r.stderr
+
+
+def test_validate_names_an_image_that_does_not_decode(workdir: Path, toy_dataset: Path):
+    """D9: a cut image (good header) is named by the checks vlm validate and vlm train run."""
+    image = toy_dataset / "images" / "train" / "train-00003.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    with pytest.raises(VlmError, match="1 of 8 images do not decode") as e:
+        invoke("validate", "run.yaml")
+    assert str(image) in e.value.message
+
+
+@pytest.mark.slow
+def test_stats_names_a_truncated_image(tmp_path: Path, tiny_model: Path, toy_dataset: Path):
+    """D9: vlm stats decodes an example's pixels; a cut file is named instead of a bare OSError."""
+    import random
+
+    from PIL import Image
+
+    image = toy_dataset / "images" / "train" / "train-00000.jpg"
+    noise = random.Random(0).randbytes(256 * 256 * 3)  # a photo-like payload: the header is a small part of it
+    Image.frombytes("RGB", (256, 256), noise).save(image, quality=90)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    with Image.open(image) as im:
+        assert im.size == (256, 256)  # the header still reads: only decoding the pixels finds the cut
+    config = write_config(tmp_path / "run.yaml", tiny_model, toy_dataset, str(tmp_path / "out"))
+    r = subprocess.run([*VLM, "stats", str(config)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert str(image) in r.stderr and "bug" not in r.stderr
+
+
+@pytest.mark.slow
+def test_resume_hint_keeps_the_overrides(tmp_path: Path, tiny_model: Path, toy_dataset: Path):
+    """D20: after Ctrl-C, the printed command continues the same run: overrides and options included."""
+    started = tmp_path / "started"
+    fake = fake_cli(tmp_path / "llamafactory-cli", f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+                                                   "time.sleep(300)\n")
+    config = write_config(tmp_path / "run.yaml", tiny_model, toy_dataset, str(tmp_path / "out"))
+    vlm = subprocess.Popen([*VLM, "train", str(config), "num_train_epochs=3", "learning_rate=5e-5",
+                            "--nproc-per-node", "1"], env={**ENV, "VLM_LLAMAFACTORY_CLI": str(fake)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not started.exists() and time.monotonic() < deadline and vlm.poll() is None:
+        time.sleep(0.1)
+    vlm.send_signal(signal.SIGINT)
+    _, err = vlm.communicate(timeout=60)
+    assert vlm.returncode == 130, err[-3000:]
+    hint = " ".join(err.split("Continue with:")[1].split())
+    assert hint.startswith(f"vlm train {config} num_train_epochs=3 learning_rate=5e-5 --nproc-per-node 1 --resume")

@@ -59,6 +59,15 @@ def expand_multi_value_options(argv: list[str]) -> list[str]:
     return result
 
 
+def describe_os_error(e: OSError) -> str:
+    """'cannot write /x/y: Read-only file system': the path(s) and the reason, without Python's class names."""
+    reason = e.strerror or str(e)
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    if not paths:
+        return f"{reason} ({type(e).__name__})"
+    return f"{' -> '.join(paths)}: {reason}"
+
+
 def main() -> None:
     """Entry point: run the app; known errors become one line plus a hint and a non-zero exit."""
     from vlm.errors import VlmError
@@ -76,6 +85,15 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as e:  # a file-system problem (no space, read-only, a folder where a file goes...)
+        if os.environ.get("VLM_DEBUG"):
+            raise
+        from vlm.output import err
+
+        err.print(f"[bold red]error:[/bold red] {describe_os_error(e)}", highlight=False)
+        err.print("[dim]hint:[/dim] check the path: it must be writable (or readable) and of the right kind; "
+                  "rerun with VLM_DEBUG=1 for the traceback.", highlight=False)
+        sys.exit(2)
     except Exception as e:  # an unexpected failure: one line unless debugging
         if os.environ.get("VLM_DEBUG"):
             raise

@@ -143,6 +143,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise VlmError(f"{path} is not valid YAML: {e}", hint="fix the file, or render a fresh one.") from None
+    except UnicodeDecodeError as e:
+        raise VlmError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})",
+                       hint="save it as UTF-8, or render a fresh one.") from None
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, dict) or not all(isinstance(k, str) for k in cfg):

@@ -1,9 +1,12 @@
 """Export an image + JSON dataset (CORD-v2 by default) to LLaMA-Factory's ShareGPT format.
 
 Images are copied as their original encoded bytes: never decoded, never
-re-encoded, so the written files are byte-identical to the source. Every file is
-written atomically, and a rerun after a kill skips the images already on disk and
-ends with output identical to an uninterrupted run.
+re-encoded, so the written files are byte-identical to the source; each is decoded
+once, in the worker threads, to prove it is whole. Every file is written atomically,
+each split under its own lock, and a rerun after a kill skips the images already on
+disk and ends with output identical to an uninterrupted run. ``manifest.json`` is
+merged under a lock, so it describes every split in the folder, whichever export
+wrote it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +22,15 @@ from typing import Any
 
 from vlm import __version__
 from vlm.errors import VlmError
-from vlm.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from vlm.fsutil import (atomic_write_bytes, atomic_write_json, ensure_dir, file_lock, remove_own_temps, sha256_bytes,
+                        sha256_file)
 from vlm.schema import prompt_hash
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SPLITS = ("train", "validation", "test")
+MANIFEST = "manifest.json"
+VERIFIED = "decoded"  # a split's images_verified value: every image was fully decoded when it was written
 
 # Leading bytes -> file extension. The extension comes from the bytes, not from a name.
 _MAGIC = (
@@ -94,6 +101,8 @@ def load_split(source: str, split: str, image_column: str):
             raise VlmError(f"split {split!r} not found in {source}", hint="choose --split from the splits it has.") from e
         raise VlmError(f"could not load {source}: {e}") from e
     except Exception as e:  # hub unreachable, missing files, bad layout
+        if looks_local:
+            raise _local_load_error(local, split, e) from e
         raise VlmError(
             f"could not load {source} split {split!r}: {type(e).__name__}: {e}",
             hint=f"no local directory {source!r} exists either. Offline? Download the dataset once and pass --source LOCAL_DIR "
@@ -105,6 +114,24 @@ def load_split(source: str, split: str, image_column: str):
     if isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
     return ds
+
+
+def _local_load_error(local: Path, split: str, e: Exception) -> VlmError:
+    """Why a local directory (which exists) did not load: an empty split, or the underlying reader's error."""
+    files = sorted(local.glob(f"data/{split}-*.parquet")) or sorted(local.glob(f"**/{split}*.parquet"))
+    try:
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+    except Exception:  # unreadable metadata: report the loader's own error below
+        rows = None
+    if files and rows == 0:
+        return VlmError(f"split {split!r} of {local} has no rows ({', '.join(f.name for f in files)})",
+                        hint="export another split with --split, or fill the parquet file(s).")
+    cause = e.__cause__ or e.__context__
+    detail = f"{type(e).__name__}: {e}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+    return VlmError(f"could not load split {split!r} from the local directory {local}: {detail}",
+                    hint="it needs data/<split>-*.parquet files with an image column and a JSON target column.")
 
 
 def _image_bytes(value: Any) -> bytes | memoryview | None:
@@ -176,19 +203,49 @@ def _image_info(data: bytes) -> tuple[str, int, int]:
     return ext, width, height
 
 
-def _write_image(path: Path, data: bytes | memoryview, digest: str) -> bool:
-    """Write unless an identical file is already there (a rerun after a kill). True if reused.
+def decode_fully(data: bytes | memoryview | str | os.PathLike) -> None:
+    """Raise ValueError unless every byte of the image decodes (a cut file has a good header but no tail).
 
+    JPEGs decode in draft mode (1/8 scale): the whole entropy-coded stream is still read,
+    so truncation is caught, at a fraction of the cost. PIL releases the GIL while decoding,
+    so the export's worker threads verify in parallel.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        with Image.open(data if isinstance(data, (str, os.PathLike)) else BytesIO(data)) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except Exception as e:  # OSError "image file is truncated", SyntaxError, DecompressionBombError...
+        raise ValueError(f"image does not decode: {e}") from None
+
+
+def _on_disk(path: Path, size: int, digest: str) -> bool:
+    """An identical file is already there (a rerun after a kill): same size and sha256."""
+    return path.is_file() and path.stat().st_size == size and sha256_file(path) == digest
+
+
+def _write_image(path: Path, data: bytes | memoryview, digest: str, verified: bool) -> bool:
+    """Decode ``data`` fully unless ``verified``, then write it unless an identical file is there. True if reused.
+
+    An image is decoded before it is first written, so a file found on disk whose sha256 a
+    previous export recorded as decoded (``verified``) is reused without decoding again.
     Images skip the fsync: the rename alone keeps a killed run from leaving a partial file,
     and a rerun re-verifies every existing image by size and sha256 before reusing it.
     """
-    if path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == digest:
-        return True
-    atomic_write_bytes(path, data, fsync=False)
-    return False
+    reused = _on_disk(path, len(data), digest)
+    if not (reused and verified):
+        decode_fully(data)
+    if not reused:
+        atomic_write_bytes(path, data, fsync=False)
+    return reused
 
 
-def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any]) -> dict[str, Any]:
+def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
+             trusted: dict[str, str] | None = None) -> dict[str, Any]:
     doc_id = f"{split}-{index:05d}"
     try:
         data = _image_bytes(row[spec.image_column])
@@ -196,11 +253,11 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any]) -> d
             raise ValueError("record has no image bytes")
         ext, width, height = _image_info(data)
         target = _target(row.get(spec.target_column), spec.target_field)
+        digest = sha256_bytes(data)
+        rel = Path("images") / split / f"{doc_id}.{ext}"
+        reused = _write_image(spec.out_dir / rel, data, digest, verified=(trusted or {}).get(doc_id) == digest)
     except (ValueError, KeyError) as e:
         return {"ok": False, "split": split, "index": index, "id": doc_id, "reason": str(e)}
-    digest = sha256_bytes(data)
-    rel = Path("images") / split / f"{doc_id}.{ext}"
-    reused = _write_image(spec.out_dir / rel, data, digest)
     answer = json.dumps(target, ensure_ascii=False, separators=(",", ":"))
     record = {
         "id": doc_id,
@@ -216,9 +273,25 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any]) -> d
     return {"ok": True, "id": doc_id, "record": record, "image": image, "reused": reused}
 
 
-def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=None) -> SplitResult:
-    """Export one split: images in parallel, then the ShareGPT JSON file, atomically."""
-    ds = load_split(spec.source, split, spec.image_column)
+def _cause(reason: str) -> str:
+    """A skip reason without its record-specific detail: 'target is not valid JSON (... at char 5)' -> the text before."""
+    return re.split(r" \(|: ", reason, maxsplit=1)[0]
+
+
+def summarize_skipped(skipped: list[dict[str, Any]]) -> str:
+    """'2 x target is not valid JSON (e.g. train-00001), 1 x image does not decode (e.g. train-00004)'."""
+    causes = Counter(_cause(s["reason"]) for s in skipped)
+    example = {}
+    for s in skipped:
+        example.setdefault(_cause(s["reason"]), s["id"])
+    return ", ".join(f"{n} x {cause} (e.g. {example[cause]})" for cause, n in causes.most_common())
+
+
+def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=None, ds=None,
+                 trusted: dict[str, str] | None = None) -> SplitResult:
+    """Export one split: images in parallel (each decoded once, unless ``trusted`` holds its sha256),
+    then the ShareGPT JSON file, atomically. Raises when no record is usable."""
+    ds = ds if ds is not None else load_split(spec.source, split, spec.image_column)
     n = len(ds) if spec.limit is None else min(spec.limit, len(ds))
     task = progress.add_task(f"export {split}", total=n) if progress else None
     results: list[dict[str, Any]] = []
@@ -226,7 +299,7 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
     with ThreadPoolExecutor(max_workers=max(1, spec.workers)) as pool:
         for start in range(0, n, window):
             rows = _rows(ds, start, min(n, start + window), spec.image_column)
-            futures = [pool.submit(_process, spec, split, start + k, row) for k, row in enumerate(rows)]
+            futures = [pool.submit(_process, spec, split, start + k, row, trusted) for k, row in enumerate(rows)]
             for fut in futures:
                 results.append(fut.result())
                 if progress:
@@ -237,6 +310,11 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
         first = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3])
         raise VlmError(f"{len(skipped)} bad record(s) in {split} ({first})",
                        hint="drop --strict to skip and count bad records instead.", exit_code=1)
+    if not good:
+        raise VlmError(f"split {split}: all {n} record(s) were skipped, so no {spec.name}_{split}.json was written: "
+                       f"{summarize_skipped(skipped)}",
+                       hint="check --image-column, --target-column and --target-field against the source's columns.",
+                       exit_code=1)
     for r in good:
         images[r["id"]] = r["image"]
     out_file = spec.out_dir / f"{spec.name}_{split}.json"
@@ -244,57 +322,124 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
     return SplitResult(split, out_file, len(good), skipped, sum(r["reused"] for r in good))
 
 
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):  # not ours to interpret; the merge replaces it (with a warning)
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _trusted_images(manifest: dict[str, Any] | None) -> dict[str, str]:
+    """id -> sha256 of the images a previous export decoded fully before writing them."""
+    manifest = manifest or {}
+    verified = {name for name, s in (manifest.get("splits") or {}).items()
+                if isinstance(s, dict) and s.get("images_verified") == VERIFIED}
+    return {doc_id: entry.get("sha256") for doc_id, entry in (manifest.get("images") or {}).items()
+            if isinstance(entry, dict) and doc_id.rsplit("-", 1)[0] in verified}
+
+
+def _merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult], images: dict[str, Any]) -> dict[str, Any]:
+    """Read the manifest (under its lock), replace the splits just exported, keep the others, write it back."""
+    with file_lock(path):
+        remove_own_temps(path.parent, path.name)  # a killed run's temp; writers hold this lock
+        old = _read_manifest(path)
+        if old == {}:
+            from vlm.output import warn
+
+            warn(f"{path} was not a readable manifest; it now describes only the splits exported now")
+        old = old or {}
+        done = {r.split for r in results}
+        splits = {k: v for k, v in (old.get("splits") or {}).items() if k not in done}
+        for r in results:
+            splits[r.split] = {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
+                               "file_sha256": sha256_file(r.file), "source": spec.source, "limit": spec.limit,
+                               "prompt_sha256": prompt_hash(spec.prompt), "images_verified": VERIFIED}
+        order = {name: i for i, name in enumerate(SPLITS)}
+        splits = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.rsplit("-", 1)[0] not in done}
+        kept_skipped = [s for s in old.get("skipped") or [] if isinstance(s, dict) and s.get("split") not in done]
+        manifest = {
+            "tool": "vlm",
+            "version": __version__,
+            "source": spec.source,
+            "name": spec.name,
+            "image_column": spec.image_column,
+            "target_column": spec.target_column,
+            "target_field": spec.target_field,
+            "limit": spec.limit,
+            "prompt": spec.prompt,
+            "prompt_sha256": prompt_hash(spec.prompt),
+            "splits": splits,
+            "skipped": sorted(kept_skipped + [s for r in results for s in r.skipped],
+                              key=lambda s: (order.get(s["split"], len(order)), s["index"])),
+            "images": dict(sorted({**kept_images, **images}.items())),
+        }
+        atomic_write_json(path, manifest)
+    return manifest
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """After a failed export: remove the folders it created, if nothing but its own lock files is in them."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        if not folder.is_dir():
+            continue
+        entries = list(folder.rglob("*"))
+        if any(e.is_file() and not (e.name.startswith(".") and e.name.endswith(".lock")) for e in entries):
+            return
+        for entry in sorted(entries, key=lambda p: len(p.parts), reverse=True):
+            entry.unlink() if entry.is_file() else entry.rmdir()
+        folder.rmdir()
+
+
 def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = True) -> dict[str, Any]:
-    """Export every requested split, write the manifest, and register the splits in ``dataset_info.json``."""
+    """Export every requested split, merge the manifest, and register the splits in ``dataset_info.json``."""
     from contextlib import nullcontext
 
     from vlm.output import progress as make_progress
 
     spec.out_dir = spec.out_dir.resolve()
-    spec.out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in spec.out_dir.rglob(".*.tmp"):  # temp files of a killed run's atomic writes
-        stale.unlink(missing_ok=True)
+    # Load every split before creating anything: a bad source leaves no trace.
+    sources = {split: load_split(spec.source, split, spec.image_column) for split in spec.splits}
+    created = ensure_dir(spec.out_dir, "output folder")
+    manifest_path = spec.out_dir / MANIFEST
+    previous = _read_manifest(manifest_path)
+    if previous and previous.get("name") not in (None, spec.name):
+        raise VlmError(f"{spec.out_dir} already holds the export {previous['name']!r}, not {spec.name!r}",
+                       hint="export into another folder (one manifest.json describes one dataset).")
     images: dict[str, Any] = {}
     results: list[SplitResult] = []
-    with make_progress() if show_progress else nullcontext() as progress:
-        for split in spec.splits:
-            results.append(export_split(spec, split, images, progress))
-
-    manifest_path = spec.out_dir / "manifest.json"
-    manifest = {
-        "tool": "vlm",
-        "version": __version__,
-        "source": spec.source,
-        "name": spec.name,
-        "image_column": spec.image_column,
-        "target_column": spec.target_column,
-        "target_field": spec.target_field,
-        "limit": spec.limit,
-        "prompt": spec.prompt,
-        "prompt_sha256": prompt_hash(spec.prompt),
-        "splits": {
-            r.split: {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
-                      "file_sha256": sha256_file(r.file)}
-            for r in results
-        },
-        "skipped": [s for r in results for s in r.skipped],
-        "images": dict(sorted(images.items())),
-    }
-    atomic_write_json(manifest_path, manifest)
-    registered = []
+    try:
+        with make_progress() if show_progress else nullcontext() as progress:
+            for split in spec.splits:
+                out_file = spec.out_dir / f"{spec.name}_{split}.json"
+                with file_lock(out_file):  # two exports of one split take turns; other splits run in parallel
+                    # Leftovers of a killed run's atomic writes: only our own temp names, only this split's.
+                    remove_own_temps(spec.out_dir / "images" / split)
+                    remove_own_temps(spec.out_dir, out_file.name)
+                    results.append(export_split(spec, split, images, progress, ds=sources[split],
+                                                trusted=_trusted_images(previous)))
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+    manifest = _merge_manifest(manifest_path, spec, results, images)
+    registered, unchanged = [], []
     if register:
         from vlm.registry import register_dataset
 
         for r in results:
             entry_name = f"{spec.name}_{r.split}"
-            register_dataset(r.file, entry_name, spec.out_dir / "dataset_info.json")
-            registered.append(entry_name)
+            reg = register_dataset(r.file, entry_name, spec.out_dir / "dataset_info.json")
+            (registered if reg.changed else unchanged).append(entry_name)
     return {
         "out_dir": str(spec.out_dir),
         "manifest": str(manifest_path),
         "splits": {r.split: {"file": str(r.file), "records": r.n_records, "skipped": len(r.skipped),
                              "reused_images": r.n_reused} for r in results},
-        "skipped": manifest["skipped"],
+        "skipped": [s for s in manifest["skipped"] if s["split"] in {r.split for r in results}],
         "registered": registered,
+        "already_registered": unchanged,
         "dataset_info": str(spec.out_dir / "dataset_info.json") if register else None,
     }

@@ -62,6 +62,12 @@ class ScaleOut:
             raise VlmError("; ".join(problems), hint="e.g. vlm train CONFIG --nnodes 2 --node-rank 0 "
                            "--master-addr 10.0.0.1 --nproc-per-node 8 (then --node-rank 1 on the second node)")
 
+    def flags(self) -> list[str]:
+        """The command-line options that give these settings (for a command to rerun)."""
+        argv = [x for name in SCALE_ENV if (v := getattr(self, name)) is not None
+                for x in (f"--{name.replace('_', '-')}", str(v))]
+        return argv + (["--ray"] if self.ray else [])
+
     def env(self, deepspeed: bool = False) -> dict[str, str]:
         """The variables vlm sets for LLaMA-Factory's launcher (DeepSpeed always needs torchrun)."""
         env = {}

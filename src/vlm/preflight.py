@@ -433,6 +433,10 @@ class _Counter:
                             budget = self.count(name, index, ex, "full")
                 except ValueError as e:  # LLaMA-Factory's own check, e.g. images vs <image> placeholders
                     raise VlmError(f"LLaMA-Factory rejects example {index} of dataset {name!r}: {e}") from None
+                except OSError as e:  # PIL decoding the pixels: "image file is truncated", unreadable files
+                    files = ", ".join(str(p) for p in ex["_images"] or [])
+                    raise VlmError(f"cannot decode the image of example {index} of dataset {name!r} ({files}): {e}",
+                                   hint="replace that file, or rerun the export (it decodes every image).") from None
                 budgets.append(budget)
                 advance()
         return budgets, dropped

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,11 @@ from typing import Any
 
 from vlm.config import deepspeed_preset, load_config, render_yaml
 from vlm.errors import VlmError
-from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, ensure_dir, sha256_file, try_lock
 from vlm.launch import (LaunchPlan, ScaleOut, log_banner, make_plan, now, report_failure,
                         resolve_paths, run_plan)
 from vlm.procs import find_llamafactory_cli
-from vlm.validation import validate_config
+from vlm.validation import Validation, dataset_names, validate_config
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
 RUN_MANIFEST = "vlm_run.json"
@@ -49,6 +51,18 @@ class TrainSpec:
     scale: ScaleOut = field(default_factory=ScaleOut)
     log_file: Path | None = None
     deepspeed: str | None = None  # a shipped preset name (z2, z3)
+    override_args: list[str] = field(default_factory=list)  # the key=value words as typed, for the resume hint
+
+    def resume_command(self) -> str:
+        """The command that continues this run: the same config, overrides and options, plus --resume."""
+        argv = ["vlm", "train", str(self.config), *self.override_args, *self.scale.flags()]
+        if self.deepspeed:
+            argv += ["--deepspeed", self.deepspeed]
+        if self.allow_truncation:
+            argv.append("--allow-truncation")
+        if self.log_file:
+            argv += ["--log-file", str(self.log_file)]
+        return shlex.join([*argv, "--resume"])
 
 
 @dataclass
@@ -94,11 +108,7 @@ def plan_resume(cfg: dict[str, Any], output_dir: Path, resume: bool) -> str | No
 
 
 def _dataset_names(cfg: dict[str, Any]) -> list[str]:
-    names = []
-    for key in ("dataset", "eval_dataset"):
-        value = cfg.get(key)
-        names += [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or [])
-    return [n for n in names if n]
+    return [n for key in ("dataset", "eval_dataset") for n in dataset_names(cfg.get(key))]
 
 
 def _records(path: Path) -> list[dict[str, Any]] | None:
@@ -112,10 +122,14 @@ def _records(path: Path) -> list[dict[str, Any]] | None:
 
 def check_datasets(cfg: dict[str, Any]) -> list[str]:
     """Every dataset is registered, its file exists and every image it names exists; returns notes."""
-    dataset_dir, notes = Path(cfg["dataset_dir"]), []
+    dataset_dir, notes = Path(cfg.get("dataset_dir") or "data"), []  # LLaMA-Factory's default
     media_dir = Path(cfg.get("media_dir") or dataset_dir)
     export_hint = f"rerun the export: vlm save-cord-dataset-in-sharegpt-format {dataset_dir}"
     info_path = dataset_dir / "dataset_info.json"
+    if not dataset_dir.is_dir():
+        raise VlmError(f"dataset_dir {dataset_dir} does not exist",
+                       hint=f"export the data first (vlm save-cord-dataset-in-sharegpt-format {dataset_dir}), "
+                            "or set dataset_dir=... to the folder that holds dataset_info.json.")
     if not info_path.is_file():
         raise VlmError(f"no dataset_info.json in dataset_dir {dataset_dir}", hint=export_hint)
     try:
@@ -148,7 +162,39 @@ def check_datasets(cfg: dict[str, Any]) -> list[str]:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise VlmError(f"dataset {name!r}: {len(missing)} of {len(images)} images are missing: {shown}",
                            hint=f"the images moved or were deleted; {export_hint}")
+        _check_images_decode(name, [media_dir / img for img in dict.fromkeys(images)], export_hint)
     return notes
+
+
+def _check_images_decode(name: str, paths: list[Path], export_hint: str) -> None:
+    """Every image decodes to its last byte; else name the files. A cut file has a good header, and
+    LLaMA-Factory would fail on it mid-run with an error that names no file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlm.export import decode_fully
+
+    def problem(path: Path) -> str | None:
+        try:
+            decode_fully(path)
+        except ValueError as e:
+            return f"{path} ({e})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
+        bad = [p for p in pool.map(problem, paths) if p]
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise VlmError(f"dataset {name!r}: {len(bad)} of {len(paths)} images do not decode: {shown}",
+                       hint=f"replace those files, or {export_hint} (the export decodes every image)")
+
+
+def check_config(cfg: dict[str, Any]) -> Validation:
+    """What ``vlm validate`` checks: LLaMA-Factory's parser, then what ``vlm train`` checks of the data
+    (dataset_dir, registration, files, images); not the token budget, which needs the model."""
+    validation = validate_config(cfg)
+    if cfg.get("do_train", False) or _dataset_names(cfg):
+        validation.notes += check_datasets(cfg)
+    return validation
 
 
 def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any] | None:
@@ -243,14 +289,30 @@ def train(spec: TrainSpec) -> TrainResult:
     """Preflight, write the resolved config and manifest, run LLaMA-Factory, record how it ended.
 
     A dry run returns after ``prepare``. Ctrl-C or SIGTERM stops the child's process
-    group; the result's exit code is then 130.
+    group; the result's exit code is then 130. An exclusive lock on ``output_dir`` refuses
+    a second run into the same folder while this one lives.
     """
-    from vlm.output import info, warn
-    from vlm.progress import TRAINER_LOG, progress_from_file
-
     result = prepare(spec)
     if spec.dry_run:
         return result
+    output_dir = Path(result.config["output_dir"])
+    # Before the preflight's seconds: a folder that cannot be written fails now, not after them.
+    ensure_dir(output_dir, "output_dir")
+    ensure_dir(result.plan.log_path.parent, "log folder")
+    lock = output_dir / f"vlm_train{_node_suffix(spec.scale)}"
+    try:
+        with try_lock(lock, note=f"pid {os.getpid()}"):
+            return _train_locked(spec, result)
+    except LockedError as e:
+        raise VlmError(f"another vlm train is running on {output_dir} ({e.holder or 'lock ' + str(e.path)})",
+                       hint="wait for it to finish, or train into another output_dir=...") from None
+
+
+def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
+    """``train`` once this process holds the output_dir's lock: no other run writes its checkpoints."""
+    from vlm.output import info, warn
+    from vlm.progress import TRAINER_LOG, progress_from_file
+
     cfg, plan = result.config, result.plan
     checks = preflight(cfg, spec.allow_truncation)
     header = [f"Resolved by vlm train from {spec.config} at {now()}; LLaMA-Factory reads this file.",
@@ -273,7 +335,7 @@ def train(spec: TrainSpec) -> TrainResult:
         code = run_plan(plan, trainer_log)
     except KeyboardInterrupt:
         code = 130
-        warn(f"interrupted; the child was stopped. Continue with: vlm train {spec.config} --resume")
+        warn(f"interrupted; the child was stopped. Continue with: {spec.resume_command()}")
     final = progress_from_file(trainer_log) if trainer_log.is_file() else None
     record.update(ended_at=now(), exit_code=code, final_progress=final.as_dict() if final else None)
     atomic_write_json(result.manifest, record)

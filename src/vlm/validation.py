@@ -88,6 +88,15 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
     return None
 
 
+def dataset_names(value: Any) -> list[str]:
+    """The names in a ``dataset`` or ``eval_dataset`` value (comma-separated text or a list); blanks dropped."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    return []
+
+
 def _accepts_bool(hint: Any) -> bool:
     if hint is None or hint is bool or hint is typing.Any:
         return True
@@ -170,6 +179,9 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
                 if problem := _type_problem(key, cfg[key], hints.get(key)):
                     problems.append(problem)
                     bad.add(key)
+        if cfg.get("do_train", False) and "dataset" in cfg and not dataset_names(cfg.get("dataset")):
+            problems.append("dataset: empty; name a dataset registered in dataset_dir/dataset_info.json "
+                            "(e.g. dataset: cord_train)")
         if "template" in cfg and isinstance(cfg["template"], str) and cfg["template"] not in TEMPLATES:
             close = get_close_matches(cfg["template"], list(TEMPLATES), n=1)
             problems.append(f"template: {cfg['template']!r} is not a LLaMA-Factory template"
@@ -202,6 +214,8 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
                         problems.append(_message(e))
     if problems:
         from vlm.errors import ConfigError
+
+        problems = list(dict.fromkeys(problems))  # a class and get_train_args can report one missing key twice
 
         raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
                                          "and rerun vlm validate.")

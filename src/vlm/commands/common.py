@@ -33,3 +33,25 @@ def help_text(command: Callable) -> str:
 def add_examples(command: Callable, *lines: str) -> None:
     """End a command's help with examples."""
     command.__doc__ = help_text(command) + examples(*lines)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(store: Path, write: bool = False) -> None:
+    """Refuse, before any work, a --store that is a folder or not an SQLite file, or (``write``) whose
+    folder cannot be written: one line naming the path and the reason."""
+    from vlm.errors import VlmError
+    from vlm.fsutil import ensure_dir
+
+    if store.is_dir():
+        raise VlmError(f"--store {store} is a directory, not a prediction store (an SQLite file)",
+                       hint="pass the store file, e.g. --store runs/predictions.sqlite.")
+    if store.is_file():
+        with open(store, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise VlmError(f"--store {store} is not an SQLite file, so not a vlm prediction store; left untouched",
+                           hint="pass the store vlm predict wrote, or a new path.")
+    if write:
+        ensure_dir(store.absolute().parent, "store folder")

@@ -76,6 +76,9 @@ def _report(result: dict, as_json: bool) -> None:
         err.print(f"... and {len(result['skipped']) - 20} more (see manifest.json)")
     if result["registered"]:
         err.print(f"registered {', '.join(result['registered'])} in {result['dataset_info']}", highlight=False)
+    if result.get("already_registered"):
+        err.print(f"already registered (file unchanged): {', '.join(result['already_registered'])} in "
+                  f"{result['dataset_info']}", highlight=False)
 
 
 def save_cord(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, add_examples
+from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, add_examples, check_store
 
 SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
 
@@ -45,6 +45,7 @@ def predict(
     from vlm.output import info, print_json
     from vlm.predict import PredictSpec, run_predict
 
+    check_store(store, write=True)
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
@@ -94,8 +95,13 @@ def evaluate(
     from vlm.output import info, out, print_json
     from vlm.report import print_tables, write_outputs
 
+    if output:
+        from vlm.fsutil import ensure_dir
+
+        ensure_dir(output, "--output folder")  # before the work, not after it
     loaded = []
     if groups:
+        check_store(store)
         loaded += groups_from_store(store, groups, split)
     for path in predictions or []:
         loaded.append(group_from_file(path))
@@ -157,8 +163,11 @@ def export_predictions(
     from vlm.output import info
     from vlm.store import Store
 
+    check_store(store)
     if not store.is_file():
         raise VlmError(f"prediction store not found: {store}", hint="run vlm predict first.")
+    if out_file.is_dir():
+        raise VlmError(f"{out_file} is a directory", hint="name the JSONL file to write, e.g. runs/group.jsonl.")
     with Store(store) as s:
         rows = s.export_jsonl(group, split)
     if not rows:

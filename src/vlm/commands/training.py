@@ -113,21 +113,23 @@ def render_config(
 
 
 def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
-    """Check a training config with LLaMA-Factory's own parser, in-process and without loading a model.
+    """Check a training config with LLaMA-Factory's own parser, in-process and without loading a model,
+    and its data as vlm train does: dataset_dir, the registered datasets, their files and images.
 
-    Every problem is listed at once. Checks that depend on this machine (bf16 with no GPU,
+    Every config problem is listed at once. Checks that depend on this machine (bf16 with no GPU,
     DeepSpeed outside torchrun) are relaxed and named."""
     from vlm.config import load_config, parse_overrides
-    from vlm.validation import validate_config
-    from vlm.errors import ConfigError
+    from vlm.errors import ConfigError, VlmError
     from vlm.output import out as stdout, print_json
+    from vlm.train import check_config
 
     cfg = load_config(config, parse_overrides(overrides or []))
     try:
-        validation = validate_config(cfg)
-    except ConfigError as e:
+        validation = check_config(cfg)
+    except VlmError as e:
         if as_json:
-            print_json({"config": str(config), "ok": False, "problems": e.problems})
+            problems = e.problems if isinstance(e, ConfigError) else [e.message]
+            print_json({"config": str(config), "ok": False, "problems": problems})
         raise
     if as_json:
         print_json({"config": str(config), "ok": True, "relaxed": validation.relaxed, "notes": validation.notes,
@@ -171,7 +173,7 @@ def train(
     scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
     spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
                      allow_truncation=allow_truncation, scale=scale, log_file=log_file,
-                     deepspeed=deepspeed.value if deepspeed else None)
+                     deepspeed=deepspeed.value if deepspeed else None, override_args=list(overrides or []))
     try:
         result = run_train(spec)
     except KeyboardInterrupt:  # during preflight, before there is a child to stop
@@ -223,9 +225,14 @@ def sweep(
     lora_rank: Annotated[Optional[str], typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
     epochs: Annotated[Optional[str], typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs go.")] = Path("configs/sweep"),
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite configs in --out-dir that hold something else (e.g. hand edits).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Render one validated config per grid point, each with its own output_dir."""
+    """Render one validated config per grid point, each with its own output_dir.
+
+    A config already in --out-dir with other content (a hand edit) is never overwritten
+    without --force; nothing is written unless every file can be."""
     from vlm.config import config_header, load_config, render_yaml
     from vlm.validation import validate_config
     from vlm.errors import VlmError
@@ -241,12 +248,21 @@ def sweep(
     points = sweep_points(load_config(config), config.stem, out_dir, grid)
     for point in points:
         validate_config(point.config)
+    command = f"vlm sweep {config} " + " ".join(
+        f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs)) if text)
+    texts = {}
     for point in points:
-        command = f"vlm sweep {config} " + " ".join(
-            f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs)) if text)
         header = config_header(f"{command} --out-dir {out_dir}", str(point.path))
         header.insert(2, "Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()))
-        atomic_write_text(point.path, render_yaml(point.config, header))
+        texts[point.path] = render_yaml(point.config, header)
+    changed = [path for path, text in texts.items() if not path.is_file() or path.read_bytes() != text.encode()]
+    edited = [path for path in changed if path.exists()]
+    if edited and not force:
+        shown = ", ".join(str(p) for p in edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
+        raise VlmError(f"{len(edited)} config(s) in {out_dir} hold something else: {shown}",
+                       hint="pass --force to replace them, or choose another --out-dir.")
+    for path in changed:
+        atomic_write_text(path, texts[path])
     rows = [{"config": str(p.path), **p.settings, "output_dir": p.config["output_dir"]} for p in points]
     if as_json:
         print_json(rows)

@@ -1,0 +1,73 @@
+"""Issue 12, D13: ordinary file-system problems get one line naming the path and the reason, in every command.
+
+Each case runs the real console entry point (``python -m vlm.cli``), so the error goes through
+``vlm.cli.main`` exactly as a user sees it: exit 2, no traceback, no "this is a bug" catch-all.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_toy_dataset
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlm.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with an export, a plain file, a folder, a text file posing as a store, and a real store."""
+    root = tmp_path_factory.mktemp("fs")
+    make_toy_dataset(root / "data")
+    (root / "a_file").write_text("not a folder")
+    (root / "a_dir").mkdir()
+    (root / "notes.sqlite").write_text("my notes, not a database\n")
+    with sqlite3.connect(root / "empty.sqlite") as db:
+        db.execute("create table t (x)")
+    (root / "run.yaml").write_text(f"model_name_or_path: m\ndataset: cord_train\ndataset_dir: {root / 'data'}\n"
+                                   f"template: qwen2_vl\ndo_train: true\noutput_dir: {root / 'a_file' / 'out'}\n")
+    return root
+
+
+CASES = {
+    "export into a file": (["save-cord-dataset-in-sharegpt-format", "a_file/out", "--source", "data"], "a_file"),
+    "register into /proc": (["register-dataset", "data/cord_train.json", "--name", "x", "--dataset-info",
+                             "/proc/vlm-test/dataset_info.json"], "/proc/vlm-test"),
+    "render-config onto a folder": (["render-config", "a_dir"], "a_dir"),
+    "train into a file": (["train", "run.yaml"], "a_file"),
+    "predict with a folder as store": (["predict", "--group", "g", "--store", "a_dir", "--dataset-dir", "data",
+                                        "--model", "m"], "a_dir"),
+    "predict with a text file as store": (["predict", "--group", "g", "--store", "notes.sqlite", "--dataset-dir",
+                                           "data", "--model", "m"], "notes.sqlite"),
+    "evaluate --output a file": (["evaluate", "--groups", "g", "--store", "empty.sqlite", "--output", "a_file"],
+                                 "a_file"),
+    "export-predictions from a text file": (["export-predictions", "--group", "g", "out.jsonl", "--store",
+                                             "notes.sqlite"], "notes.sqlite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_file_system_problems_name_the_path(place: Path, case: str):
+    args, path = CASES[case]
+    before = {p: p.read_bytes() for p in place.rglob("*") if p.is_file()}
+    r = vlm(*args, cwd=place)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and path in lines[0], r.stderr[-2000:]
+    assert "bug" not in r.stderr and "Traceback" not in r.stderr
+    after = {p: p.read_bytes() for p in place.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    assert after == {p: b for p, b in before.items() if not p.name.endswith(".lock")}  # nothing changed
+
+
+def test_export_predictions_onto_a_folder(place: Path):
+    r = vlm("export-predictions", "--group", "g", "a_dir", "--store", "empty.sqlite", cwd=place)
+    assert r.returncode == 2 and "a_dir" in r.stderr and "bug" not in r.stderr
+    assert list((place / "a_dir").iterdir()) == []
