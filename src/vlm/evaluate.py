@@ -147,11 +147,14 @@ def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
     return order, aligned
 
 
-def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% paired-bootstrap interval of (other - base) for every aggregate metric."""
+def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int = 0,
+                    aggregate=None) -> dict[str, tuple[float, float]]:
+    """95% paired-bootstrap interval of (other - base) for every aggregate metric (``aggregate``: the
+    scores' summary over resampled indices; the CORD metrics' by default, vlm.qa_metrics.aggregate_qa for QA)."""
     import numpy as np
 
-    from vlm.metrics import aggregate
+    if aggregate is None:
+        from vlm.metrics import aggregate
 
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}

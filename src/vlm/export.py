@@ -63,6 +63,8 @@ class ExportSpec:
     limit: int | None = None
     workers: int = 2
     strict: bool = False
+    augment: Any = None  # vlm.augment.AugmentSpec: extra copies of train images
+    question_column: str | None = None  # QA datasets: a per-record question follows the prompt; text answers
 
 
 @dataclass
@@ -72,6 +74,7 @@ class SplitResult:
     n_records: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
     n_reused: int = 0
+    augmented: dict[str, Any] | None = None
 
 
 def load_split(source: str, split: str, image_column: str):
@@ -195,22 +198,32 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any]) -> d
         if not data:
             raise ValueError("record has no image bytes")
         ext, width, height = _image_info(data)
-        target = _target(row.get(spec.target_column), spec.target_field)
+        if spec.question_column:  # QA: a question per record and plain-text answers, not a JSON target
+            from vlm.qa_evaluate import qa_fields
+
+            question, answers = qa_fields(row, spec.question_column, spec.target_column)
+        else:
+            target = _target(row.get(spec.target_column), spec.target_field)
     except (ValueError, KeyError) as e:
         return {"ok": False, "split": split, "index": index, "id": doc_id, "reason": str(e)}
     digest = sha256_bytes(data)
     rel = Path("images") / split / f"{doc_id}.{ext}"
     reused = _write_image(spec.out_dir / rel, data, digest)
-    answer = json.dumps(target, ensure_ascii=False, separators=(",", ":"))
+    if spec.question_column:
+        prompt, answer = f"{spec.prompt}\n{question}", answers[0]
+    else:
+        prompt, answer = spec.prompt, json.dumps(target, ensure_ascii=False, separators=(",", ":"))
     record = {
         "id": doc_id,
         "messages": [
-            {"role": "user", "content": "<image>" + spec.prompt},
+            {"role": "user", "content": "<image>" + prompt},
             {"role": "assistant", "content": answer},
         ],
         # Absolute, so LLaMA-Factory finds the image whatever directory it starts in.
         "images": [str((spec.out_dir / rel).resolve())],
     }
+    if spec.question_column:
+        record["answers"] = answers  # every accepted answer, for ANLS; the first is the training target
     image = {"file": rel.as_posix(), "sha256": digest, "bytes": len(data), "format": ext,
              "width": width, "height": height}
     return {"ok": True, "id": doc_id, "record": record, "image": image, "reused": reused}
@@ -239,9 +252,15 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
                        hint="drop --strict to skip and count bad records instead.", exit_code=1)
     for r in good:
         images[r["id"]] = r["image"]
+    records, augmented = [r["record"] for r in good], None
+    if spec.augment is not None and spec.augment.copies and split == "train":  # never validation/test
+        from vlm.augment import augment_split
+
+        extra, augmented = augment_split(spec.out_dir, split, spec.augment, good, images, spec.workers, progress)
+        records += extra
     out_file = spec.out_dir / f"{spec.name}_{split}.json"
-    atomic_write_json(out_file, [r["record"] for r in good])
-    return SplitResult(split, out_file, len(good), skipped, sum(r["reused"] for r in good))
+    atomic_write_json(out_file, records)
+    return SplitResult(split, out_file, len(records), skipped, sum(r["reused"] for r in good), augmented)
 
 
 def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = True) -> dict[str, Any]:
@@ -278,6 +297,7 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
             for r in results
         },
         "skipped": [s for r in results for s in r.skipped],
+        **({"augment": spec.augment.describe()} if spec.augment is not None and spec.augment.copies else {}),
         "images": dict(sorted(images.items())),
     }
     atomic_write_json(manifest_path, manifest)
@@ -293,7 +313,8 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
         "out_dir": str(spec.out_dir),
         "manifest": str(manifest_path),
         "splits": {r.split: {"file": str(r.file), "records": r.n_records, "skipped": len(r.skipped),
-                             "reused_images": r.n_reused} for r in results},
+                             "reused_images": r.n_reused, **({"augmented": r.augmented} if r.augmented else {})}
+                   for r in results},
         "skipped": manifest["skipped"],
         "registered": registered,
         "dataset_info": str(spec.out_dir / "dataset_info.json") if register else None,
