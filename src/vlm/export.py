@@ -297,7 +297,7 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
             for r in results
         },
         "skipped": [s for r in results for s in r.skipped],
-        **({"augment": spec.augment.describe()} if spec.augment is not None and spec.augment.copies else {}),
+        **({"augment": spec.augment.describe()} if any(r.augmented for r in results) else {}),
         "images": dict(sorted(images.items())),
     }
     atomic_write_json(manifest_path, manifest)
