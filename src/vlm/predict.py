@@ -267,6 +267,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
 
     from vlm.output import progress
     from vlm.parsing import parse_prediction
+    from vlm.qa_evaluate import ground_truth  # a QA record's accepted answers, else the JSON target
     from vlm.vllm_backend import choose_backend
 
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
@@ -296,7 +297,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                 for doc, raw in zip(chunk, raws):
                     parsed = parse_prediction(raw)
                     rows.append(Prediction(spec.group, spec.split, doc["id"], raw, parsed.value, parsed.error,
-                                           parsed.repairs, json.loads(doc["messages"][1]["content"]), latency,
+                                           parsed.repairs, ground_truth(doc), latency,
                                            **hashes))
                 store.put_many(rows)
                 if bar:
