@@ -281,6 +281,11 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
     gen, hashes = run_hashes(settings, prompt, spec, backend)
     pending = _plan(spec, docs, hashes, backend)
+    for doc in pending:  # before the model loads and anything is written
+        missing = [p for p in doc.get("images") or [] if isinstance(p, str) and not Path(p).is_file()]
+        if missing:
+            raise VlmError(f"image {missing[0]} of document {doc['id']} not found",
+                           hint="re-export the data (vlm save-cord-dataset-in-sharegpt-format DIR), or fix the path.")
     work = spec.work_dir / spec.group / spec.split
     generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending) if pending else None
     with Store(spec.store, write=True) as store:
