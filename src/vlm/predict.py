@@ -83,6 +83,12 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
             warn(f"{key}={value!r} differs from training ({base[key]!r}): predictions will not see what training saw")
         settings[key] = value
     adapter = None if spec.no_adapter else (spec.adapter or (cfg.get("output_dir") if spec.config else None))
+    if adapter and not spec.adapter and not spec.model and cfg.get("finetuning_type") in ("full", "freeze"):
+        # A full (or freeze) fine-tune saves a whole model, not an adapter: predict with it.
+        if not (Path(adapter) / "config.json").is_file():
+            raise VlmError(f"no fine-tuned model in {adapter}",
+                           hint="train first (vlm train CONFIG), or --no-adapter for the base model.")
+        settings["model_name_or_path"], adapter = str(adapter), None
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise VlmError(f"no LoRA adapter in {adapter}",
                        hint="train first (vlm train CONFIG), pass --adapter DIR, or --no-adapter for the base model.")
