@@ -166,7 +166,7 @@ def train(
     Writes OUTPUT_DIR/vlm_resolved_config.yaml, train.log and vlm_run.json. Ctrl-C stops
     the run (exit 130); --resume continues it. The child's exit code is vlm's exit code."""
     from vlm.config import parse_overrides
-    from vlm.launch import ScaleOut
+    from vlm.lf.cli import ScaleOut
     from vlm.output import out as stdout, print_json
     from vlm.train import TrainSpec, train as run_train
 
@@ -203,7 +203,7 @@ def merge(
 ) -> None:
     """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
     from vlm.output import info, out as stdout, print_json
-    from vlm.launch import MergeSpec, merge as run_merge
+    from vlm.merge import MergeSpec, merge as run_merge
 
     try:
         plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
