@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from vlm.cli import app
 from vlm.config import load_config, parse_value
-from vlm.validation import validate_config
 from vlm.errors import ConfigError
+from vlm.validation import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -15,7 +15,8 @@ VLM = [sys.executable, "-m", "vlm.cli"]
 
 GTS = [
     {"menu": [{"nm": "Kopi", "cnt": "1", "price": "20,000"}], "total": {"total_price": "20,000"}},
-    {"menu": {"nm": "Teh", "price": "5,000"}, "sub_total": {"subtotal_price": "5,000"}, "total": {"total_price": "5,000"}},
+    {"menu": {"nm": "Teh", "price": "5,000"}, "sub_total": {"subtotal_price": "5,000"},
+     "total": {"total_price": "5,000"}},
     {"menu": [{"nm": "Nasi", "price": "30,000"}, {"nm": "Es", "price": "3,000"}], "total": {"total_price": "33,000"}},
     {"menu": [{"nm": "Mie", "price": "15,000", "sub": [{"nm": "Telur", "price": "3,000"}]}],
      "total": {"total_price": "18,000", "cashprice": "20,000", "changeprice": "2,000"}},

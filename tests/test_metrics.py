@@ -221,7 +221,8 @@ def odd_tree(r: random.Random, depth: int = 0):
     if depth > 3 or k < 0.35:
         return r.choice(["a", "ab", "", "  ", "x y", 1, 2.5, "abc", "<leaf>z"])
     if k < 0.7:
-        return {r.choice(["nm", "cnt", "price", "sub", "menu", "<root>", "<leaf>k"]): odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))}
+        return {r.choice(["nm", "cnt", "price", "sub", "menu", "<root>", "<leaf>k"]): odd_tree(r, depth + 1)
+                for _ in range(r.randint(0, 4))}
     if k < 0.85:
         return [odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))]
     return [{r.choice(["nm", "price"]): odd_tree(r, depth + 1)} for _ in range(r.randint(0, 3))]

@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.lf.cli import (MERGE_CONFIG, LaunchPlan, find_llamafactory_cli, log_banner, make_plan, merge_config, now,
-                        report_failure, resolve_paths, run_plan)
+from vlm.lf.cli import (
+    MERGE_CONFIG,
+    LaunchPlan,
+    find_llamafactory_cli,
+    log_banner,
+    make_plan,
+    merge_config,
+    now,
+    report_failure,
+    resolve_paths,
+    run_plan,
+)
 
 
 @dataclass

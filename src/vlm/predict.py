@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -90,7 +91,8 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     settings["adapter_name_or_path"] = adapter
     missing = [k for k in ("model_name_or_path", "template", "dataset_dir") if not settings.get(k)]
     if missing:
-        raise VlmError(f"missing {', '.join(missing)}", hint="pass --config TRAIN_YAML, or --model/--dataset-dir options.")
+        raise VlmError(f"missing {', '.join(missing)}",
+                       hint="pass --config TRAIN_YAML, or --model/--dataset-dir options.")
     if settings["image_max_pixels"] is None:
         settings.pop("image_max_pixels")
     if settings["image_min_pixels"] is None:
@@ -145,7 +147,8 @@ def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) ->
     return cfg
 
 
-def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> list[str]:
+def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec,
+               chunk_dir: Path) -> list[str]:
     """Predict one chunk with the real ``llamafactory-cli``; return the raw generations in order."""
     from vlm.lf.cli import find_llamafactory_cli
     from vlm.procs import log_tail, run_child
@@ -282,7 +285,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
                                                "pending": len(pending), "spec": asdict(spec)})
         with progress() if show_progress and pending else nullcontext() as bar:
-            task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
+            task = (bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending))
+                    if bar else None)
             for start in range(0, len(pending), chunk_size(spec, backend)):
                 chunk = pending[start: start + chunk_size(spec, backend)]
                 t0 = time.perf_counter()

@@ -154,7 +154,8 @@ def _row_plans(t: Tree) -> tuple:
             generic = [(di, c[di], l[di], p[di] - p[li - 1]) for di in range(li, last + 1)]
             # for a two-node keyroot on the column side:
             # (row, remove cost, on path, removes before l(row), removes up to row), counted from li
-            paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1]) for di in range(li, last + 1)]
+            paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1])
+                      for di in range(li, last + 1)]
             path = [di for di in range(li, last + 1) if l[di] == li]
             return i, li, last, last - li == 1 and last == i, generic, paired, path
 

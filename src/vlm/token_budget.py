@@ -1,4 +1,5 @@
-"""Token budget (``vlm stats``, and ``vlm train``'s check): count exactly what LLaMA-Factory will feed the model, before training.
+"""Token budget (``vlm stats``, and ``vlm train``'s check): count exactly what LLaMA-Factory will feed the
+model, before training.
 
 LLaMA-Factory 0.9.5 shrinks every image to ``image_max_pixels`` (default 768*768)
 before Qwen2-VL's own smart resize, so one CORD photo costs ~750 image tokens.
@@ -33,9 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.lf.data import (DATA_KEYS, MODEL_KEYS, dataset_attrs, encode_example, image_placeholder_tokens, lf_default,
-                         load_template, one_placeholder_per_image, quiet, read_dataset_info, read_records,
-                         record_converter)
+from vlm.lf.data import (
+    DATA_KEYS,
+    MODEL_KEYS,
+    dataset_attrs,
+    encode_example,
+    image_placeholder_tokens,
+    lf_default,
+    load_template,
+    one_placeholder_per_image,
+    quiet,
+    read_dataset_info,
+    read_records,
+    record_converter,
+)
 
 # LLaMA-Factory's defaults (hparams.ProcessorArguments / hparams.DataArguments), read from its dataclasses
 # on first use: importing them loads transformers, which this module's importers must not pay for.
@@ -153,7 +165,8 @@ def check_config(cfg: Mapping[str, Any], limit: int | None = None, show_progress
         cfg["model_name_or_path"], cfg["template"], cfg.get("dataset_dir") or "data", datasets,
         image_max_pixels=_int(cfg, "image_max_pixels", lf_default("image_max_pixels")),
         image_min_pixels=_int(cfg, "image_min_pixels", lf_default("image_min_pixels")),
-        cutoff_len=_int(cfg, "cutoff_len", lf_default("cutoff_len")), limit=limit, show_progress=show_progress, extra=extra,
+        cutoff_len=_int(cfg, "cutoff_len", lf_default("cutoff_len")), limit=limit, show_progress=show_progress,
+        extra=extra,
     )
 
 

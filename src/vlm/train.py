@@ -24,8 +24,17 @@ from typing import Any
 from vlm.config import deepspeed_preset, load_config, render_yaml
 from vlm.errors import VlmError
 from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, ensure_dir, sha256_file, try_lock
-from vlm.lf.cli import (LaunchPlan, ScaleOut, find_llamafactory_cli, log_banner, make_plan, now, report_failure,
-                        resolve_paths, run_plan)
+from vlm.lf.cli import (
+    LaunchPlan,
+    ScaleOut,
+    find_llamafactory_cli,
+    log_banner,
+    make_plan,
+    now,
+    report_failure,
+    resolve_paths,
+    run_plan,
+)
 from vlm.lf.data import read_dataset_info
 from vlm.validation import Validation, dataset_names, validate_config
 

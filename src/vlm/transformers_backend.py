@@ -35,8 +35,8 @@ class TransformersGenerator:
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
                  batch_size: int):
-        from vlm.lf.inputs import PromptEncoder
         from vlm.lf.data import quiet
+        from vlm.lf.inputs import PromptEncoder
 
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.repetition_penalty = float(settings.get("repetition_penalty", 1.0))

@@ -19,7 +19,6 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-
 PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
 
 
@@ -134,8 +133,14 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
     with quiet():
         import torch
         from llamafactory.data.template import TEMPLATES
-        from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
-                                          TrainingArguments, get_train_args)
+        from llamafactory.hparams import (
+            DataArguments,
+            FinetuningArguments,
+            GeneratingArguments,
+            ModelArguments,
+            TrainingArguments,
+            get_train_args,
+        )
 
         classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
         fields_of = {cls: {f.name for f in dataclasses.fields(cls) if f.init} for cls in classes}

@@ -14,7 +14,7 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:

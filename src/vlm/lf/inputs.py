@@ -39,8 +39,15 @@ class PromptEncoder:
         from llamafactory.data.processor import UnsupervisedDatasetProcessor
         from llamafactory.hparams import DataArguments, ModelArguments
 
-        from vlm.lf.data import (DATA_KEYS, MODEL_KEYS, dataset_attrs, lf_default, load_template,
-                                 one_placeholder_per_image, record_converter)
+        from vlm.lf.data import (
+            DATA_KEYS,
+            MODEL_KEYS,
+            dataset_attrs,
+            lf_default,
+            load_template,
+            one_placeholder_per_image,
+            record_converter,
+        )
 
         given = {k: v for k, v in settings.items() if v is not None}
         try:
