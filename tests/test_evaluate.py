@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import VLM
 
 from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file
-
-VLM = [sys.executable, "-m", "vlm.cli"]
 
 GTS = [
     {"menu": [{"nm": "Kopi", "cnt": "1", "price": "20,000"}], "total": {"total_price": "20,000"}},

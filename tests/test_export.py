@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-VLM = [sys.executable, "-m", "vlm.cli"]
+from conftest import VLM
 
 
 def _jpeg(width: int, height: int, pad: int = 0, seed: int = 0) -> bytes:

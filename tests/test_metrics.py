@@ -1,22 +1,18 @@
-"""Donut's CORD metric, hand-computed cases and a cross-check against the zss reference (bench/reference_metric.py)."""
+"""Donut's CORD metric, hand-computed cases and a cross-check against the zss reference (tests/reference_metric.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_metric as R
 
 from vlm import metrics as M
 from vlm.schema import HEADER_FIELDS
 from vlm.ted import build_tree, tree_distance, update_matrix
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reference_metric as R
 
 TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
 TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
