@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Batched vs one-at-a-time prediction, and (with --vllm, on a GPU) vLLM vs LLaMA-Factory, in one run.
+"""Batched vs one-at-a-time prediction, and (with --vllm, on a GPU) vLLM vs transformers, in one run.
 
-The LLaMA-Factory arms go through the same path (``vlm predict`` -> ``do_predict`` with
-``predict_with_generate``); only the eval batch size differs. ``--vllm`` adds two
-``vlm predict --backend vllm`` arms (eager, and with CUDA graphs) on the same documents
-and reports how many greedy outputs are identical to the batched LLaMA-Factory arm.
+The transformers arms go through the same path (``vlm predict --backend transformers``: LLaMA-Factory's
+model, template and images, ``generate`` with the M-RoPE positions training used); only the batch size
+differs. ``--vllm`` adds two ``vlm predict --backend vllm`` arms (eager, and with CUDA graphs) on the
+same documents and reports how many greedy outputs are identical to the batched transformers arm.
 Absolute times on shared machines are noisy, so the script reports ratios. Wall times
 include imports and model or engine start-up, as a user sees them.
 
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--vllm", action="store_true", help="add vLLM arms (needs vLLM and a GPU)")
-    p.add_argument("--model-size", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--model-size", choices=("tiny", "medium", "small"), default="tiny")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -55,8 +55,8 @@ def main() -> None:
         common = ["--model", "model", "--dataset-dir", "data", "--dataset", "cord_test", "--no-adapter",
                   "--max-new-tokens", str(args.max_new_tokens), "--chunk-size", str(args.docs),
                   "template=qwen2_vl", "image_max_pixels=16384", "cutoff_len=1024"]
-        arms = {"batched": ["--backend", "llamafactory", "--batch-size", str(args.batch_size)],
-                "one_at_a_time": ["--backend", "llamafactory", "--batch-size", "1"]}
+        arms = {"batched": ["--backend", "transformers", "--batch-size", str(args.batch_size)],
+                "one_at_a_time": ["--backend", "transformers", "--batch-size", "1"]}
         if args.vllm:
             arms["vllm_eager"] = ["--backend", "vllm", "vllm_enforce_eager=true", "vllm_gpu_util=0.5"]
             arms["vllm_cuda_graphs"] = ["--backend", "vllm", "vllm_gpu_util=0.5"]

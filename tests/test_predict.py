@@ -98,3 +98,23 @@ def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, exported: 
     cfg.write_text(f"model_name_or_path: m\ntemplate: qwen2_vl\ndataset_dir: {exported}\noutput_dir: {tmp_path}/none\n")
     r = subprocess.run([*VLM, "predict", "--group", "g", "--config", str(cfg)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no LoRA adapter" in r.stderr and "--no-adapter" in r.stderr
+
+
+def test_a_full_finetune_is_predicted_with_its_saved_model(tmp_path: Path):
+    """`--config` of a full fine-tune predicts with the model it saved; `--no-adapter` with the base model."""
+    from vlm.predict import PredictSpec, resolve_settings
+
+    out = tmp_path / "saves" / "full"
+    out.mkdir(parents=True)
+    cfg = tmp_path / "full.yaml"
+    cfg.write_text(f"model_name_or_path: base\ntemplate: qwen2_vl\ndataset_dir: {tmp_path}\n"
+                   f"finetuning_type: full\noutput_dir: {out}\n")
+    from vlm.errors import VlmError
+
+    with pytest.raises(VlmError, match="no fine-tuned model"):
+        resolve_settings(PredictSpec(group="g", config=cfg))
+    (out / "config.json").write_text("{}")
+    tuned = resolve_settings(PredictSpec(group="g", config=cfg))
+    assert (tuned["model_name_or_path"], tuned["adapter_name_or_path"]) == (str(out), None)
+    base = resolve_settings(PredictSpec(group="g", config=cfg, no_adapter=True))
+    assert (base["model_name_or_path"], base["adapter_name_or_path"]) == ("base", None)

@@ -26,6 +26,7 @@ class Group:
     gts: list[Any]
     positional: bool = False  # LLaMA-Factory's file has no ids: paired by position (ids are line numbers)
     lines: list[int] | None = None  # file line of each document, for messages
+    raws: list[str] | None = None  # the answers' raw text, for tasks scored on text (QA)
 
     @property
     def preds(self) -> list[dict | None]:
@@ -65,7 +66,7 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                                hint=f"run vlm predict --group {name} --split {split}; stored groups: {have}")
             rows = store.load(name, split)
             groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
-                                [r.ground_truth for r in rows]))
+                                [r.ground_truth for r in rows], raws=[r.raw for r in rows]))
         _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
 
@@ -178,7 +179,8 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
 
 def _subset(g: Group, idx: list[int], ids: list[str]) -> Group:
     return Group(g.name, ids, [g.answers[k] for k in idx], [g.gts[k] for k in idx],
-                 lines=None if g.lines is None else [g.lines[k] for k in idx])
+                 lines=None if g.lines is None else [g.lines[k] for k in idx],
+                 raws=None if g.raws is None else [g.raws[k] for k in idx])
 
 
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
@@ -218,12 +220,15 @@ def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
     return order, aligned
 
 
-def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int = 0,
+                    aggregate=None) -> dict[str, tuple[float, float]]:
     """95% paired-bootstrap interval of (other - base) for every aggregate metric.
 
-    Resamples are drawn and scored a block at a time (numpy); the draws are the
-    ones ``resamples`` calls of ``rng.integers(0, n_docs, n_docs)`` would make, so
-    the intervals equal those of scoring each resample with ``aggregate``.
+    Resamples are drawn a block at a time (numpy); the draws are the ones ``resamples``
+    calls of ``rng.integers(0, n_docs, n_docs)`` would make. The CORD metrics are scored a
+    block at a time too, so the intervals equal those of scoring each resample with
+    ``vlm.metrics.aggregate``. Another task passes its own per-resample ``aggregate``
+    (``vlm.qa_metrics.aggregate_qa`` for QA), which is called once per resample.
     """
     import numpy as np
 
@@ -235,11 +240,18 @@ def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int =
     done = 0
     while done < resamples:
         idx = rng.integers(0, n_docs, (min(block, resamples - done), n_docs))
-        counts = draw_counts(idx, n_docs)
-        a, b = resampled(base, idx, counts), resampled(other, idx, counts)
-        for key, value in b.items():
-            delta = value - a[key]
-            draws.setdefault(key, []).append(delta[~np.isnan(delta)])
+        if aggregate is None:
+            counts = draw_counts(idx, n_docs)
+            a, b = resampled(base, idx, counts), resampled(other, idx, counts)
+            for key, value in b.items():
+                delta = value - a[key]
+                draws.setdefault(key, []).append(delta[~np.isnan(delta)])
+        else:
+            for row in idx:
+                a, b = aggregate(base, row), aggregate(other, row)
+                for key, value in b.items():
+                    if value is not None and a.get(key) is not None:
+                        draws.setdefault(key, []).append(np.array([value - a[key]]))
         done += len(idx)
     out = {}
     for key, parts in draws.items():

@@ -77,6 +77,8 @@ class ExportSpec:
     limit: int | None = None
     workers: int = 2
     strict: bool = False
+    augment: Any = None  # vlm.augment.AugmentSpec: extra copies of train images
+    question_column: str | None = None  # QA datasets: a per-record question follows the prompt; text answers
 
 
 @dataclass
@@ -86,6 +88,7 @@ class SplitResult:
     n_records: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
     n_reused: int = 0
+    augmented: dict[str, Any] | None = None
 
 
 def load_split(source: str, split: str, image_column: str):
@@ -261,22 +264,32 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
         if not data:
             raise ValueError("record has no image bytes")
         ext, width, height = _image_info(data)
-        target = _target(row.get(spec.target_column), spec.target_field)
+        if spec.question_column:  # QA: a question per record and plain-text answers, not a JSON target
+            from vlm.qa_evaluate import qa_fields
+
+            question, answers = qa_fields(row, spec.question_column, spec.target_column)
+        else:
+            target = _target(row.get(spec.target_column), spec.target_field)
         digest = sha256_bytes(data)
         rel = Path("images") / split / f"{doc_id}.{ext}"
         reused = _write_image(spec.out_dir / rel, data, digest, verified=(trusted or {}).get(doc_id) == digest)
     except (ValueError, KeyError) as e:
         return {"ok": False, "split": split, "index": index, "id": doc_id, "reason": str(e)}
-    answer = json.dumps(target, ensure_ascii=False, separators=(",", ":"))
+    if spec.question_column:
+        prompt, answer = f"{spec.prompt}\n{question}", answers[0]
+    else:
+        prompt, answer = spec.prompt, json.dumps(target, ensure_ascii=False, separators=(",", ":"))
     record = {
         "id": doc_id,
         "messages": [
-            {"role": "user", "content": "<image>" + spec.prompt},
+            {"role": "user", "content": "<image>" + prompt},
             {"role": "assistant", "content": answer},
         ],
         # Absolute, so LLaMA-Factory finds the image whatever directory it starts in.
         "images": [str((spec.out_dir / rel).resolve())],
     }
+    if spec.question_column:
+        record["answers"] = answers  # every accepted answer, for ANLS; the first is the training target
     image = {"file": rel.as_posix(), "sha256": digest, "bytes": len(data), "format": ext,
              "width": width, "height": height}
     return {"ok": True, "id": doc_id, "record": record, "image": image, "reused": reused}
@@ -327,9 +340,15 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
                        exit_code=1)
     for r in good:
         images[r["id"]] = r["image"]
+    records, augmented = [r["record"] for r in good], None
+    if spec.augment is not None and spec.augment.copies and split == "train":  # never validation/test
+        from vlm.augment import augment_split
+
+        extra, augmented = augment_split(spec.out_dir, split, spec.augment, good, images, spec.workers, progress)
+        records += extra
     out_file = spec.out_dir / f"{spec.name}_{split}.json"
-    atomic_write_json(out_file, [r["record"] for r in good])
-    return SplitResult(split, out_file, len(good), skipped, sum(r["reused"] for r in good))
+    atomic_write_json(out_file, records)
+    return SplitResult(split, out_file, len(records), skipped, sum(r["reused"] for r in good), augmented)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -369,7 +388,7 @@ def _merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult], im
                                "prompt_sha256": prompt_hash(spec.prompt), "images_verified": VERIFIED}
         order = {name: i for i, name in enumerate(SPLITS)}
         splits = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-        kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.rsplit("-", 1)[0] not in done}
+        kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.split("-", 1)[0] not in done}
         kept_skipped = [s for s in old.get("skipped") or [] if isinstance(s, dict) and s.get("split") not in done]
         manifest = {
             "tool": "vlm",
@@ -387,6 +406,10 @@ def _merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult], im
                               key=lambda s: (order.get(s["split"], len(order)), s["index"])),
             "images": dict(sorted({**kept_images, **images}.items())),
         }
+        augment = next((spec.augment.describe() for r in results if r.augmented), None) or (
+            old.get("augment") if "train" not in done else None)
+        if augment:
+            manifest["augment"] = augment  # the policy of the train split's augmented copies
         atomic_write_json(path, manifest)
     return manifest
 
@@ -447,7 +470,8 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
         "out_dir": str(spec.out_dir),
         "manifest": str(manifest_path),
         "splits": {r.split: {"file": str(r.file), "records": r.n_records, "skipped": len(r.skipped),
-                             "reused_images": r.n_reused} for r in results},
+                             "reused_images": r.n_reused, **({"augmented": r.augmented} if r.augmented else {})}
+                   for r in results},
         "skipped": [s for s in manifest["skipped"] if s["split"] in {r.split for r in results}],
         "registered": registered,
         "already_registered": unchanged,

@@ -85,6 +85,12 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
             warn(f"{key}={value!r} differs from training ({base[key]!r}): predictions will not see what training saw")
         settings[key] = value
     adapter = None if spec.no_adapter else (spec.adapter or (cfg.get("output_dir") if spec.config else None))
+    if adapter and not spec.adapter and not spec.model and cfg.get("finetuning_type") in ("full", "freeze"):
+        # A full (or freeze) fine-tune saves a whole model, not an adapter: predict with it.
+        if not (Path(adapter) / "config.json").is_file():
+            raise VlmError(f"no fine-tuned model in {adapter}",
+                           hint="train first (vlm train CONFIG), or --no-adapter for the base model.")
+        settings["model_name_or_path"], adapter = str(adapter), None
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise VlmError(f"no LoRA adapter in {adapter}",
                        hint="train first (vlm train CONFIG), pass --adapter DIR, or --no-adapter for the base model.")
@@ -266,6 +272,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
 
     from vlm.output import progress
     from vlm.parsing import parse_prediction
+    from vlm.qa_evaluate import ground_truth  # a QA record's accepted answers, else the JSON target
     from vlm.vllm_backend import choose_backend
 
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
@@ -279,6 +286,11 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
     gen, hashes = run_hashes(settings, prompt, spec, backend)
     pending = _plan(spec, docs, hashes, backend)
+    for doc in pending:  # before the model loads and anything is written
+        missing = [p for p in doc.get("images") or [] if isinstance(p, str) and not Path(p).is_file()]
+        if missing:
+            raise VlmError(f"image {missing[0]} of document {doc['id']} not found",
+                           hint="re-export the data (vlm save-cord-dataset-in-sharegpt-format DIR), or fix the path.")
     work = spec.work_dir / spec.group / spec.split
     generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending) if pending else None
     with Store(spec.store, write=True) as store:
@@ -296,7 +308,7 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                 for doc, raw in zip(chunk, raws):
                     parsed = parse_prediction(raw)
                     rows.append(Prediction(spec.group, spec.split, doc["id"], raw, parsed.value, parsed.error,
-                                           parsed.repairs, json.loads(doc["messages"][1]["content"]), latency,
+                                           parsed.repairs, ground_truth(doc), latency,
                                            **hashes))
                 store.put_many(rows)
                 if bar:

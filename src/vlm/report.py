@@ -19,6 +19,8 @@ LABELS = {
     "menu_recall": "menu rows recall",
     "menu_f1": "menu rows F1",
     "consistent": "consistent (checks pass)",
+    "anls": "ANLS (τ=0.5)",
+    "exact_match": "exact match",
 }
 
 

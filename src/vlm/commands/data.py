@@ -36,6 +36,28 @@ NoRegisterOpt = Annotated[
 ]
 
 
+class AugmentPolicy(str, Enum):
+    light = "light"
+    medium = "medium"
+    heavy = "heavy"
+
+
+AugmentOpt = Annotated[int, typer.Option(
+    "--augment", min=0, metavar="N",
+    help="Add N augmented copies of each train image (rotation, perspective, blur, light, shadow, noise, JPEG); "
+         "never of validation or test. A rerun reuses the copies on disk.")]
+AugmentPolicyOpt = Annotated[AugmentPolicy, typer.Option("--augment-policy", help="How strong the augmentations are.")]
+AugmentSeedOpt = Annotated[int, typer.Option("--seed", help="Augmentation seed: the same seed makes the same bytes.")]
+
+
+def _augment(copies: int, policy: AugmentPolicy, seed: int):
+    if not copies:
+        return None
+    from vlm.augment import AugmentSpec
+
+    return AugmentSpec(copies=copies, policy=policy.value, seed=seed)
+
+
 def _cores() -> int:
     # Writing is bound by the disk and hashing by the cores; more threads than cores only contend.
     import os
@@ -73,6 +95,11 @@ def _report(result: dict, as_json: bool) -> None:
         table.add_row(split, Path(row["file"]).name, str(row["records"]), str(row["skipped"]),
                       str(row["reused_images"]))
     out.print(table)
+    for split, row in result["splits"].items():
+        if row.get("augmented"):
+            a = row["augmented"]
+            err.print(f"augmented {split}: {a['copies']} copies ({a['made']} made, {a['reused']} reused)",
+                      highlight=False)
     for s in result["skipped"][:20]:
         err.print(f"[yellow]skipped[/yellow] {s['id']}: {s['reason']}", highlight=False)
     if len(result["skipped"]) > 20:
@@ -94,6 +121,9 @@ def save_cord(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     no_register: NoRegisterOpt = False,
+    augment: AugmentOpt = 0,
+    augment_policy: AugmentPolicyOpt = AugmentPolicy.medium,
+    seed: AugmentSeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Export CORD-v2 to LLaMA-Factory's multimodal ShareGPT format (cord_<split>.json + images/).
@@ -105,7 +135,8 @@ def save_cord(
     from vlm.schema import cord_prompt
 
     spec = ExportSpec(out_dir=out_dir, source=source, name="cord", prompt=_prompt(prompt_file, cord_prompt()),
-                      splits=_splits(split), limit=limit, workers=workers or _cores(), strict=strict)
+                      splits=_splits(split), limit=limit, workers=workers or _cores(), strict=strict,
+                      augment=_augment(augment, augment_policy, seed))
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
@@ -113,6 +144,7 @@ add_examples(save_cord,
     "vlm save-cord-dataset-in-sharegpt-format data/cord",
     "vlm save-cord-dataset-in-sharegpt-format data/cord --source ./cord-v2-local --split test --limit 10",
     "vlm save-cord-dataset-in-sharegpt-format data/cord --json",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --augment 2 --augment-policy medium --seed 0",
 )
 
 
@@ -124,7 +156,8 @@ def export_generic(
     prompt_file: PromptFileOpt = None,
     image_column: Annotated[str, typer.Option("--image-column", help="Column holding the image.")] = "image",
     target_column: Annotated[str, typer.Option(
-        "--target-column", help="Column holding the JSON target.")] = "ground_truth",
+        "--target-column", help="Column holding the JSON target (with --question-column: the "
+                                "accepted answers).")] = "ground_truth",
     target_field: Annotated[
         str | None, typer.Option("--target-field", help="Field inside the target column to use (e.g. gt_parse).")
     ] = None,
@@ -133,9 +166,19 @@ def export_generic(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     no_register: NoRegisterOpt = False,
+    question_column: Annotated[str | None, typer.Option(
+        "--question-column", help="QA datasets: column holding each record's question (shown after the "
+                                  "prompt); the target column then holds plain-text answers (one, or a list "
+                                  "of accepted answers).")] = None,
+    augment: AugmentOpt = 0,
+    augment_policy: AugmentPolicyOpt = AugmentPolicy.medium,
+    seed: AugmentSeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export any image + JSON dataset (hub or local) to LLaMA-Factory's ShareGPT format."""
+    """Export any image + JSON dataset (hub or local) to LLaMA-Factory's ShareGPT format.
+
+    With --question-column it exports a QA dataset (image, question, answers) for vlm evaluate --task qa.
+    """
     from vlm.errors import VlmError
     from vlm.export import ExportSpec, run_export
 
@@ -145,13 +188,16 @@ def export_generic(
         raise VlmError("no prompt given", hint="pass --prompt TEXT or --prompt-file FILE.")
     spec = ExportSpec(out_dir=out_dir, source=source, name=name, prompt=prompt or _prompt(prompt_file, ""),
                       splits=_splits(split), image_column=image_column, target_column=target_column,
-                      target_field=target_field, limit=limit, workers=workers or _cores(), strict=strict)
+                      target_field=target_field, limit=limit, workers=workers or _cores(), strict=strict,
+                      question_column=question_column, augment=_augment(augment, augment_policy, seed))
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
 add_examples(export_generic, 
     "vlm export data/invoices --source ./my-invoices --name invoices --prompt-file prompt.txt --target-column label",
     "vlm export data/sroie --source some-org/sroie --name sroie --prompt 'Extract the fields as JSON.' --split train",
+    "vlm export data/docvqa --source ./docvqa-sample --name docvqa --prompt 'Answer in a few words.' "
+    "--question-column question --target-column answers --split test",
 )
 
 

@@ -22,6 +22,11 @@ class Backend(str, Enum):
     llamafactory = "llamafactory"
 
 
+class Task(str, Enum):
+    extraction = "extraction"
+    qa = "qa"
+
+
 def predict(
     group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
     config: Annotated[Path | None, typer.Option(
@@ -111,6 +116,9 @@ def evaluate(
     label_errors: Annotated[int | None, typer.Option(
         "--label-errors", min=0, help="List N label-error candidates (fields where all groups agree and the "
                                       "ground truth differs); report.md lists 20 by default.")] = None,
+    task: Annotated[Task, typer.Option(
+        "--task", help="extraction: JSON fields (CORD metrics); qa: short text answers scored by "
+                       "ANLS and exact match (the forgetting check).")] = Task.extraction,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
@@ -121,7 +129,14 @@ def evaluate(
 
     Groups come from the store (--groups) or from files (--predictions): LLaMA-Factory's
     generated_predictions.jsonl, or JSONL lines of {"id", "prediction", "ground_truth"}.
+
+    --task qa scores short text answers (a QA export) with ANLS and exact match instead, with the same paired
+    CIs: predict the base and the fine-tuned model on a general QA set; a negative ANLS delta whose CI excludes
+    0 is forgetting.
     """
+    if task is Task.qa:
+        _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json)
+        return
     from vlm.errors import VlmError
     from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file, groups_from_store, worst_documents
     from vlm.output import info, out, print_json
@@ -168,11 +183,25 @@ def evaluate(
         out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
 
 
+def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json) -> None:
+    from vlm.output import info, print_json
+    from vlm.qa_evaluate import evaluate_qa, forgetting_verdicts, load_groups, print_result, write_outputs
+
+    result = evaluate_qa(load_groups(store, groups, predictions, split), resamples=resamples, seed=seed)
+    if output:
+        info("wrote " + ", ".join(str(p) for p in write_outputs(result, output)))
+    if as_json:
+        print_json(dict(result["groups"]) | {"verdicts": forgetting_verdicts(result)})
+    else:
+        print_result(result, worst)
+
+
 add_examples(evaluate, 
     "vlm evaluate --groups vanilla-model finetuned-model",
     "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --worst 5 --changes",
     "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
     "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --label-errors 50",
+    "vlm evaluate --task qa --groups vanilla-docvqa finetuned-docvqa --split test --output reports/forgetting",
 )
 
 
