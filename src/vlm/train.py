@@ -246,12 +246,12 @@ def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool) -> di
     return {"relaxed": validation.relaxed, "notes": validation.notes + notes, "gpu": gpu, "token_budget": budget}
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape a run."""
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages that shape a run (None: not installed)."""
     from importlib import metadata
 
     found = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
