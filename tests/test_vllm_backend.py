@@ -135,11 +135,12 @@ def test_a_prompt_do_predict_would_cut_is_refused(tiny_model, awkward_data):
 def test_choose_backend(monkeypatch):
     import vlm.vllm_backend as vb
 
-    for installed, gpu, want in ((True, True, "vllm"), (True, False, "llamafactory"), (False, True, "llamafactory")):
+    for installed, gpu, want in ((True, True, "vllm"), (True, False, "transformers"), (False, True, "transformers")):
         monkeypatch.setattr(vb, "vllm_installed", lambda installed=installed: installed)
         monkeypatch.setattr(vb, "gpu_visible", lambda gpu=gpu: gpu)
         assert choose_backend("auto") == want
     assert choose_backend("llamafactory") == "llamafactory"
+    assert choose_backend("transformers") == "transformers"
     with pytest.raises(VlmError, match="unknown backend"):
         choose_backend("tgi")
 
