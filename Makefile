@@ -1,5 +1,5 @@
 # The two commands in the README: `make demo` and `make test`. Each sets everything up first.
-.PHONY: setup setup-vllm demo test test-fast bench clean
+.PHONY: setup setup-vllm demo lint test test-fast bench clean
 
 setup: .venv/.setup-done
 
@@ -17,10 +17,13 @@ setup-vllm: .venv-vllm/.setup-done
 demo: setup
 	HF_HUB_OFFLINE=1 bash scripts/demo.sh
 
-test: setup
+lint: setup
+	.venv/bin/ruff check src tests bench scripts
+
+test: setup lint
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider
 
-test-fast: setup
+test-fast: setup lint
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: setup

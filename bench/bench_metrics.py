@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # the zss reference metric lives with the tests that check against it
 
 import reference_metric as R
 
@@ -250,7 +250,8 @@ def main() -> None:
         "documents": args.docs, "groups": len(groups), "seed": args.seed, "repeats": args.repeats,
         "mean_gt_fields": round(nodes, 1), "fast_seconds": round(t_fast, 4), "reference_seconds": round(t_ref, 3),
         "speedup": round(t_ref / t_fast, 1), "fast_cpu_seconds": round(cpu_fast, 4),
-        "reference_cpu_seconds": round(cpu_ref, 3), "cpu_speedup": round(cpu_ref / cpu_fast, 1), "max_abs_diff": worst, "f1_count_mismatches": f1_mismatch,
+        "reference_cpu_seconds": round(cpu_ref, 3), "cpu_speedup": round(cpu_ref / cpu_fast, 1), "max_abs_diff": worst,
+        "f1_count_mismatches": f1_mismatch,
         "numnorm_checked": numnorm_differs, "agree": agree,
         "bootstrap": bench_bootstrap(random.Random(args.seed + 1), args.bootstrap_docs, args.repeats)
         if args.bootstrap_docs else None,
@@ -262,7 +263,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.docs} documents x {len(groups)} groups ({nodes:.1f} gt fields per document), best of {args.repeats}")
+        print(f"{args.docs} documents x {len(groups)} groups ({nodes:.1f} gt fields per document), "
+              f"best of {args.repeats}")
         print(f"  fast (vlm.metrics):    {t_fast:8.3f} s  ({cpu_fast:.3f} s CPU)")
         print(f"  reference (zss):       {t_ref:8.3f} s  ({cpu_ref:.3f} s CPU)")
         print(f"  speedup:               {t_ref / t_fast:8.1f}x  ({cpu_ref / cpu_fast:.1f}x CPU)")

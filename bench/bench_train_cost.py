@@ -520,30 +520,19 @@ def make_plan(published: dict[str, Any], preflight_arg: str) -> Plan:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically: a temp file beside ``path``, renamed over it."""
+    """Write ``obj`` as JSON atomically, with vlm's own writer (temp file beside ``path``, renamed over it)."""
+    from vlm.fsutil import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj)
 
 
 def versions() -> dict[str, str | None]:
-    from importlib import metadata
+    """vlm's run-manifest versions, plus the speed levers this bench measures."""
+    from vlm.train import PACKAGES
+    from vlm.train import versions as package_versions
 
-    found = {}
-    for name in ("torch", "transformers", "llamafactory", "peft", "datasets", "vlm", "liger-kernel", "flash-attn"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return package_versions((*PACKAGES, "liger-kernel", "flash-attn"))
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -61,7 +61,8 @@ STORES = (
     "Toko Roti Enak", "SATE KHAS SENAYAN", "Boulangerie Paul", "SUSHI TEI", "Bakso Malang",
     "Pâtisserie Élise", "Phở 24",
 )
-STREETS = ("Jl. Sudirman No. 12", "Jl. Thamrin 45", "Jl. Gatot Subroto Kav. 3", "Grand Indonesia L2", "Jl. Kemang Raya 8")
+STREETS = ("Jl. Sudirman No. 12", "Jl. Thamrin 45", "Jl. Gatot Subroto Kav. 3", "Grand Indonesia L2",
+           "Jl. Kemang Raya 8")
 # (name, unit price in rupiah)
 ITEMS = (
     ("Nasi Goreng", 35000), ("Mie Ayam", 28000), ("Es Teh Manis", 8000), ("Jus Jeruk", 18000),
@@ -373,7 +374,8 @@ def _draw_rows(draw, rows: list[dict], size: int, x0: int, x1: int, y0: int, ink
                 continue
             key = (row_id, category)
             if key not in lines:
-                lines[key] = {"words": [], "category": category, "group_id": group, "sub_group_id": row.get("sub_group", 0)}
+                lines[key] = {"words": [], "category": category, "group_id": group,
+                              "sub_group_id": row.get("sub_group", 0)}
                 order.append(key)
             pos = 0
             for word in text.split(" "):

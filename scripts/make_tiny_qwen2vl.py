@@ -9,7 +9,8 @@ carries Qwen2-VL's special tokens and chat template.
 
     python scripts/make_tiny_qwen2vl.py OUT_DIR [--seed 0] [--size tiny|medium|small] [--force]
 
-``--size medium`` (width 128) is for CPU tests that need a model that learns. ``--size small`` (width 256, head size 64, bfloat16) is for GPU engines such as
+``--size medium`` (width 128) is for CPU tests that need a model that learns. ``--size small`` (width 256,
+head size 64, bfloat16) is for GPU engines such as
 vLLM, whose attention kernels need a head size of at least 64.
 """
 
@@ -99,8 +100,13 @@ SIZES = {
 
 def build(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     import torch
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     torch.manual_seed(seed)
     dims = SIZES[size]
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (CPU tests), medium (CPU tests that need learning) or small (GPU engines)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                        help="tiny (CPU tests), medium (CPU tests that need learning) or small (GPU engines)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and any(args.out_dir.iterdir()) and not args.force:

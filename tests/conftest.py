@@ -1,15 +1,40 @@
-"""Shared fixtures: a tiny Qwen2-VL built offline, and a tiny dataset in the export's layout."""
+"""Shared fixtures and helpers: a tiny Qwen2-VL built offline, a tiny dataset in the export's layout, and ways to
+run the CLI (a child process as a user runs it, or in-process)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from vlm.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+VLM = [sys.executable, "-m", "vlm.cli"]  # the CLI as a user runs it: a fresh process, its real exit code
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_vlm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``vlm ARGS`` in a child process, offline; the caller checks the exit code."""
+    return subprocess.run([*VLM, *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+
+
+def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``vlm ARGS`` in a child process that must succeed (its stderr tail is shown if not)."""
+    r = run_vlm(*args, cwd=cwd)
+    assert r.returncode == 0, f"vlm {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+    return r
+
+
+def invoke(*args: str, catch: bool = False):
+    """Run the vlm app in-process (LLaMA-Factory stays imported between tests); known errors propagate
+    (``vlm.cli.main`` would turn them into one line and exit 2) unless ``catch``."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=catch)
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ENV, VLM
 
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 N = 8  # train records; 2 copies each
 
 
@@ -27,7 +25,8 @@ def _photo(width: int, height: int, seed: int) -> bytes:
     draw.rectangle((width // 6, height // 20, 5 * width // 6, height - height // 20), fill=(245, 243, 235))
     for k in range(20):
         y = height // 10 + k * height // 25
-        draw.rectangle((width // 4, y, width // 4 + (seed * 37 + k * 53) % (width // 2), y + height // 80), fill=(30, 30, 40))
+        draw.rectangle((width // 4, y, width // 4 + (seed * 37 + k * 53) % (width // 2), y + height // 80),
+                       fill=(30, 30, 40))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -101,7 +100,8 @@ def test_augmented_copies_only_in_train_recorded_and_reused_on_rerun(tmp_path: P
             assert copy["source"] == src and copy["copy"] == c
             assert [t["name"] for t in copy["transforms"]][0] == "perspective"
             assert copy["transforms"][-1]["name"] == "jpeg"
-            assert (copy["width"], copy["height"]) == (manifest["images"][src]["width"], manifest["images"][src]["height"])
+            original = manifest["images"][src]
+            assert (copy["width"], copy["height"]) == (original["width"], original["height"])
             rec = by_id[f"{src}-aug{c}"]
             assert rec["messages"] == by_id[src]["messages"]  # same target
             assert Path(rec["images"][0]) == out / copy["file"]

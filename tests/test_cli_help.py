@@ -31,8 +31,9 @@ def _help(args: list[str]) -> tuple[str, list[str]]:
 
 
 def _commands() -> list[str]:
-    from vlm.cli import app
     import typer.main
+
+    from vlm.cli import app
 
     return sorted(typer.main.get_command(app).commands)
 
@@ -58,3 +59,11 @@ def test_groups_take_several_values():
         "evaluate", "--groups", "a", "--groups", "b", "--split", "test"]
     assert expand_multi_value_options(["evaluate", "--predictions", "x.jsonl", "--json"]) == [
         "evaluate", "--predictions", "x.jsonl", "--json"]
+
+
+def test_backend_choices_match_the_library():
+    """--backend offers exactly the engines vlm.predict knows (the option is an enum; the library keeps a tuple)."""
+    from vlm.commands.evaluate import Backend
+    from vlm.vllm_backend import BACKENDS
+
+    assert tuple(b.value for b in Backend) == BACKENDS

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from conftest import invoke
 
-from vlm.cli import app
 from vlm.config import load_config, parse_value
-from vlm.validation import validate_config
 from vlm.errors import ConfigError
+from vlm.validation import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -37,12 +36,6 @@ CORD_RECIPE = {
     "learning_rate": 1.0e-4, "num_train_epochs": 10, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
     "bf16": True, "val_size": 0.1, "per_device_eval_batch_size": 8, "eval_strategy": "steps", "eval_steps": 500,
 }
-
-
-def invoke(*args: str, catch: bool = False):
-    """Run the vlm app in-process (LLaMA-Factory stays imported between tests); known errors propagate
-    (``vlm.cli.main`` would turn them into one line and exit 2) unless ``catch``."""
-    return CliRunner().invoke(app, list(args), catch_exceptions=catch)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import VLM
 
 from vlm.consistency import (
     CORD_RULES,
@@ -22,8 +23,6 @@ from vlm.consistency import (
     rule_fields_in_schema,
     verdict,
 )
-
-VLM = [sys.executable, "-m", "vlm.cli"]
 
 
 @pytest.mark.parametrize("text, value", [

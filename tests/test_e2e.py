@@ -6,23 +6,15 @@ Training and prediction run the real ``llamafactory-cli``; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ENV, VLM, vlm
 
 ROOT = Path(__file__).resolve().parents[1]
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([*VLM, *args], capture_output=True, text=True, cwd=cwd, env=ENV)
-    assert r.returncode == 0, f"vlm {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
-    return r
 
 
 @pytest.mark.slow

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import VLM
 
 from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file
 
-VLM = [sys.executable, "-m", "vlm.cli"]
-
 GTS = [
     {"menu": [{"nm": "Kopi", "cnt": "1", "price": "20,000"}], "total": {"total_price": "20,000"}},
-    {"menu": {"nm": "Teh", "price": "5,000"}, "sub_total": {"subtotal_price": "5,000"}, "total": {"total_price": "5,000"}},
+    {"menu": {"nm": "Teh", "price": "5,000"}, "sub_total": {"subtotal_price": "5,000"},
+     "total": {"total_price": "5,000"}},
     {"menu": [{"nm": "Nasi", "price": "30,000"}, {"nm": "Es", "price": "3,000"}], "total": {"total_price": "33,000"}},
     {"menu": [{"nm": "Mie", "price": "15,000", "sub": [{"nm": "Telur", "price": "3,000"}]}],
      "total": {"total_price": "18,000", "cashprice": "20,000", "changeprice": "2,000"}},

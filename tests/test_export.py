@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-VLM = [sys.executable, "-m", "vlm.cli"]
+from conftest import VLM
 
 
 def _jpeg(width: int, height: int, pad: int = 0, seed: int = 0) -> bytes:
@@ -43,8 +41,10 @@ def make_source(root: Path, n: int = 6, pad: int = 0, bad: bool = False) -> Path
         for i in range(n):
             data = _png(90 + i, 60) if i % 3 == 0 else _jpeg(120 + 10 * i, 80 + i, pad, seed=i)
             images.append({"bytes": data, "path": None})
-            menu = {"nm": "Café Latte", "price": "30,000"} if i % 2 else [{"nm": f"item {i}", "cnt": "1 x", "price": "5,000"}]
-            gts.append(json.dumps({"gt_parse": {"menu": menu, "total": {"total_price": "35,000"}}, "meta": {}, "valid_line": []}))
+            menu = ({"nm": "Café Latte", "price": "30,000"} if i % 2
+                    else [{"nm": f"item {i}", "cnt": "1 x", "price": "5,000"}])
+            gts.append(json.dumps({"gt_parse": {"menu": menu, "total": {"total_price": "35,000"}}, "meta": {},
+                                   "valid_line": []}))
         if bad and split == "train":
             images += [{"bytes": b"\xff\xd8 not really a jpeg", "path": None}, {"bytes": _png(30, 30), "path": None},
                        {"bytes": _png(31, 31), "path": None}]
@@ -273,5 +273,6 @@ def test_rerun_does_not_claim_to_register(tmp_path: Path):
     info = (out / "dataset_info.json").read_bytes()
     again = _export(out, src, "--split", "test")
     assert again.returncode == 0, again.stderr
-    assert "\nregistered" not in "\n" + again.stderr and "already registered (file unchanged): cord_test" in again.stderr
+    assert "\nregistered" not in "\n" + again.stderr
+    assert "already registered (file unchanged): cord_test" in again.stderr
     assert (out / "dataset_info.json").read_bytes() == info

@@ -6,20 +6,12 @@ Each case runs the real console entry point (``python -m vlm.cli``), so the erro
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_toy_dataset
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+from conftest import run_vlm as vlm
 
 
 @pytest.fixture(scope="module")

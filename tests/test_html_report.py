@@ -15,15 +15,14 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import VLM
 from trust_fixtures import expected_ids, make_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-VLM = [sys.executable, "-m", "vlm.cli"]
 TIMEOUT_S = 60.0  # per DevTools reply; a hung browser fails the test instead of hanging it
 
 

@@ -16,17 +16,15 @@ size and content. Then:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ENV, VLM, vlm
 
 ROOT = Path(__file__).resolve().parents[1]
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 PIXELS = 20000
 # Measured: at rank 32 and lr 5e-3 LoRA on this random model was still at loss 1.7 after 80 steps; at full
 # rank (128) and lr 1e-3 it reaches 0.002 in 80 steps (about 1.5 min on 2 cores) and reproduces all four.
@@ -61,12 +59,6 @@ def write_receipts(root: Path) -> Path:
                                           "assistant_tag": "assistant"}}
     (root / "dataset_info.json").write_text(json.dumps(info))
     return root
-
-
-def vlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([*VLM, *args], capture_output=True, text=True, cwd=cwd, env=ENV)
-    assert r.returncode == 0, f"vlm {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
-    return r
 
 
 @pytest.fixture(scope="module")

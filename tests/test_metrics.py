@@ -1,22 +1,18 @@
-"""Donut's CORD metric, hand-computed cases and a cross-check against the zss reference (bench/reference_metric.py)."""
+"""Donut's CORD metric, hand-computed cases and a cross-check against the zss reference (tests/reference_metric.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_metric as R
 
 from vlm import metrics as M
 from vlm.schema import HEADER_FIELDS
 from vlm.ted import build_tree, tree_distance, update_matrix
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reference_metric as R
 
 TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
 TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
@@ -221,7 +217,8 @@ def odd_tree(r: random.Random, depth: int = 0):
     if depth > 3 or k < 0.35:
         return r.choice(["a", "ab", "", "  ", "x y", 1, 2.5, "abc", "<leaf>z"])
     if k < 0.7:
-        return {r.choice(["nm", "cnt", "price", "sub", "menu", "<root>", "<leaf>k"]): odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))}
+        return {r.choice(["nm", "cnt", "price", "sub", "menu", "<root>", "<leaf>k"]): odd_tree(r, depth + 1)
+                for _ in range(r.randint(0, 4))}
     if k < 0.85:
         return [odd_tree(r, depth + 1) for _ in range(r.randint(0, 4))]
     return [{r.choice(["nm", "price"]): odd_tree(r, depth + 1)} for _ in range(r.randint(0, 3))]

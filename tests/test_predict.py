@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ENV, VLM
 
 ROOT = Path(__file__).resolve().parents[1]
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_toy_dataset
+from conftest import ENV, VLM, make_toy_dataset
 
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # PYTHONPATH passes through
 GROUP = "vanilla-model"
 
 

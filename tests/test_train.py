@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -20,11 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_toy_dataset
+from conftest import ENV, VLM, invoke, make_toy_dataset
 from rich.console import Console
-from typer.testing import CliRunner
 
-from vlm.cli import app
 from vlm.errors import VlmError
 from vlm.progress import (
     TrainerLogTail,
@@ -36,8 +33,6 @@ from vlm.progress import (
 )
 from vlm.train import checkpoints
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-VLM = [sys.executable, "-m", "vlm.cli"]
 TOTAL_STEPS = 64  # write_config: 8 samples, batch 1, 8 epochs
 RECORDED_LOG = [
     {"current_steps": 1, "total_steps": 8, "loss": 6.9584, "lr": 5e-05, "epoch": 0.25, "percentage": 12.5,
@@ -63,10 +58,6 @@ def write_config(path: Path, model: Path | str, data: Path, output_dir: str, **e
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 @pytest.fixture

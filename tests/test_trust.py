@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import VLM
 from trust_fixtures import GTS, make_store
 
 from vlm.evaluate import evaluate_groups, groups_from_store
 from vlm.metrics import f1_counts
 from vlm.trust import coverage_curve, label_error_candidates
-
-VLM = [sys.executable, "-m", "vlm.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,17 @@ outputs must agree in their first 8 characters (bf16 on two engines). vLLM's run
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ENV, VLM
 
 from vlm.vllm_backend import vllm_installed
 
 ROOT = Path(__file__).resolve().parents[1]
-VLM = [sys.executable, "-m", "vlm.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 VLLM_ARGS = ["vllm_enforce_eager=true", "vllm_gpu_util=0.3"]
 
 

@@ -124,7 +124,8 @@ def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
         raw, gt = row["prediction"], _as_json(row["ground_truth"])
     else:
         raise VlmError(f"{path}:{n} has neither predict/label nor prediction/ground_truth fields",
-                       hint="use LLaMA-Factory's generated_predictions.jsonl or {\"id\",\"prediction\",\"ground_truth\"} lines.")
+                       hint="use LLaMA-Factory's generated_predictions.jsonl or "
+                            "{\"id\",\"prediction\",\"ground_truth\"} lines.")
     if isinstance(gt, dict) and "gt_parse" in gt:
         gt = gt["gt_parse"]
     if not isinstance(gt, (dict, list)):
@@ -337,7 +338,8 @@ def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -
         if g.name != base:
             ci = bootstrap_delta(scores[base], scores[g.name], len(order), resamples, seed)
             entry["delta"] = {k: {"delta": metrics[k] - base_metrics[k], "ci95": list(ci[k])}
-                              for k in metrics if k in ci and metrics[k] is not None and base_metrics.get(k) is not None}
+                              for k in metrics
+                              if k in ci and metrics[k] is not None and base_metrics.get(k) is not None}
         result["groups"][g.name] = entry
     result["per_document"] = {
         g.name: [{"id": d, "valid": scores[g.name].valid[k], "ted_accuracy": scores[g.name].ted_accuracy[k],

@@ -22,8 +22,15 @@ from typing import Any
 
 from vlm import __version__
 from vlm.errors import VlmError
-from vlm.fsutil import (atomic_write_bytes, atomic_write_json, ensure_dir, file_lock, remove_own_temps, sha256_bytes,
-                        sha256_file)
+from vlm.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    file_lock,
+    remove_own_temps,
+    sha256_bytes,
+    sha256_file,
+)
 from vlm.schema import prompt_hash
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"
@@ -101,14 +108,16 @@ def load_split(source: str, split: str, image_column: str):
         ds = datasets.load_dataset(str(local) if looks_local else source, split=split)
     except ValueError as e:
         if "split" in str(e).lower() or "Unknown split" in str(e):
-            raise VlmError(f"split {split!r} not found in {source}", hint="choose --split from the splits it has.") from e
+            raise VlmError(f"split {split!r} not found in {source}",
+                           hint="choose --split from the splits it has.") from e
         raise VlmError(f"could not load {source}: {e}") from e
     except Exception as e:  # hub unreachable, missing files, bad layout
         if looks_local:
             raise _local_load_error(local, split, e) from e
         raise VlmError(
             f"could not load {source} split {split!r}: {type(e).__name__}: {e}",
-            hint=f"no local directory {source!r} exists either. Offline? Download the dataset once and pass --source LOCAL_DIR "
+            hint=f"no local directory {source!r} exists either. Offline? Download the dataset once and pass "
+                 "--source LOCAL_DIR "
             "(a directory with data/{train,validation,test}-*.parquet).",
         ) from e
     if image_column not in ds.column_names:
@@ -287,7 +296,8 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
 
 
 def _cause(reason: str) -> str:
-    """A skip reason without its record-specific detail: 'target is not valid JSON (... at char 5)' -> the text before."""
+    """A skip reason without its record-specific detail: 'target is not valid JSON (... at char 5)' -> the text
+    before."""
     return re.split(r" \(|: ", reason, maxsplit=1)[0]
 
 

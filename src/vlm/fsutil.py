@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
 # Temp files of atomic writes are named ``.<name>.vlm-XXXXXXXX.tmp``: the marker lets a rerun delete the
 # leftovers of a killed run without touching anyone else's hidden ``.*.tmp`` files.
 TEMP_MARK = ".vlm-"

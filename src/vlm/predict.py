@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -56,6 +57,7 @@ class PredictSpec:
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     """Merge the training config, the run manifest and the command line; warn about skew."""
     from vlm.config import load_config
+    from vlm.lf.data import lf_default
     from vlm.output import warn
 
     cfg = load_config(spec.config) if spec.config else {}
@@ -73,7 +75,7 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
         "model_name_or_path": spec.model or base.get("model_name_or_path"),
         "template": base.get("template"),
         "dataset_dir": spec.dataset_dir or base.get("dataset_dir"),
-        "cutoff_len": base.get("cutoff_len", 2048),
+        "cutoff_len": base["cutoff_len"] if "cutoff_len" in base else lf_default("cutoff_len"),
         "image_max_pixels": base.get("image_max_pixels"),
         "image_min_pixels": base.get("image_min_pixels"),
         "trust_remote_code": base.get("trust_remote_code", True),
@@ -95,7 +97,8 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     settings["adapter_name_or_path"] = adapter
     missing = [k for k in ("model_name_or_path", "template", "dataset_dir") if not settings.get(k)]
     if missing:
-        raise VlmError(f"missing {', '.join(missing)}", hint="pass --config TRAIN_YAML, or --model/--dataset-dir options.")
+        raise VlmError(f"missing {', '.join(missing)}",
+                       hint="pass --config TRAIN_YAML, or --model/--dataset-dir options.")
     if settings["image_max_pixels"] is None:
         settings.pop("image_max_pixels")
     if settings["image_min_pixels"] is None:
@@ -106,23 +109,15 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     return settings
 
 
-def load_dataset_info(dataset_dir: str) -> dict[str, Any]:
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    if not info_path.is_file():
-        raise VlmError(f"no dataset_info.json in {dataset_dir}",
-                       hint="export the data first: vlm save-cord-dataset-in-sharegpt-format DIR")
-    return json.loads(info_path.read_text(encoding="utf-8"))
-
-
 def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
     """The exported ShareGPT records of one registered dataset."""
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    info = load_dataset_info(dataset_dir)
+    from vlm.lf.data import read_dataset_info, read_records
+
+    info_path, info = read_dataset_info(dataset_dir)
     if dataset not in info:
         raise VlmError(f"dataset {dataset!r} is not registered in {info_path}",
                        hint=f"registered: {', '.join(info) or 'none'}; pass --dataset NAME.")
-    file = Path(dataset_dir) / info[dataset]["file_name"]
-    records = json.loads(file.read_text(encoding="utf-8"))
+    records = read_records(Path(dataset_dir) / info[dataset]["file_name"])
     for i, rec in enumerate(records):
         rec.setdefault("id", f"{dataset}-{i:05d}")
     return records
@@ -158,9 +153,11 @@ def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) ->
     return cfg
 
 
-def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> list[str]:
+def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec,
+               chunk_dir: Path) -> list[str]:
     """Predict one chunk with the real ``llamafactory-cli``; return the raw generations in order."""
-    from vlm.procs import find_llamafactory_cli, log_tail, run_child
+    from vlm.lf.cli import find_llamafactory_cli
+    from vlm.procs import log_tail, run_child
     from vlm.registry import sharegpt_entry
 
     chunk_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +206,9 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
     """A function from a chunk of records to their raw generations, for the chosen backend."""
     if backend == "llamafactory":
         return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
-    info = load_dataset_info(settings["dataset_dir"])
+    from vlm.lf.data import read_dataset_info
+
+    _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
         from vlm.transformers_backend import TransformersGenerator
 
@@ -298,7 +297,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
                                                "pending": len(pending), "spec": asdict(spec)})
         with progress() if show_progress and pending else nullcontext() as bar:
-            task = bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending)) if bar else None
+            task = (bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending))
+                    if bar else None)
             for start in range(0, len(pending), chunk_size(spec, backend)):
                 chunk = pending[start: start + chunk_size(spec, backend)]
                 t0 = time.perf_counter()
@@ -333,7 +333,7 @@ def check_backend(backend: str, model: str, stored: bool = False) -> None:
     ``mm_token_type_ids``, so image tokens get 1-D text positions instead of the 3-D ones training used."""
     if backend != "llamafactory":
         return
-    from vlm.lf_inputs import model_type, mrope_model_types
+    from vlm.lf.inputs import model_type, mrope_model_types
 
     kind = model_type(model)
     if kind in mrope_model_types() or kind is None:

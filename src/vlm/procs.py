@@ -1,4 +1,4 @@
-"""Child processes: find ``llamafactory-cli`` and run it in its own process group.
+"""Child processes: run a command (``llamafactory-cli``) in its own process group.
 
 No shell is ever involved: commands are argv lists. Ctrl-C or SIGTERM stops the
 child's whole process group (torchrun workers included), and the child's exit
@@ -8,28 +8,11 @@ code is returned to the caller.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-from vlm.errors import VlmError
-
-
-def find_llamafactory_cli() -> str:
-    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else ``llamafactory-cli``
-    next to this Python (the venv), else the one on PATH."""
-    if os.environ.get("VLM_LLAMAFACTORY_CLI"):
-        return os.environ["VLM_LLAMAFACTORY_CLI"]
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("llamafactory-cli")
-    if found:
-        return found
-    raise VlmError("llamafactory-cli not found", hint="install the project environment: make setup (or pip install llamafactory==0.9.5).")
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:

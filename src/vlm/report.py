@@ -31,7 +31,8 @@ def metric_rows(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, list
     base = groups[0]
     headers = groups + [f"Δ {g} vs {base} [95% CI]" for g in groups[1:]]
     first = result["groups"][base]
-    keys = [k for k in first if k not in ("documents", "fields", "delta") and isinstance(first[k], (int, float, type(None)))]
+    keys = [k for k in first
+            if k not in ("documents", "fields", "delta") and isinstance(first[k], (int, float, type(None)))]
     rows = []
     for key in keys:
         cells = []

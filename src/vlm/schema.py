@@ -37,7 +37,8 @@ HEADER_FIELDS: tuple[str, ...] = (
 def _describe(group: str, keys: tuple[str, ...]) -> str:
     if group == "menu":
         keys = tuple(k for k in keys if k != "sub")
-        return f'"menu": a list of item rows with keys {", ".join(keys)}, and "sub" (a list of sub-item rows with keys {", ".join(MENU_SUB_KEYS)})'
+        return (f'"menu": a list of item rows with keys {", ".join(keys)}, '
+                f'and "sub" (a list of sub-item rows with keys {", ".join(MENU_SUB_KEYS)})')
     return f'"{group}": an object with keys {", ".join(keys)}'
 
 

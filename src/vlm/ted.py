@@ -27,7 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -118,12 +118,58 @@ def _first_child_end(t: Tree) -> int:
     return max(k for k in range(1, t.size) if t.lml[k] == 1)
 
 
-def _col_plans(t: Tree) -> tuple:
+class ColPlan(NamedTuple):
+    """What the loops walk for keyroot ``j`` of the column tree (``t2``)."""
+
+    j: int
+    lj: int  # l(j), its leftmost leaf
+    last: int  # the last column of its table (j, or the root's first child's end for the root)
+    small: bool  # a two-node keyroot (a key over one value): closed-form loops
+    cum: list[int]  # insert costs summed from lj: the table's first row
+    cols: list[tuple[int, int, int, bool]]  # (column, insert cost, l(column) - 1, on the leftmost path)
+    # for a two-node keyroot on the row side: (column, insert cost, on path, base value, base value at lm)
+    cols_paired: list[tuple[int, int, bool, int, int]]
+    path: list[int]  # the keyroot's leftmost path
+
+
+class ColPlans(NamedTuple):
+    small: list[ColPlan]  # two-node keyroots, in postorder
+    small_keys: list[int]  # their j, for bisecting the band
+    small_quads: list[tuple[int, int, int, int]]  # (j - 1, j, cost of j - 1, cost of j)
+    big: list[ColPlan]  # the other keyroots
+    final: ColPlan  # the roots' children forests
+
+
+class RowPlan(NamedTuple):
+    """What the loops walk for keyroot ``i`` of the row tree (``t1``)."""
+
+    i: int
+    li: int
+    last: int
+    small: bool
+    rows: list[tuple[int, int, int, int]]  # (row, remove cost, l(row), removes from li up to row)
+    # for a two-node keyroot on the column side:
+    # (row, remove cost, on path, removes before l(row), removes up to row), counted from li
+    rows_paired: list[tuple[int, int, bool, int, int]]
+    path: list[int]
+
+
+class RowPlans(NamedTuple):
+    keyroots: list[RowPlan]
+    final: RowPlan
+
+
+# A plan from its fields in order, without the Python-level __new__ of a NamedTuple (a tree builds one per
+# keyroot, and building them is a tenth of scoring a document).
+_plan = tuple.__new__
+
+
+def _col_plans(t: Tree) -> ColPlans:
     """Per keyroot j of ``t`` as the column tree: the tuples its loops walk (cached on the tree)."""
     if "cols" not in t._plans:
         l, c, n = t.lml, t.cost, t.size
 
-        def plan(j: int, last: int) -> tuple:
+        def plan(j: int, last: int) -> ColPlan:
             lj = l[j]
             cum = [0]
             for dj in range(lj, last + 1):
@@ -132,16 +178,17 @@ def _col_plans(t: Tree) -> tuple:
             # for a two-node keyroot on the row side: (column, insert cost, on path, base value, base value at lm)
             paired = [(dj, c[dj], l[dj] == lj, cum[dj - lj + 1], cum[l[dj] - lj]) for dj in range(lj, last + 1)]
             path = [dj for dj in range(lj, last + 1) if l[dj] == lj]  # the keyroot's leftmost path
-            return j, lj, last, last - lj == 1 and last == j, cum, generic, paired, path
+            return _plan(ColPlan, (j, lj, last, last - lj == 1 and last == j, cum, generic, paired, path))
 
         plans = [plan(j, j if j != n else _first_child_end(t)) for j in t.keyroots]
-        small = [p for p in plans if p[3]]
-        quads = [(j - 1, j, c[j - 1], c[j]) for j in (p[0] for p in small)]
-        t._plans["cols"] = (small, [p[0] for p in small], quads, [p for p in plans if not p[3]], plan(n, n - 1))
+        small = [p for p in plans if p.small]
+        quads = [(p.j - 1, p.j, c[p.j - 1], c[p.j]) for p in small]
+        t._plans["cols"] = ColPlans(small, [p.j for p in small], quads, [p for p in plans if not p.small],
+                                    plan(n, n - 1))
     return t._plans["cols"]
 
 
-def _row_plans(t: Tree) -> tuple:
+def _row_plans(t: Tree) -> RowPlans:
     """Per keyroot i of ``t`` as the row tree: the tuples its loops walk (cached on the tree)."""
     if "rows" not in t._plans:
         l, c, n = t.lml, t.cost, t.size
@@ -149,16 +196,18 @@ def _row_plans(t: Tree) -> tuple:
         for k in range(1, n + 1):
             p[k] = p[k - 1] + c[k]
 
-        def plan(i: int, last: int) -> tuple:
+        def plan(i: int, last: int) -> RowPlan:
             li = l[i]
             generic = [(di, c[di], l[di], p[di] - p[li - 1]) for di in range(li, last + 1)]
             # for a two-node keyroot on the column side:
             # (row, remove cost, on path, removes before l(row), removes up to row), counted from li
-            paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1]) for di in range(li, last + 1)]
+            paired = [(di, c[di], l[di] == li, p[l[di] - 1] - p[li - 1], p[di] - p[li - 1])
+                      for di in range(li, last + 1)]
             path = [di for di in range(li, last + 1) if l[di] == li]
-            return i, li, last, last - li == 1 and last == i, generic, paired, path
+            return _plan(RowPlan, (i, li, last, last - li == 1 and last == i, generic, paired, path))
 
-        t._plans["rows"] = ([plan(i, i if i != n else _first_child_end(t)) for i in t.keyroots], plan(n, n - 1))
+        t._plans["rows"] = RowPlans([plan(i, i if i != n else _first_child_end(t)) for i in t.keyroots],
+                                    plan(n, n - 1))
     return t._plans["rows"]
 
 
@@ -231,8 +280,7 @@ def zhang_shasha(t1: Tree, t2: Tree, upd: list[list[int]], bound: int | None = N
             else:
                 run(li, last_i, rows, lj, last_j, cum, cols_j)
     # the final pair: the roots' children forests, in full
-    _, _, _, _, cum, cols_j, _, _ = final_cols
-    run(1, n1 - 1, final_rows[4], 1, n2 - 1, cum, cols_j)
+    run(1, n1 - 1, final_rows.rows, 1, n2 - 1, final_cols.cum, final_cols.cols)
     return fd[n1 - 1][n2 - 1]
 
 

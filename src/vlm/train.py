@@ -24,9 +24,18 @@ from typing import Any
 from vlm.config import deepspeed_preset, load_config, render_yaml
 from vlm.errors import VlmError
 from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, ensure_dir, sha256_file, try_lock
-from vlm.launch import (LaunchPlan, ScaleOut, log_banner, make_plan, now, report_failure,
-                        resolve_paths, run_plan)
-from vlm.procs import find_llamafactory_cli
+from vlm.lf.cli import (
+    LaunchPlan,
+    ScaleOut,
+    find_llamafactory_cli,
+    log_banner,
+    make_plan,
+    now,
+    report_failure,
+    resolve_paths,
+    run_plan,
+)
+from vlm.lf.data import read_dataset_info
 from vlm.validation import Validation, dataset_names, validate_config
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
@@ -125,17 +134,11 @@ def check_datasets(cfg: dict[str, Any]) -> list[str]:
     dataset_dir, notes = Path(cfg.get("dataset_dir") or "data"), []  # LLaMA-Factory's default
     media_dir = Path(cfg.get("media_dir") or dataset_dir)
     export_hint = f"rerun the export: vlm save-cord-dataset-in-sharegpt-format {dataset_dir}"
-    info_path = dataset_dir / "dataset_info.json"
     if not dataset_dir.is_dir():
         raise VlmError(f"dataset_dir {dataset_dir} does not exist",
                        hint=f"export the data first (vlm save-cord-dataset-in-sharegpt-format {dataset_dir}), "
                             "or set dataset_dir=... to the folder that holds dataset_info.json.")
-    if not info_path.is_file():
-        raise VlmError(f"no dataset_info.json in dataset_dir {dataset_dir}", hint=export_hint)
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise VlmError(f"{info_path} is not valid JSON: {e}", hint=export_hint) from None
+    info_path, info = read_dataset_info(dataset_dir, where="dataset_dir ", hint=export_hint, json_hint=export_hint)
     for name in _dataset_names(cfg):
         entry = info.get(name)
         if not isinstance(entry, dict):
@@ -202,13 +205,15 @@ def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str,
     from vlm.output import warn
 
     try:
-        from vlm import preflight
+        from vlm import token_budget
     except ImportError:
-        warn("token budget not checked: vlm.preflight is not available")
+        warn("token budget not checked: vlm.token_budget is not available")
         return None
-    report = preflight.check_config(cfg)
+    report = token_budget.check_config(cfg)
     if report.n_over:
-        cutoff = cfg.get("cutoff_len", 2048)
+        from vlm.lf.data import lf_default
+
+        cutoff = cfg.get("cutoff_len", lf_default("cutoff_len"))
         message = (f"{report.n_over} of {report.n_total} samples exceed cutoff_len={cutoff} "
                    f"(longest: {report.max_total_tokens} tokens) and would be truncated")
         if not allow_truncation:
@@ -217,8 +222,9 @@ def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str,
     return report.to_dict()
 
 
-def preflight(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any]:
-    """Everything that can be checked before spending GPU time; raises VlmError on the first failing step."""
+def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any]:
+    """The config (LLaMA-Factory's parser), the GPU, the datasets and the token budget: everything that can be
+    checked before spending GPU time; raises VlmError on the first failing step."""
     import torch
 
     from vlm.output import info, warn
@@ -240,12 +246,12 @@ def preflight(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any]:
     return {"relaxed": validation.relaxed, "notes": validation.notes + notes, "gpu": gpu, "token_budget": budget}
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape a run."""
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages that shape a run (None: not installed)."""
     from importlib import metadata
 
     found = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -314,7 +320,7 @@ def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
     from vlm.progress import TRAINER_LOG, progress_from_file
 
     cfg, plan = result.config, result.plan
-    checks = preflight(cfg, spec.allow_truncation)
+    checks = check_config_gpu_and_data(cfg, spec.allow_truncation)
     header = [f"Resolved by vlm train from {spec.config} at {now()}; LLaMA-Factory reads this file.",
               f"Rerun: {plan.describe()}"]
     atomic_write_text(plan.config_path, render_yaml(cfg, header))

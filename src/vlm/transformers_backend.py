@@ -11,7 +11,7 @@ This engine keeps everything else LLaMA-Factory's:
 
 * the model is loaded by LLaMA-Factory's ``load_model`` (a LoRA adapter is merged into the
   weights, as ``do_predict`` merges it);
-* prompts and pixels come from ``vlm.lf_inputs.PromptEncoder`` (LLaMA-Factory's converter,
+* prompts and pixels come from ``vlm.lf.inputs.PromptEncoder`` (LLaMA-Factory's converter,
   template, predict-time processor and image plugin, at the training resolution);
 * generation is greedy, left-padded and batched, and stops where ``do_predict`` stops (EOS and
   every additional special token); the answer is decoded with special tokens skipped.
@@ -35,12 +35,12 @@ class TransformersGenerator:
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
                  batch_size: int):
-        from vlm.lf_inputs import PromptEncoder
-        from vlm.preflight import _quiet
+        from vlm.lf.data import quiet
+        from vlm.lf.inputs import PromptEncoder
 
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.repetition_penalty = float(settings.get("repetition_penalty", 1.0))
-        with _quiet():
+        with quiet():
             self.encoder = PromptEncoder(settings, dataset_info, expand_images=True)
             self.model = _load_model(settings, self.encoder)
         self.device = next(self.model.parameters()).device

@@ -7,12 +7,10 @@ machine (bf16 without a GPU) are relaxed, and the result says which.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import tempfile
 import types
 import typing
@@ -20,7 +18,6 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
-
 
 PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
 
@@ -31,32 +28,6 @@ class Validation:
 
     relaxed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _quiet_llamafactory():
-    """LLaMA-Factory logs INFO lines to stdout; keep them out of vlm's output while it parses."""
-    import logging
-    import warnings
-
-    old_env = os.environ.get("LLAMAFACTORY_VERBOSITY")
-    os.environ["LLAMAFACTORY_VERBOSITY"] = "ERROR"
-    import llamafactory.extras.logging  # noqa: F401  (configures its loggers first, so ours stick)
-    import transformers  # noqa: F401
-
-    levels = {lg: lg.level for lg in map(logging.getLogger, ("llamafactory", "transformers"))}
-    for lg in levels:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in levels.items():
-            lg.setLevel(level)
-        os.environ.pop("LLAMAFACTORY_VERBOSITY")
-        if old_env is not None:
-            os.environ["LLAMAFACTORY_VERBOSITY"] = old_env
 
 
 def _type_problem(key: str, value: Any, hint: Any) -> str | None:
@@ -157,11 +128,19 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
     Checks that depend on this machine (bf16 without a GPU, DeepSpeed without torchrun)
     are relaxed on a copy of the config and named in the result.
     """
-    with _quiet_llamafactory():
+    from vlm.lf.data import quiet
+
+    with quiet():
         import torch
         from llamafactory.data.template import TEMPLATES
-        from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments,
-                                          TrainingArguments, get_train_args)
+        from llamafactory.hparams import (
+            DataArguments,
+            FinetuningArguments,
+            GeneratingArguments,
+            ModelArguments,
+            TrainingArguments,
+            get_train_args,
+        )
 
         classes = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments)
         fields_of = {cls: {f.name for f in dataclasses.fields(cls) if f.init} for cls in classes}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.lf_inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
+from vlm.lf.inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
 
 BACKENDS = ("auto", "transformers", "vllm", "llamafactory")
 # Settings that belong to the vLLM engine, not to LLaMA-Factory's do_predict.
@@ -86,8 +86,8 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
 
     from vlm.config import render_yaml
     from vlm.fsutil import atomic_write_json, atomic_write_text
-    from vlm.launch import merge_config
-    from vlm.procs import find_llamafactory_cli, log_tail, run_child
+    from vlm.lf.cli import find_llamafactory_cli, merge_config
+    from vlm.procs import log_tail, run_child
 
     out = cache_dir / adapter_hash
     source = {"model": settings["model_name_or_path"], "adapter": str(settings["adapter_name_or_path"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,14 +21,16 @@ class Split(str, Enum):
 
 
 SplitOpt = Annotated[Split, typer.Option("--split", help="Which split to export, or all three.")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Export at most this many records per split.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Export at most this many records per split.")]
 PromptFileOpt = Annotated[
-    Optional[Path], typer.Option("--prompt-file", exists=True, dir_okay=False, help="Use this prompt instead of the built-in one.")
+    Path | None, typer.Option(
+        "--prompt-file", exists=True, dir_okay=False, help="Use this prompt instead of the built-in one.")
 ]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", min=1, help="Parallel image writers (default: one per CPU core).")
+    int | None, typer.Option("--workers", min=1, help="Parallel image writers (default: one per CPU core).")
 ]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first split with a bad record instead of skipping it.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Fail on the first split with a bad record instead of skipping it.")]
 NoRegisterOpt = Annotated[
     bool, typer.Option("--no-register", help="Do not register the splits in DIR/dataset_info.json.")
 ]
@@ -90,7 +92,8 @@ def _report(result: dict, as_json: bool) -> None:
     for col in ("split", "file", "records", "skipped", "reused images"):
         table.add_column(col)
     for split, row in result["splits"].items():
-        table.add_row(split, Path(row["file"]).name, str(row["records"]), str(row["skipped"]), str(row["reused_images"]))
+        table.add_row(split, Path(row["file"]).name, str(row["records"]), str(row["skipped"]),
+                      str(row["reused_images"]))
     out.print(table)
     for split, row in result["splits"].items():
         if row.get("augmented"):
@@ -110,7 +113,8 @@ def _report(result: dict, as_json: bool) -> None:
 
 def save_cord(
     out_dir: Annotated[Path, typer.Argument(help="Output directory for the JSON files, images and manifest.")],
-    source: Annotated[str, typer.Option("--source", help="Hub id, or a local directory in the hub layout.")] = CORD_HUB_ID,
+    source: Annotated[str, typer.Option(
+        "--source", help="Hub id, or a local directory in the hub layout.")] = CORD_HUB_ID,
     split: SplitOpt = Split.all,
     limit: LimitOpt = None,
     prompt_file: PromptFileOpt = None,
@@ -148,19 +152,24 @@ def export_generic(
     out_dir: Annotated[Path, typer.Argument(help="Output directory.")],
     source: Annotated[str, typer.Option("--source", help="Hub id, or a local directory in the hub layout.")],
     name: Annotated[str, typer.Option("--name", help="Dataset name; files are <name>_<split>.json.")],
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The instruction shown with each image.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The instruction shown with each image.")] = None,
     prompt_file: PromptFileOpt = None,
     image_column: Annotated[str, typer.Option("--image-column", help="Column holding the image.")] = "image",
-    target_column: Annotated[str, typer.Option("--target-column", help="Column holding the JSON target (with --question-column: the accepted answers).")] = "ground_truth",
+    target_column: Annotated[str, typer.Option(
+        "--target-column", help="Column holding the JSON target (with --question-column: the "
+                                "accepted answers).")] = "ground_truth",
     target_field: Annotated[
-        Optional[str], typer.Option("--target-field", help="Field inside the target column to use (e.g. gt_parse).")
+        str | None, typer.Option("--target-field", help="Field inside the target column to use (e.g. gt_parse).")
     ] = None,
     split: SplitOpt = Split.all,
     limit: LimitOpt = None,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     no_register: NoRegisterOpt = False,
-    question_column: Annotated[Optional[str], typer.Option("--question-column", help="QA datasets: column holding each record's question (shown after the prompt); the target column then holds plain-text answers (one, or a list of accepted answers).")] = None,
+    question_column: Annotated[str | None, typer.Option(
+        "--question-column", help="QA datasets: column holding each record's question (shown after the "
+                                  "prompt); the target column then holds plain-text answers (one, or a list "
+                                  "of accepted answers).")] = None,
     augment: AugmentOpt = 0,
     augment_policy: AugmentPolicyOpt = AugmentPolicy.medium,
     seed: AugmentSeedOpt = 0,
@@ -196,7 +205,7 @@ def register_cmd(
     data_json: Annotated[Path, typer.Argument(help="An exported ShareGPT JSON file, e.g. data/cord/cord_train.json.")],
     name: Annotated[str, typer.Option("--name", help="Entry name, used as `dataset:` in the training YAML.")],
     dataset_info: Annotated[
-        Optional[Path], typer.Option("--dataset-info", help="dataset_info.json to patch (default: beside DATA_JSON).")
+        Path | None, typer.Option("--dataset-info", help="dataset_info.json to patch (default: beside DATA_JSON).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing entry of the same name.")] = False,
     as_json: JsonOpt = False,
@@ -207,7 +216,8 @@ def register_cmd(
 
     reg = register_dataset(data_json, name, dataset_info, force=force)
     if as_json:
-        print_json({"name": reg.name, "dataset_info": str(reg.dataset_info), "changed": reg.changed, "entry": reg.entry})
+        print_json({"name": reg.name, "dataset_info": str(reg.dataset_info), "changed": reg.changed,
+                    "entry": reg.entry})
     else:
         verb = "registered" if reg.changed else "already registered (file unchanged):"
         info(f"{verb} {reg.name} in {reg.dataset_info}")
@@ -215,7 +225,8 @@ def register_cmd(
 
 add_examples(register_cmd, 
     "vlm register-dataset data/cord/cord_train.json --name cord_train",
-    "vlm register-dataset data/cord/cord_train.json --name cord_train --dataset-info ~/LLaMA-Factory/data/dataset_info.json",
+    "vlm register-dataset data/cord/cord_train.json --name cord_train "
+    "--dataset-info ~/LLaMA-Factory/data/dataset_info.json",
 )
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, add_examples, check_store
 
 SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
+
+
+class Backend(str, Enum):
+    """``--backend`` choices (vlm.vllm_backend.BACKENDS; tests/test_cli_help.py checks they agree)."""
+
+    auto = "auto"
+    transformers = "transformers"
+    vllm = "vllm"
+    llamafactory = "llamafactory"
 
 
 class Task(str, Enum):
@@ -20,22 +29,36 @@ class Task(str, Enum):
 
 def predict(
     group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="The training YAML: model, template, image pixels, adapter dir.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Base model (default: the config's model_name_or_path).")] = None,
-    adapter: Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="The training YAML: model, template, image pixels, adapter dir.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Base model (default: the config's model_name_or_path).")] = None,
+    adapter: Annotated[str | None, typer.Option(
+        "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Predict with the base model alone.")] = False,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
-    dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
+    dataset_dir: Annotated[str | None, typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
     split: SplitOpt = "test",
-    backend: Annotated[str, typer.Option("--backend", help="auto (vLLM when installed and a GPU is visible, else transformers), transformers, vllm, or llamafactory (do_predict; refused for M-RoPE models such as Qwen2-VL).")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Generation batch size (transformers and llamafactory; vLLM schedules its own).")] = 8,
+    backend: Annotated[Backend, typer.Option(
+        "--backend", help="auto (vLLM when installed and a GPU is visible, else transformers), "
+                          "transformers, vllm, or llamafactory (do_predict; refused for M-RoPE models such "
+                          "as Qwen2-VL).")] = Backend.auto,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Generation batch size (transformers and llamafactory; vLLM schedules its "
+                                    "own).")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
-    chunk_size: Annotated[Optional[int], typer.Option("--chunk-size", min=1, help="Documents per generation call, saved when done (default: one batch for transformers, 32 for llamafactory, 256 for vllm).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(
+        "--chunk-size", min=1, help="Documents per generation call, saved when done (default: one batch for "
+                                    "transformers, 32 for llamafactory, 256 for vllm).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Scratch folder for LLaMA-Factory runs and logs.")] = Path("runs/predict"),
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings for LLaMA-Factory, or vllm_gpu_util, vllm_enforce_eager, vllm_max_lora_rank, vllm_config, vllm_lora for vLLM.")] = None,
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="Scratch folder for LLaMA-Factory runs and logs.")] = Path("runs/predict"),
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value settings for LLaMA-Factory, or vllm_gpu_util, vllm_enforce_eager, vllm_max_lora_rank, "
+             "vllm_config, vllm_lora for vLLM.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Predict a split with a base model, with or without a LoRA adapter, and store every document.
@@ -44,7 +67,8 @@ def predict(
     adapter merged first, or at run time with vllm_lora=true), else through transformers' generate on the model
     LLaMA-Factory loads (adapter merged). Either way the prompt is LLaMA-Factory's template, images are resized
     as in training, M-RoPE models get the 3-D image positions training used, and template, image_max_pixels
-    and cutoff_len come from the training config, so inference matches training. A killed run resumes with only the missing documents;
+    and cutoff_len come from the training config, so inference matches training. A killed run resumes with only
+    the missing documents;
     --overwrite redoes them. A group keeps one backend: switching needs --overwrite or a new group name.
     """
     from vlm.config import parse_overrides
@@ -55,7 +79,7 @@ def predict(
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
-                       overwrite=overwrite, backend=backend, overrides=parse_overrides(overrides or []))
+                       overwrite=overwrite, backend=backend.value, overrides=parse_overrides(overrides or []))
     result = run_predict(spec, show_progress=not as_json)
     if as_json:
         print_json(result)
@@ -74,18 +98,27 @@ add_examples(predict,
 
 
 def evaluate(
-    groups: Annotated[Optional[list[str]], typer.Option("--groups", help="Stored groups to compare; the first is the baseline.")] = None,
-    predictions: Annotated[Optional[list[Path]], typer.Option("--predictions", help="Prediction JSONL files, one group each.")] = None,
+    groups: Annotated[list[str] | None, typer.Option(
+        "--groups", help="Stored groups to compare; the first is the baseline.")] = None,
+    predictions: Annotated[list[Path] | None, typer.Option(
+        "--predictions", help="Prediction JSONL files, one group each.")] = None,
     split: SplitOpt = "test",
     store: StoreOpt = DEFAULT_STORE,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write report.md, report.html, metrics.json, per_document.csv, chart.png, coverage.png here.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="Write report.md, report.html, metrics.json, per_document.csv, chart.png, "
+                         "coverage.png here.")] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="Show the N worst documents of each group.")] = 0,
-    changes: Annotated[bool, typer.Option("--changes", help="List documents each group fixed or broke against the baseline.")] = False,
+    changes: Annotated[bool, typer.Option(
+        "--changes", help="List documents each group fixed or broke against the baseline.")] = False,
     resamples: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples for the 95% CIs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     fields: Annotated[bool, typer.Option("--fields/--no-fields", help="Show the per-field table.")] = True,
-    label_errors: Annotated[Optional[int], typer.Option("--label-errors", min=0, help="List N label-error candidates (fields where all groups agree and the ground truth differs); report.md lists 20 by default.")] = None,
-    task: Annotated[Task, typer.Option("--task", help="extraction: JSON fields (CORD metrics); qa: short text answers scored by ANLS and exact match (the forgetting check).")] = Task.extraction,
+    label_errors: Annotated[int | None, typer.Option(
+        "--label-errors", min=0, help="List N label-error candidates (fields where all groups agree and the "
+                                      "ground truth differs); report.md lists 20 by default.")] = None,
+    task: Annotated[Task, typer.Option(
+        "--task", help="extraction: JSON fields (CORD metrics); qa: short text answers scored by "
+                       "ANLS and exact match (the forgetting check).")] = Task.extraction,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
@@ -143,7 +176,8 @@ def evaluate(
     print_tables(result, show_fields=fields)
     trust.print_trust(result, extra.get("label_errors"))
     for g, rows in extra.get("worst", {}).items():
-        out.print(f"[bold]{worst} worst documents of {g}[/bold]: " + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
+        out.print(f"[bold]{worst} worst documents of {g}[/bold]: "
+                  + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
     for g, ch in extra.get("changes", {}).items():
         out.print(f"[bold]{g}[/bold] fixed {len(ch['fixed'])}: " + ", ".join(r["id"] for r in ch["fixed"][:20]))
         out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
@@ -176,7 +210,9 @@ def export_predictions(
     out_file: Annotated[Path, typer.Argument(help="JSONL file to write.")],
     split: SplitOpt = "test",
     store: StoreOpt = DEFAULT_STORE,
-    only_consistent: Annotated[bool, typer.Option("--only-consistent", help="Only predictions that pass every consistency check that applies (one or more).")] = False,
+    only_consistent: Annotated[bool, typer.Option(
+        "--only-consistent", help="Only predictions that pass every consistency check that applies (one or "
+                                  "more).")] = False,
 ) -> None:
     """Export a stored group to JSONL ({"id", "prediction", "ground_truth", "flags", ...} per line).
 

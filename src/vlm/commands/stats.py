@@ -67,7 +67,7 @@ def stats(
     --fail-on-truncation.
     """
     from vlm.config import load_config
-    from vlm.preflight import check_config
+    from vlm.token_budget import check_config
 
     cfg = load_config(config)
     if dataset:

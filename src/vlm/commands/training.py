@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples, help_text
 
 OverridesArg = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help="key=value overrides of any LLaMA-Factory argument (values are YAML scalars).",
                    show_default=False),
 ]
@@ -61,29 +61,30 @@ def _print_relaxed(validation) -> None:
 def render_config(
     out: Annotated[str, typer.Argument(help="Where to write the YAML ('-' for stdout).")] = "configs/cord.yaml",
     overrides: OverridesArg = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Base model: hub id or local dir.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option("--model", help="Base model: hub id or local dir.")] = None,
+    dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Registered dataset name(s), comma-separated.")] = None,
-    dataset_dir: Annotated[Optional[str], typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option(
+    dataset_dir: Annotated[str | None, typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
+    output_dir: Annotated[str | None, typer.Option(
         "--output-dir", help="Where checkpoints and the adapter go.")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", min=0, help="num_train_epochs.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option("--learning-rate", min=0, help="learning_rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
+    epochs: Annotated[float | None, typer.Option("--epochs", min=0, help="num_train_epochs.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", min=0, help="learning_rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="per_device_train_batch_size.")] = None,
-    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", min=1, help="lora_rank (lora/qlora).")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", min=1, help="lora_rank (lora/qlora).")] = None,
     method: Annotated[Method, typer.Option("--method", help="lora, qlora (4-bit base), full or freeze.")] = Method.lora,
-    deepspeed: Annotated[Optional[DeepSpeed], typer.Option(
+    deepspeed: Annotated[DeepSpeed | None, typer.Option(
         "--deepspeed", help="Ship a DeepSpeed ZeRO-2/3 preset.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT even if it holds a different config.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Render the CORD LoRA recipe (Qwen2-VL-2B) as a commented LLaMA-Factory YAML, validated before writing."""
     from vlm.config import RenderOptions, config_header, render_recipe, render_yaml
-    from vlm.validation import validate_config
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
-    from vlm.output import info, out as stdout, print_json
+    from vlm.output import info, print_json
+    from vlm.output import out as stdout
+    from vlm.validation import validate_config
 
     def _num(x):
         return int(x) if x is not None and float(x).is_integer() else x
@@ -120,7 +121,8 @@ def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt
     DeepSpeed outside torchrun) are relaxed and named."""
     from vlm.config import load_config, parse_overrides
     from vlm.errors import ConfigError, VlmError
-    from vlm.output import out as stdout, print_json
+    from vlm.output import out as stdout
+    from vlm.output import print_json
     from vlm.train import check_config
 
     cfg = load_config(config, parse_overrides(overrides or []))
@@ -148,16 +150,16 @@ def train(
     allow_truncation: Annotated[bool, typer.Option(
         "--allow-truncation",
         help="Train even when samples exceed cutoff_len (LLaMA-Factory truncates them).")] = False,
-    nproc_per_node: Annotated[Optional[int], typer.Option(
+    nproc_per_node: Annotated[int | None, typer.Option(
         "--nproc-per-node", help="GPUs (processes) per node.")] = None,
-    nnodes: Annotated[Optional[int], typer.Option("--nnodes", help="Number of nodes.")] = None,
-    node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This node's rank, 0..nnodes-1.")] = None,
-    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.")] = None,
-    master_port: Annotated[Optional[int], typer.Option("--master-port", help="Port on node 0.")] = None,
+    nnodes: Annotated[int | None, typer.Option("--nnodes", help="Number of nodes.")] = None,
+    node_rank: Annotated[int | None, typer.Option("--node-rank", help="This node's rank, 0..nnodes-1.")] = None,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of node 0.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="Port on node 0.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Launch with Ray (USE_RAY=1; set ray_num_workers=N).")] = False,
-    deepspeed: Annotated[Optional[DeepSpeed], typer.Option(
+    deepspeed: Annotated[DeepSpeed | None, typer.Option(
         "--deepspeed", help="Train with a shipped DeepSpeed ZeRO-2/3 preset (sets the config's deepspeed).")] = None,
-    log_file: Annotated[Optional[Path], typer.Option(
+    log_file: Annotated[Path | None, typer.Option(
         "--log-file", help="Where the child's output goes (default: OUTPUT_DIR/train.log).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -166,9 +168,11 @@ def train(
     Writes OUTPUT_DIR/vlm_resolved_config.yaml, train.log and vlm_run.json. Ctrl-C stops
     the run (exit 130); --resume continues it. The child's exit code is vlm's exit code."""
     from vlm.config import parse_overrides
-    from vlm.launch import ScaleOut
-    from vlm.output import out as stdout, print_json
-    from vlm.train import TrainSpec, train as run_train
+    from vlm.lf.cli import ScaleOut
+    from vlm.output import out as stdout
+    from vlm.output import print_json
+    from vlm.train import TrainSpec
+    from vlm.train import train as run_train
 
     scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
     spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
@@ -193,17 +197,19 @@ def train(
 
 def merge(
     config: ConfigArg,
-    adapter: Annotated[Optional[Path], typer.Option(
+    adapter: Annotated[Path | None, typer.Option(
         "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
-    export_dir: Annotated[Optional[Path], typer.Option(
+    export_dir: Annotated[Path | None, typer.Option(
         "--export-dir", help="Where the merged model goes (default: ADAPTER-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
-    from vlm.output import info, out as stdout, print_json
-    from vlm.launch import MergeSpec, merge as run_merge
+    from vlm.merge import MergeSpec
+    from vlm.merge import merge as run_merge
+    from vlm.output import info, print_json
+    from vlm.output import out as stdout
 
     try:
         plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
@@ -221,9 +227,9 @@ def merge(
 
 def sweep(
     config: ConfigArg,
-    lr: Annotated[Optional[str], typer.Option("--lr", help="Learning rates, comma-separated.")] = None,
-    lora_rank: Annotated[Optional[str], typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
-    epochs: Annotated[Optional[str], typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
+    lr: Annotated[str | None, typer.Option("--lr", help="Learning rates, comma-separated.")] = None,
+    lora_rank: Annotated[str | None, typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
+    epochs: Annotated[str | None, typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs go.")] = Path("configs/sweep"),
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite configs in --out-dir that hold something else (e.g. hand edits).")] = False,
@@ -234,11 +240,12 @@ def sweep(
     A config already in --out-dir with other content (a hand edit) is never overwritten
     without --force; nothing is written unless every file can be."""
     from vlm.config import config_header, load_config, render_yaml
-    from vlm.validation import validate_config
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
-    from vlm.output import info, out as stdout, print_json
+    from vlm.output import info, print_json
+    from vlm.output import out as stdout
     from vlm.train import sweep_points
+    from vlm.validation import validate_config
 
     grid = {"learning_rate": _grid(lr, float, "--lr"), "lora_rank": _grid(lora_rank, int, "--lora-rank"),
             "num_train_epochs": _grid(epochs, float, "--epochs")}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.lf.data import encode_example
 
 
 class PromptEncoder:
@@ -35,11 +36,18 @@ class PromptEncoder:
     """
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], expand_images: bool = False):
-        from llamafactory.data.parser import get_dataset_list
         from llamafactory.data.processor import UnsupervisedDatasetProcessor
         from llamafactory.hparams import DataArguments, ModelArguments
 
-        from vlm.preflight import DATA_KEYS, MODEL_KEYS, load_template, one_placeholder_per_image, record_converter
+        from vlm.lf.data import (
+            DATA_KEYS,
+            MODEL_KEYS,
+            dataset_attrs,
+            lf_default,
+            load_template,
+            one_placeholder_per_image,
+            record_converter,
+        )
 
         given = {k: v for k, v in settings.items() if v is not None}
         try:
@@ -47,7 +55,7 @@ class PromptEncoder:
                 model_name_or_path=settings["model_name_or_path"],
                 **{k: given[k] for k in ("image_max_pixels", "image_min_pixels", *MODEL_KEYS) if k in given})
             self.data_args = DataArguments(template=settings["template"], dataset_dir=settings["dataset_dir"],
-                                           cutoff_len=int(settings.get("cutoff_len", 2048)),
+                                           cutoff_len=int(settings.get("cutoff_len", lf_default("cutoff_len"))),
                                            **{k: given[k] for k in DATA_KEYS if k in given})
         except (TypeError, ValueError) as e:
             raise VlmError(f"LLaMA-Factory rejects these settings: {e}") from None
@@ -64,7 +72,7 @@ class PromptEncoder:
         self.image_token_id = (self.tokenizer.convert_tokens_to_ids(self.plugin.image_token)
                                if self.plugin.image_token else None)
         name = settings["dataset"]
-        self.convert = record_converter(get_dataset_list([name], {name: dataset_info[name]})[0], self.data_args)
+        self.convert = record_converter(dataset_attrs([name], dataset_info)[0], self.data_args)
 
     def image_tokens(self, image: Any) -> int:
         """How many tokens vLLM (and the HF processor) expand one resized image into."""
@@ -81,9 +89,7 @@ class PromptEncoder:
         if ex["_videos"] or ex["_audios"]:
             raise VlmError(f"document {record.get('id')}: video and audio inputs are not supported by vlm predict")
         paths = ex["_images"] or []
-        ids, labels = self.encoder._encode_data_example(prompt=ex["_prompt"], response=ex["_response"],
-                                                        system=ex["_system"], tools=ex["_tools"], images=paths,
-                                                        videos=[], audios=[])
+        ids, labels = encode_example(self.encoder, ex, media=False)
         self._answer_len = len(labels)
         return ids, paths
 

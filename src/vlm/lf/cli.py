@@ -1,27 +1,46 @@
-"""Build and run ``llamafactory-cli`` commands (``train``, and ``export`` for ``vlm merge``).
+"""How vlm starts ``llamafactory-cli``: where it is, the argv, the launcher's variables, the merge config.
 
 Commands are argv lists and never pass through a shell. The environment is a copy of
-``os.environ`` plus the variables vlm sets, and those are listed by ``--dry-run`` and
-recorded in the run manifest. Running the child (own process group, output to a log
-file, Ctrl-C/SIGTERM forwarded to the whole group, then SIGKILL after a grace period)
-is done by ``vlm.procs.run_child``.
+``os.environ`` plus the variables vlm sets for LLaMA-Factory's launcher (``FORCE_TORCHRUN``,
+``NNODES``..., ``USE_RAY``); those are listed by ``--dry-run`` and recorded in the run
+manifest. Running the child (own process group, output to a log file, Ctrl-C/SIGTERM forwarded to
+the whole group, then SIGKILL after a grace period) is ``vlm.procs.run_child``.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.procs import find_llamafactory_cli, log_tail, run_child
+from vlm.procs import log_tail, run_child
+
+MERGE_CONFIG = "vlm_merge_config.yaml"
+
+
+def find_llamafactory_cli() -> str:
+    """``$VLM_LLAMAFACTORY_CLI`` if set (LLaMA-Factory in another environment), else ``llamafactory-cli``
+    next to this Python (the venv), else the one on PATH."""
+    if os.environ.get("VLM_LLAMAFACTORY_CLI"):
+        return os.environ["VLM_LLAMAFACTORY_CLI"]
+    beside = Path(sys.executable).parent / "llamafactory-cli"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("llamafactory-cli")
+    if found:
+        return found
+    raise VlmError("llamafactory-cli not found",
+                   hint="install the project environment: make setup (or pip install llamafactory==0.9.5).")
+
 
 # LLaMA-Factory's launcher reads these to start torchrun (llamafactory/launcher.py).
 DEFAULT_MASTER_PORT = 29500  # torchrun's own default
-MERGE_CONFIG = "vlm_merge_config.yaml"
 SCALE_ENV = {"nnodes": "NNODES", "node_rank": "NODE_RANK", "master_addr": "MASTER_ADDR",
              "master_port": "MASTER_PORT", "nproc_per_node": "NPROC_PER_NODE"}
 
@@ -121,6 +140,23 @@ def make_plan(cli: str, subcommand: str, config_path: Path, log_path: Path, env_
     return LaunchPlan([cli, subcommand, str(config_path)], dict(env_set), config_path, log_path)
 
 
+def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_size: int = 5) -> dict[str, Any]:
+    """The ``llamafactory-cli export`` config that merges a LoRA adapter into its base model."""
+    merged = {
+        "model_name_or_path": cfg["model_name_or_path"],
+        "adapter_name_or_path": str(adapter),
+        "template": cfg["template"],
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "export_size": export_size,  # GB per safetensors shard
+        "export_device": "cpu",
+        "export_legacy_format": False,
+    }
+    if cfg.get("trust_remote_code") is not None:
+        merged["trust_remote_code"] = cfg["trust_remote_code"]
+    return merged
+
+
 def log_banner(plan: LaunchPlan, started_at: str) -> None:
     """Mark where this run starts in a log that earlier runs (or a resumed run) appended to."""
     plan.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +191,7 @@ def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
@@ -171,68 +207,3 @@ def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, An
         if isinstance(value, str) and "," not in value and (base / value).exists():
             cfg[key] = str((base / value).resolve())
     return cfg
-
-
-# ---------------------------------------------------------------- merge
-
-
-@dataclass
-class MergeSpec:
-    """What ``vlm merge`` was asked to do."""
-
-    config: Path
-    adapter: Path | None = None
-    export_dir: Path | None = None
-    export_size: int = 5
-    dry_run: bool = False
-
-
-def merge_config(cfg: dict[str, Any], adapter: Path, export_dir: Path, export_size: int = 5) -> dict[str, Any]:
-    """The ``llamafactory-cli export`` config that merges a LoRA adapter into its base model."""
-    merged = {
-        "model_name_or_path": cfg["model_name_or_path"],
-        "adapter_name_or_path": str(adapter),
-        "template": cfg["template"],
-        "finetuning_type": "lora",
-        "export_dir": str(export_dir),
-        "export_size": export_size,  # GB per safetensors shard
-        "export_device": "cpu",
-        "export_legacy_format": False,
-    }
-    if cfg.get("trust_remote_code") is not None:
-        merged["trust_remote_code"] = cfg["trust_remote_code"]
-    return merged
-
-
-def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
-    """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
-    from vlm.config import load_config, render_yaml
-    from vlm.fsutil import atomic_write_text
-    from vlm.output import info
-
-    cfg = resolve_paths(load_config(spec.config))
-    missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
-    if missing:
-        raise VlmError(f"{spec.config} has no {', '.join(missing)}", hint="pass the training config of the run.")
-    if cfg.get("finetuning_type", "lora") != "lora":
-        raise VlmError(f"merge applies to LoRA runs; this config trains with {cfg['finetuning_type']}",
-                       hint="a full or freeze run's output_dir already holds the whole model.")
-    adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
-    if not (adapter / "adapter_config.json").is_file():
-        raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
-                       hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")
-    export_dir = (spec.export_dir or Path(f"{adapter}-merged")).resolve()
-    if export_dir == adapter:
-        raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
-    merged = merge_config(cfg, adapter, export_dir, spec.export_size)
-    plan = make_plan(find_llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
-    if spec.dry_run:
-        return plan, merged, None
-    header = [f"Merge config written by vlm merge {spec.config} at {now()}.", f"Rerun: {plan.describe()}"]
-    atomic_write_text(plan.config_path, render_yaml(merged, header))
-    log_banner(plan, now())
-    info(f"merging {adapter} into {merged['model_name_or_path']} -> {export_dir}\n  log: {plan.log_path}")
-    code = run_plan(plan)
-    if code:
-        report_failure(plan, code)
-    return plan, merged, code

@@ -1,4 +1,5 @@
-"""Token-budget preflight: count exactly what LLaMA-Factory will feed the model, before training.
+"""Token budget (``vlm stats``, and ``vlm train``'s check): count exactly what LLaMA-Factory will feed the
+model, before training.
 
 LLaMA-Factory 0.9.5 shrinks every image to ``image_max_pixels`` (default 768*768)
 before Qwen2-VL's own smart resize, so one CORD photo costs ~750 image tokens.
@@ -24,29 +25,42 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import logging
 import math
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.lf.data import (
+    DATA_KEYS,
+    MODEL_KEYS,
+    dataset_attrs,
+    encode_example,
+    image_placeholder_tokens,
+    lf_default,
+    load_template,
+    one_placeholder_per_image,
+    quiet,
+    read_dataset_info,
+    read_records,
+    record_converter,
+)
 
-# LLaMA-Factory 0.9.5 defaults (hparams.ProcessorArguments / hparams.DataArguments).
-LF_IMAGE_MAX_PIXELS = 768 * 768
-LF_IMAGE_MIN_PIXELS = 32 * 32
-LF_CUTOFF_LEN = 2048
+# LLaMA-Factory's defaults (hparams.ProcessorArguments / hparams.DataArguments), read from its dataclasses
+# on first use: importing them loads transformers, which this module's importers must not pay for.
+_LF_DEFAULTS = {"LF_IMAGE_MAX_PIXELS": "image_max_pixels", "LF_IMAGE_MIN_PIXELS": "image_min_pixels",
+                "LF_CUTOFF_LEN": "cutoff_len"}
 
-# Config keys that change how examples are tokenized; passed on to LLaMA-Factory unchanged.
-MODEL_KEYS = ("trust_remote_code", "use_fast_tokenizer", "split_special_tokens", "add_tokens",
-               "add_special_tokens", "model_revision", "cache_dir")
-DATA_KEYS = ("default_system", "enable_thinking", "preserve_thinking", "tool_format", "train_on_prompt",
-              "mask_history", "media_dir", "packing", "neat_packing", "max_samples")
+
+def __getattr__(name: str) -> Any:
+    if name in _LF_DEFAULTS:
+        return lf_default(_LF_DEFAULTS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KINDS = ("image", "prompt", "answer", "total")
 
@@ -149,9 +163,10 @@ def check_config(cfg: Mapping[str, Any], limit: int | None = None, show_progress
     extra = {k: cfg[k] for k in (*MODEL_KEYS, *DATA_KEYS) if cfg.get(k) is not None}
     return token_budget(
         cfg["model_name_or_path"], cfg["template"], cfg.get("dataset_dir") or "data", datasets,
-        image_max_pixels=_int(cfg, "image_max_pixels", LF_IMAGE_MAX_PIXELS),
-        image_min_pixels=_int(cfg, "image_min_pixels", LF_IMAGE_MIN_PIXELS),
-        cutoff_len=_int(cfg, "cutoff_len", LF_CUTOFF_LEN), limit=limit, show_progress=show_progress, extra=extra,
+        image_max_pixels=_int(cfg, "image_max_pixels", lf_default("image_max_pixels")),
+        image_min_pixels=_int(cfg, "image_min_pixels", lf_default("image_min_pixels")),
+        cutoff_len=_int(cfg, "cutoff_len", lf_default("cutoff_len")), limit=limit, show_progress=show_progress,
+        extra=extra,
     )
 
 
@@ -165,21 +180,25 @@ def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
 
 
 def token_budget(model_name_or_path: str, template: str, dataset_dir: str | os.PathLike, datasets: list[str],
-                 image_max_pixels: int = LF_IMAGE_MAX_PIXELS, image_min_pixels: int = LF_IMAGE_MIN_PIXELS,
-                 cutoff_len: int = LF_CUTOFF_LEN, limit: int | None = None, show_progress: bool = True,
+                 image_max_pixels: int | None = None, image_min_pixels: int | None = None,
+                 cutoff_len: int | None = None, limit: int | None = None, show_progress: bool = True,
                  extra: Mapping[str, Any] | None = None) -> BudgetReport:
     """Count image, prompt, answer and total tokens of every example exactly as LLaMA-Factory's SFT
     preprocessing builds them, and recommend an image_max_pixels and a cutoff_len that fit.
 
     ``extra`` carries further LLaMA-Factory arguments that affect tokenization (e.g.
-    ``default_system``, ``mask_history``, ``trust_remote_code``).
+    ``default_system``, ``mask_history``, ``trust_remote_code``). Settings left out take LLaMA-Factory's
+    defaults.
     """
+    image_max_pixels = lf_default("image_max_pixels") if image_max_pixels is None else image_max_pixels
+    image_min_pixels = lf_default("image_min_pixels") if image_min_pixels is None else image_min_pixels
+    cutoff_len = lf_default("cutoff_len") if cutoff_len is None else cutoff_len
     if image_max_pixels < image_min_pixels:
         raise VlmError(f"image_max_pixels ({image_max_pixels}) is smaller than image_min_pixels ({image_min_pixels})")
     dataset_dir = os.fspath(dataset_dir)
     info = _dataset_info(dataset_dir, datasets)
     model_path = resolve_model(model_name_or_path)
-    with _quiet():
+    with quiet():
         counter = _Counter(model_path, template, dataset_dir, image_max_pixels, image_min_pixels, cutoff_len,
                            dict(extra or {}))
         examples, dropped = counter.count_all(_iter_examples(counter, dataset_dir, datasets, info, limit),
@@ -210,14 +229,9 @@ def resolve_model(name: str) -> str:
 
 
 def _dataset_info(dataset_dir: str, datasets: list[str]) -> dict[str, Any]:
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    if not info_path.is_file():
-        raise VlmError(f"no dataset_info.json in {dataset_dir}",
-                       hint="export and register the data first: vlm save-cord-dataset-in-sharegpt-format DIR")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise VlmError(f"{info_path} is not valid JSON: {e}") from None
+    """The entries of ``datasets``, each registered with a local file that exists."""
+    info_path, info = read_dataset_info(
+        dataset_dir, hint="export and register the data first: vlm save-cord-dataset-in-sharegpt-format DIR")
     unknown = [d for d in datasets if d not in info]
     if unknown:
         raise VlmError(f"dataset {', '.join(map(repr, unknown))} not registered in {info_path}",
@@ -233,31 +247,13 @@ def _dataset_info(dataset_dir: str, datasets: list[str]) -> dict[str, Any]:
     return info
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    files = sorted(path.iterdir()) if path.is_dir() else [path]  # LLaMA-Factory reads a folder's files in order
-    records: list[dict[str, Any]] = []
-    for f in files:
-        text = f.read_text(encoding="utf-8")
-        try:
-            if f.suffix == ".jsonl":
-                records += [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
-                data = json.loads(text)
-                records += data if isinstance(data, list) else [data]
-        except json.JSONDecodeError as e:
-            raise VlmError(f"{f} is not valid JSON: {e}") from None
-    return records
-
-
 def _iter_examples(counter: _Counter, dataset_dir: str, datasets: list[str], info: dict[str, Any],
                    limit: int | None) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Yield (dataset, index, aligned example) through LLaMA-Factory's own parser and converter."""
-    from llamafactory.data.parser import get_dataset_list
-
     n = 0
-    for name, attr in zip(datasets, get_dataset_list(datasets, {d: info[d] for d in datasets})):
+    for name, attr in zip(datasets, dataset_attrs(datasets, info)):
         convert = record_converter(attr, counter.data_args)
-        records = _read_records(Path(dataset_dir) / info[name]["file_name"])
+        records = read_records(Path(dataset_dir) / info[name]["file_name"])
         if counter.data_args.max_samples is not None:
             records = records[: counter.data_args.max_samples]
         for i, record in enumerate(records):
@@ -274,44 +270,6 @@ def _iter_examples(counter: _Counter, dataset_dir: str, datasets: list[str], inf
                                    hint=f"image paths are relative to {counter.data_args.media_dir}.")
             n += 1
             yield name, i, example
-
-
-def load_template(model_args: Any, data_args: Any) -> tuple[dict[str, Any], Any]:
-    """LLaMA-Factory's tokenizer module and fixed template, set up as ``get_dataset`` sets them up."""
-    from llamafactory.data import TEMPLATES, get_template_and_fix_tokenizer
-    from llamafactory.model import load_tokenizer
-
-    name, model_path = data_args.template, model_args.model_name_or_path
-    if name not in TEMPLATES:
-        raise VlmError(f"LLaMA-Factory has no template {name!r}",
-                       hint="use the template of the model's family, e.g. qwen2_vl for Qwen2-VL.")
-    pristine = copy.copy(TEMPLATES[name])
-    try:
-        module = load_tokenizer(model_args)
-        return module, get_template_and_fix_tokenizer(module["tokenizer"], data_args)
-    except (OSError, ValueError) as e:
-        raise VlmError(f"LLaMA-Factory cannot load {model_path} with template {name!r}: {e}") from None
-    finally:
-        TEMPLATES[name] = pristine  # the call sets default_system etc. on the shared template; undo that
-
-
-def one_placeholder_per_image(template: Any) -> Any:
-    """A copy of ``template`` whose plugin leaves one image token per image instead of expanding it."""
-    light = copy.copy(template)
-    light.mm_plugin = copy.copy(template.mm_plugin)
-    light.mm_plugin.expand_mm_tokens = False
-    return light
-
-
-def record_converter(attr: Any, data_args: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """LLaMA-Factory's converter for one dataset's raw records (``_prompt``, ``_response``, ``_images``...)."""
-    from llamafactory.data.converter import get_dataset_converter
-
-    convert = get_dataset_converter(attr.formatting, attr, data_args)
-    # datasets.load_dataset gives every record every column, None where it is missing; so do we.
-    columns = [c for c in (attr.messages, attr.system, attr.tools, attr.images, attr.videos, attr.audios,
-                           attr.chosen, attr.rejected, attr.kto_tag) if c]
-    return lambda record: convert({**dict.fromkeys(columns), **record})
 
 
 class _Counter:
@@ -367,24 +325,15 @@ class _Counter:
         """Image tokens LLaMA-Factory gives a (width, height) image at ``max_pixels``, via its own plugin."""
         key = (*size, max_pixels)
         if key not in self._probes:
-            from llamafactory.extras.constants import IMAGE_PLACEHOLDER
-            from PIL import Image
-
             if max_pixels not in self._processors:
                 proc = copy.copy(self.processor)
                 proc.image_max_pixels = max_pixels
                 self._processors[max_pixels] = proc
-            # Only the size matters to the resize and to the grid; a 1-bit blank image is cheap.
-            blank = Image.new("1", size)
-            messages = self.plugin.process_messages([{"role": "user", "content": IMAGE_PLACEHOLDER}], [blank], [], [],
-                                                    self._processors[max_pixels])
-            self._probes[key] = messages[0]["content"].count(self.plugin.image_token)
+            self._probes[key] = image_placeholder_tokens(self.plugin, self._processors[max_pixels], size)
         return self._probes[key]
 
     def _encode(self, processor: Any, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        return processor._encode_data_example(
-            prompt=ex["_prompt"], response=ex["_response"], system=ex["_system"], tools=ex["_tools"],
-            images=ex["_images"] or [], videos=ex["_videos"] or [], audios=ex["_audios"] or [])
+        return encode_example(processor, ex)
 
     def _split(self, ids: list[int], labels: list[int]) -> tuple[int, int]:
         """(image tokens, answer tokens) in one encoded example."""
@@ -504,23 +453,3 @@ def _progress(show: bool, total: int):
     with progress(transient=True) as bar:
         task = bar.add_task("counting tokens", total=total)
         yield lambda: bar.advance(task)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep LLaMA-Factory's logs (which it writes to stdout) and transformers' warnings off stdout."""
-    import llamafactory.extras.logging as lf_logging
-    import transformers.utils.logging as hf_logging
-
-    lf_logging.get_logger(__name__)  # both libraries set their levels when first used, so configure them first
-    hf_logging.get_logger(__name__)
-    loggers = [logging.getLogger(name) for name in ("llamafactory", "transformers")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
