@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm import __version__
 from vlm.errors import VlmError
 from vlm.fsutil import (
     atomic_write_bytes,
@@ -31,13 +30,10 @@ from vlm.fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from vlm.schema import prompt_hash
+from vlm.manifest import MANIFEST, merge_manifest, read_manifest, trusted_images
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-SPLITS = ("train", "validation", "test")
-MANIFEST = "manifest.json"
-VERIFIED = "decoded"  # a split's images_verified value: every image was fully decoded when it was written
 
 # Leading bytes -> file extension. The extension comes from the bytes, not from a name.
 _MAGIC = (
@@ -351,69 +347,6 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
     return SplitResult(split, out_file, len(records), skipped, sum(r["reused"] for r in good), augmented)
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError):  # not ours to interpret; the merge replaces it (with a warning)
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
-def _trusted_images(manifest: dict[str, Any] | None) -> dict[str, str]:
-    """id -> sha256 of the images a previous export decoded fully before writing them."""
-    manifest = manifest or {}
-    verified = {name for name, s in (manifest.get("splits") or {}).items()
-                if isinstance(s, dict) and s.get("images_verified") == VERIFIED}
-    return {doc_id: entry.get("sha256") for doc_id, entry in (manifest.get("images") or {}).items()
-            if isinstance(entry, dict) and doc_id.rsplit("-", 1)[0] in verified}
-
-
-def _merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult], images: dict[str, Any]) -> dict[str, Any]:
-    """Read the manifest (under its lock), replace the splits just exported, keep the others, write it back."""
-    with file_lock(path):
-        remove_own_temps(path.parent, path.name)  # a killed run's temp; writers hold this lock
-        old = _read_manifest(path)
-        if old == {}:
-            from vlm.output import warn
-
-            warn(f"{path} was not a readable manifest; it now describes only the splits exported now")
-        old = old or {}
-        done = {r.split for r in results}
-        splits = {k: v for k, v in (old.get("splits") or {}).items() if k not in done}
-        for r in results:
-            splits[r.split] = {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
-                               "file_sha256": sha256_file(r.file), "source": spec.source, "limit": spec.limit,
-                               "prompt_sha256": prompt_hash(spec.prompt), "images_verified": VERIFIED}
-        order = {name: i for i, name in enumerate(SPLITS)}
-        splits = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-        kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.split("-", 1)[0] not in done}
-        kept_skipped = [s for s in old.get("skipped") or [] if isinstance(s, dict) and s.get("split") not in done]
-        manifest = {
-            "tool": "vlm",
-            "version": __version__,
-            "source": spec.source,
-            "name": spec.name,
-            "image_column": spec.image_column,
-            "target_column": spec.target_column,
-            "target_field": spec.target_field,
-            "limit": spec.limit,
-            "prompt": spec.prompt,
-            "prompt_sha256": prompt_hash(spec.prompt),
-            "splits": splits,
-            "skipped": sorted(kept_skipped + [s for r in results for s in r.skipped],
-                              key=lambda s: (order.get(s["split"], len(order)), s["index"])),
-            "images": dict(sorted({**kept_images, **images}.items())),
-        }
-        augment = next((spec.augment.describe() for r in results if r.augmented), None) or (
-            old.get("augment") if "train" not in done else None)
-        if augment:
-            manifest["augment"] = augment  # the policy of the train split's augmented copies
-        atomic_write_json(path, manifest)
-    return manifest
-
-
 def _remove_if_empty(created: list[Path]) -> None:
     """After a failed export: remove the folders it created, if nothing but its own lock files is in them."""
     for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
@@ -438,7 +371,7 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
     sources = {split: load_split(spec.source, split, spec.image_column) for split in spec.splits}
     created = ensure_dir(spec.out_dir, "output folder")
     manifest_path = spec.out_dir / MANIFEST
-    previous = _read_manifest(manifest_path)
+    previous = read_manifest(manifest_path)
     if previous and previous.get("name") not in (None, spec.name):
         raise VlmError(f"{spec.out_dir} already holds the export {previous['name']!r}, not {spec.name!r}",
                        hint="export into another folder (one manifest.json describes one dataset).")
@@ -453,11 +386,11 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
                     remove_own_temps(spec.out_dir / "images" / split)
                     remove_own_temps(spec.out_dir, out_file.name)
                     results.append(export_split(spec, split, images, progress, ds=sources[split],
-                                                trusted=_trusted_images(previous)))
+                                                trusted=trusted_images(previous)))
     except BaseException:
         _remove_if_empty(created)
         raise
-    manifest = _merge_manifest(manifest_path, spec, results, images)
+    manifest = merge_manifest(manifest_path, spec, results, images)
     registered, unchanged = [], []
     if register:
         from vlm.registry import register_dataset

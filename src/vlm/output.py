@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -42,3 +44,14 @@ def progress(transient: bool = False):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=transient,
     )
+
+
+@contextlib.contextmanager
+def counting(show: bool, total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A transient progress bar for a counted loop; yields the function that advances it (a no-op if hidden)."""
+    if not show:
+        yield lambda: None
+        return
+    with progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)

@@ -23,7 +23,6 @@ its real decoded image, and any disagreement switches every example to that path
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -363,7 +362,9 @@ class _Counter:
         budgets: list[ExampleBudget] = []
         dropped: list[dict[str, Any]] = []
         checked = False
-        with _progress(show_progress, len(rows)) as advance:
+        from vlm.output import counting
+
+        with counting(show_progress, len(rows), "counting tokens") as advance:
             for name, index, ex in rows:
                 # SupervisedDatasetProcessor.preprocess_dataset drops these (the converter empties broken ones).
                 if len(ex["_prompt"]) % 2 != 1 or len(ex["_response"]) != 1:
@@ -441,15 +442,3 @@ def _recommend(report: BudgetReport, counter: _Counter) -> None:
 def _side(pixels: int) -> str:
     side = math.isqrt(pixels)
     return f"{side}*{side}" if side * side == pixels else f"{pixels} px"
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total: int):
-    if not show:
-        yield lambda: None
-        return
-    from vlm.output import progress
-
-    with progress(transient=True) as bar:
-        task = bar.add_task("counting tokens", total=total)
-        yield lambda: bar.advance(task)
