@@ -119,7 +119,7 @@ class Rule:
 # --------------------------------------------------------------------------- reading a CORD document
 
 
-def _rows(value: Any) -> list[dict]:
+def as_rows(value: Any) -> list[dict]:
     """A group stored as one dict or a list of dicts, as a list of dicts (CORD does both)."""
     if isinstance(value, dict):
         return [value]
@@ -130,7 +130,7 @@ def _rows(value: Any) -> list[dict]:
 
 def _field(doc: dict, group: str, key: str) -> Any:
     """``doc[group][key]``; a group stored as a list uses its first dict with the key."""
-    return next((row[key] for row in _rows(doc.get(group)) if key in row), None)
+    return next((row[key] for row in as_rows(doc.get(group)) if key in row), None)
 
 
 def _money(doc: dict, group: str, key: str) -> Decimal | None:
@@ -148,8 +148,8 @@ def _fmt(value: Decimal) -> str:
 def _line_price(doc: dict) -> CheckResult:
     """Every menu (or sub) row with a count, a unit price and a price: count x unit price = price."""
     checked, bad = 0, []
-    rows = _rows(doc.get("menu"))
-    rows += [s for r in rows for s in _rows(r.get("sub"))]
+    rows = as_rows(doc.get("menu"))
+    rows += [s for r in rows for s in as_rows(r.get("sub"))]
     for row in rows:
         cnt, unit, price = parse_count(row.get("cnt")), parse_money(row.get("unitprice")), parse_money(row.get("price"))
         if cnt is None or unit is None or price is None:
@@ -165,14 +165,14 @@ def _line_price(doc: dict) -> CheckResult:
 def _menu_sum(doc: dict) -> CheckResult:
     """The menu prices add up to the subtotal (with or without the priced sub-items: receipts do both)."""
     subtotal = _money(doc, "sub_total", "subtotal_price")
-    rows = _rows(doc.get("menu"))
+    rows = as_rows(doc.get("menu"))
     if subtotal is None or not rows:
         return CheckResult(NA, "no subtotal" if subtotal is None else "no menu")
     prices = [parse_money(r.get("price")) for r in rows]
     if any(p is None for p in prices):
         return CheckResult(NA, "a menu row has no price")
     items = sum(prices, Decimal(0))
-    subs = sum((p for r in rows for s in _rows(r.get("sub")) if (p := parse_money(s.get("price"))) is not None),
+    subs = sum((p for r in rows for s in as_rows(r.get("sub")) if (p := parse_money(s.get("price"))) is not None),
                Decimal(0))
     if close(items, subtotal) or (subs and close(items + subs, subtotal)):
         return CheckResult(PASS, f"menu {_fmt(items + subs if subs and not close(items, subtotal) else items)}")
@@ -205,7 +205,7 @@ def _change(doc: dict) -> CheckResult:
 def _menu_qty(doc: dict) -> CheckResult:
     """The counts of the menu rows add up to the printed item quantity."""
     qty = parse_count(_field(doc, "total", "menuqty_cnt"))
-    rows = _rows(doc.get("menu"))
+    rows = as_rows(doc.get("menu"))
     if qty is None or not rows:
         return CheckResult(NA, "no item quantity" if qty is None else "no menu")
     counts = [parse_count(r.get("cnt")) for r in rows]

@@ -17,6 +17,8 @@ import json
 from difflib import SequenceMatcher
 from typing import Any
 
+from vlm.consistency import as_rows as _rows
+
 CORRECT, WRONG, MISSING, EXTRA = "correct", "wrong", "missing", "extra"
 LIST_GROUPS = ("menu", "void_menu")  # groups that hold item rows (a single row may be stored as a dict)
 
@@ -27,14 +29,6 @@ def _text(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _rows(value: Any) -> list[dict]:
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, dict)]
-    return []
 
 
 def _leaves(value: Any, path: str) -> list[tuple[str, str]]:
