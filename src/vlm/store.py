@@ -85,12 +85,6 @@ class Store:
         rows = self.db.execute("SELECT doc_id FROM predictions WHERE grp=? AND split=?", (group, split))
         return {r[0] for r in rows}
 
-    def hashes(self, group: str, split: str) -> set[tuple]:
-        """The distinct (model, adapter, prompt, generation) hashes stored for a group."""
-        rows = self.db.execute("SELECT DISTINCT model_hash, adapter_hash, prompt_hash, gen_hash FROM predictions "
-                               "WHERE grp=? AND split=?", (group, split))
-        return {tuple(r) for r in rows}
-
     def ids_made_otherwise(self, group: str, split: str, current: tuple) -> set[str]:
         """Documents of a group stored with other (model, adapter, prompt, generation) hashes than ``current``."""
         rows = self.db.execute("SELECT doc_id, model_hash, adapter_hash, prompt_hash, gen_hash FROM predictions "

@@ -69,13 +69,16 @@ class TransformersGenerator:
 
 def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
     """The model (with the adapter merged in, if any) as LLaMA-Factory loads it for inference."""
+    import copy
+
     from llamafactory.hparams import FinetuningArguments
     from llamafactory.model import load_model
 
     dtype = str(settings.get("infer_dtype", "auto"))
     if dtype not in DTYPES:
         raise VlmError(f"infer_dtype={dtype!r} is not one of {', '.join(DTYPES)}", hint="e.g. infer_dtype=float32")
-    model_args = copy_args(encoder.model_args, infer_dtype=dtype)
+    model_args = copy.copy(encoder.model_args)  # the encoder's own arguments stay as they were
+    model_args.infer_dtype = dtype
     adapter = settings.get("adapter_name_or_path")
     if adapter:
         model_args.adapter_name_or_path = [str(adapter)]
@@ -86,12 +89,3 @@ def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
         raise VlmError(f"LLaMA-Factory cannot load {settings['model_name_or_path']}"
                        f"{' with adapter ' + str(adapter) if adapter else ''}: {e}") from None
     return model.eval()
-
-
-def copy_args(args: Any, **changes: Any) -> Any:
-    import copy
-
-    new = copy.copy(args)
-    for key, value in changes.items():
-        setattr(new, key, value)
-    return new
