@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import invoke
+from conftest import invoke, run_vlm
 
 from vlm.config import load_config, parse_value
 from vlm.errors import ConfigError
@@ -254,3 +254,27 @@ def test_non_utf8_yaml_is_named(tmp_path: Path):
     r = subprocess.run([sys.executable, "-m", "vlm.cli", "validate", str(bad)], capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and f"{bad} is not UTF-8 text" in r.stderr and "bug" not in r.stderr
+
+
+# ---------------------------------------------------------------- early stopping (issue 13)
+
+
+def test_early_stopping_renders_what_the_trainer_needs(in_tmp: Path):
+    r = invoke("render-config", "es.yaml", "--early-stopping", "3", "--json")
+    assert r.exit_code == 0, r.output
+    cfg = load_config(in_tmp / "es.yaml")
+    assert (cfg["early_stopping_steps"], cfg["metric_for_best_model"], cfg["load_best_model_at_end"]) == (
+        3, "eval_loss", True)
+    assert "# stop after N evaluations in a row" in (in_tmp / "es.yaml").read_text()
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["eval_strategy=no"], "early_stopping_steps: needs evaluations to watch"),
+    (["val_size=0"], "early_stopping_steps: needs an evaluation set"),
+    ([], "early_stopping_steps: needs metric_for_best_model"),
+])
+def test_early_stopping_without_its_companions_is_refused_before_training(in_tmp: Path, overrides, problem):
+    """The Trainer would assert only after the model loaded; vlm validate names the missing key first."""
+    r = run_vlm("render-config", "es.yaml", "early_stopping_steps=2", *overrides, cwd=in_tmp)
+    assert r.returncode == 2 and problem in r.stderr, r.stderr
+    assert not (in_tmp / "es.yaml").exists()

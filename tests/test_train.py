@@ -395,3 +395,22 @@ def test_resume_hint_keeps_the_overrides(tmp_path: Path, tiny_model: Path, toy_d
     assert vlm.returncode == 130, err[-3000:]
     hint = " ".join(err.split("Continue with:")[1].split())
     assert hint.startswith(f"vlm train {config} num_train_epochs=3 learning_rate=5e-5 --nproc-per-node 1 --resume")
+
+
+# ---------------------------------------------------------------- early stopping (issue 13)
+
+
+@pytest.mark.slow
+def test_early_stopping_passes_through_to_the_trainer(tmp_path: Path, tiny_model: Path, toy_dataset: Path):
+    """LLaMA-Factory's early_stopping_steps reaches the Trainer: with a learning rate too small to move any weight
+    the eval loss never improves, so patience 1 stops the run at its second evaluation, not after 24 steps."""
+    config = write_config(tmp_path / "run.yaml", tiny_model, toy_dataset, str(tmp_path / "out"), learning_rate=1e-12,
+                          num_train_epochs=4, val_size=0.25, eval_strategy="steps", eval_steps=1, save_steps=1,
+                          per_device_eval_batch_size=2, early_stopping_steps=1, metric_for_best_model="eval_loss",
+                          load_best_model_at_end=True)
+    r = subprocess.run([*VLM, "train", str(config)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evals = [row["eval_loss"] for row in state["log_history"] if "eval_loss" in row]
+    assert state["global_step"] == 2 and state["max_steps"] == 24 and len(evals) == 2, state["log_history"]
+    assert evals[1] >= evals[0] and state["best_model_checkpoint"].endswith("checkpoint-1")

@@ -77,18 +77,22 @@ EXTRA_COMMENTS = {
     "freeze_trainable_layers": "train the last N layers (negative: the first N)",
     "overwrite_output_dir": "start over even when checkpoints exist",
     "resume_from_checkpoint": "set by vlm train --resume",
+    "early_stopping_steps": "stop after N evaluations in a row without a better metric_for_best_model",
+    "metric_for_best_model": "what early stopping watches (vlm select ranks checkpoints on nTED/F1 instead)",
+    "load_best_model_at_end": "the final model is the best checkpoint by metric_for_best_model",
 }
 SECTION_OF = {key: section for section, entries in RECIPE for key, _, _ in entries}
 COMMENT_OF = {key: comment for _, entries in RECIPE for key, _, comment in entries} | EXTRA_COMMENTS
 SECTION_OF.update(lora_rank="method", quantization_bit="method", quantization_method="method",
                   double_quantization="method", upcast_layernorm="method", freeze_trainable_layers="method",
-                  freeze_trainable_modules="method", freeze_vision_tower="method", deepspeed="train")
+                  freeze_trainable_modules="method", freeze_vision_tower="method", deepspeed="train",
+                  early_stopping_steps="eval", metric_for_best_model="eval", load_best_model_at_end="eval")
 
 # Named flags and the LLaMA-Factory keys they set.
 FLAG_KEYS = {
     "model": "model_name_or_path", "dataset": "dataset", "dataset_dir": "dataset_dir", "output_dir": "output_dir",
     "epochs": "num_train_epochs", "learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size",
-    "lora_rank": "lora_rank",
+    "lora_rank": "lora_rank", "early_stopping": "early_stopping_steps",
 }
 _NUMBER = re.compile(r"^[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -222,6 +226,9 @@ def render_recipe(opts: RenderOptions) -> dict[str, Any]:
     for name, value in opts.flags.items():
         if value is not None and name != "lora_rank":
             cfg[FLAG_KEYS[name]] = value
+    if opts.flags.get("early_stopping") is not None:
+        # LLaMA-Factory's early_stopping_steps is the Trainer's patience, which needs a metric to watch.
+        cfg.update(metric_for_best_model="eval_loss", load_best_model_at_end=True)
     if opts.deepspeed:
         cfg["deepspeed"] = deepspeed_preset(opts.deepspeed)
     cfg.update(parse_overrides(opts.overrides))

@@ -1,4 +1,4 @@
-"""``vlm train`` and ``vlm sweep``: preflight, resume, the run manifest, and grids of runs.
+"""``vlm train``: preflight, resume and the run manifest (grids of runs: ``vlm.sweep``).
 
 A run writes, beside its checkpoints in ``output_dir``:
 
@@ -11,7 +11,6 @@ A run writes, beside its checkpoints in ``output_dir``:
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -349,42 +348,3 @@ def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
     if code not in (0, 130):
         report_failure(plan, code)
     return result
-
-
-# ---------------------------------------------------------------- sweeps
-
-
-def _fmt_number(x: float) -> str:
-    """``1e-4`` rather than ``0.0001``; integers without a decimal point."""
-    if float(x).is_integer() and abs(x) < 1e4:
-        return str(int(x))
-    mantissa, exponent = f"{x:e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-@dataclass
-class SweepPoint:
-    """One grid point: its file, its settings and its output_dir."""
-
-    name: str
-    path: Path
-    settings: dict[str, Any]
-    config: dict[str, Any]
-
-
-def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]]) -> list[SweepPoint]:
-    """The cartesian product of ``grid`` (LLaMA-Factory key -> values) over ``base``, one config per point."""
-    tags = {"learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
-    keys = [k for k in grid if grid[k]]
-    if "lora_rank" in keys and base.get("finetuning_type", "lora") != "lora":
-        raise VlmError("--lora-rank needs a LoRA config", hint="drop --lora-rank for freeze/full configs.")
-    points = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        settings = dict(zip(keys, combo))
-        suffix = "_".join(f"{tags.get(k, k)}{_fmt_number(v)}" for k, v in settings.items())
-        name = f"{base_name}_{suffix}"
-        cfg = {**base, **settings}
-        cfg["output_dir"] = f"{str(base.get('output_dir', 'saves/sweep')).rstrip('/')}_{suffix}"
-        points.append(SweepPoint(name, out_dir / f"{name}.yaml", settings, cfg))
-    return points

@@ -175,6 +175,7 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
         if relaxed.get("quantization_bit") and importlib.util.find_spec("bitsandbytes") is None:
             validation.notes.append("quantization_bit needs bitsandbytes (and a CUDA GPU) at train time; "
                                     "not installed here")
+        problems += early_stopping_problems(relaxed)
         with tempfile.TemporaryDirectory(prefix="vlm-validate-") as tmp:
             relaxed["output_dir"] = str(Path(tmp) / "out")  # vlm train checks the real output_dir's checkpoints
             for cls in classes:
@@ -199,3 +200,20 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
         raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
                                          "and rerun vlm validate.")
     return validation
+
+
+def early_stopping_problems(cfg: dict[str, Any]) -> list[str]:
+    """What LLaMA-Factory's ``early_stopping_steps`` needs, checked now rather than by the Trainer's asserts
+    after the model has loaded. Its patience counts evaluations: training stops after N evaluations
+    (N x eval_steps optimizer steps) in a row without an improvement of metric_for_best_model."""
+    if cfg.get("early_stopping_steps") is None:
+        return []
+    problems = []
+    if str(cfg.get("eval_strategy", "no")).lower() == "no":
+        problems.append("early_stopping_steps: needs evaluations to watch; set eval_strategy: steps and eval_steps")
+    if not cfg.get("val_size") and not cfg.get("eval_dataset"):
+        problems.append("early_stopping_steps: needs an evaluation set; set val_size (e.g. 0.1) or eval_dataset")
+    if not cfg.get("metric_for_best_model") and not cfg.get("load_best_model_at_end"):
+        problems.append("early_stopping_steps: needs metric_for_best_model (e.g. eval_loss); "
+                        "vlm render-config --early-stopping N sets it with load_best_model_at_end: true")
+    return problems

@@ -73,6 +73,9 @@ def render_config(
         "--batch-size", min=1, help="per_device_train_batch_size.")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", min=1, help="lora_rank (lora/qlora).")] = None,
     method: Annotated[Method, typer.Option("--method", help="lora, qlora (4-bit base), full or freeze.")] = Method.lora,
+    early_stopping: Annotated[int | None, typer.Option(
+        "--early-stopping", min=1, help="Stop after N evaluations without a lower eval_loss "
+        "(LLaMA-Factory's early_stopping_steps; the final model is the best one).")] = None,
     deepspeed: Annotated[DeepSpeed | None, typer.Option(
         "--deepspeed", help="Ship a DeepSpeed ZeRO-2/3 preset.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT even if it holds a different config.")] = False,
@@ -90,7 +93,7 @@ def render_config(
         return int(x) if x is not None and float(x).is_integer() else x
 
     flags = dict(model=model, dataset=dataset, dataset_dir=dataset_dir, output_dir=output_dir, epochs=_num(epochs),
-                 learning_rate=learning_rate, batch_size=batch_size, lora_rank=lora_rank)
+                 learning_rate=learning_rate, batch_size=batch_size, lora_rank=lora_rank, early_stopping=early_stopping)
     opts = RenderOptions(out=out, flags=flags, method=method.value, deepspeed=deepspeed.value if deepspeed else None,
                          overrides=list(overrides or []))
     cfg = render_recipe(opts)
@@ -225,58 +228,109 @@ def merge(
         raise typer.Exit(code)
 
 
+def _methods(text: str | None) -> list[str]:
+    from vlm.config import METHODS
+    from vlm.errors import VlmError
+
+    if text is None:
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [m for m in items if m not in METHODS]
+    if bad or not items or len(set(items)) != len(items):
+        raise VlmError(f"--method takes distinct methods from {', '.join(METHODS)}, got {text!r}",
+                       hint="e.g. --method lora,full")
+    return items
+
+
 def sweep(
     config: ConfigArg,
     lr: Annotated[str | None, typer.Option("--lr", help="Learning rates, comma-separated.")] = None,
     lora_rank: Annotated[str | None, typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
     epochs: Annotated[str | None, typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs go.")] = Path("configs/sweep"),
+    method: Annotated[str | None, typer.Option(
+        "--method", help="Fine-tuning methods, comma-separated (lora, qlora, full, freeze): LoRA or full?")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs and sweep_status.json go.")] = Path(
+        "configs/sweep"),
+    run: Annotated[bool, typer.Option(
+        "--run", help="Train the points one after another (a rerun continues where it stopped), then rank them.")
+    ] = False,
+    print_commands: Annotated[bool, typer.Option(
+        "--print-commands", help="Print one `vlm train` command per point, for a scheduler or many GPUs.")] = False,
+    select: Annotated[bool, typer.Option(
+        "--select/--no-select", help="After --run, rank the runs' checkpoints with vlm select.")] = True,
+    split: Annotated[str, typer.Option("--split", help="Split that --run's ranking predicts.")] = "validation",
+    checkpoints: Annotated[str, typer.Option(
+        "--checkpoints", help="Checkpoints --run's ranking scores per run: all or last-N (as vlm select).")] = "all",
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", min=1, help="Generation length for --run's ranking (as vlm predict).")] = 1024,
+    allow_truncation: Annotated[bool, typer.Option(
+        "--allow-truncation", help="Train even when samples exceed cutoff_len.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite configs in --out-dir that hold something else (e.g. hand edits).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Render one validated config per grid point, each with its own output_dir.
+    """Render one validated config per grid point, each with its own output_dir; --run trains them.
 
     A config already in --out-dir with other content (a hand edit) is never overwritten
-    without --force; nothing is written unless every file can be."""
-    from vlm.config import config_header, load_config, render_yaml
+    without --force; nothing is written unless every file can be. With --run the points are
+    trained in order and OUT_DIR/sweep_status.json records each one as pending, running, done
+    or failed: a killed sweep continues where it stopped when rerun, and a failed point does
+    not stop the others. At the end vlm select ranks every run's checkpoints on one leaderboard."""
+    from vlm.config import load_config
     from vlm.errors import VlmError
-    from vlm.fsutil import atomic_write_text
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.train import sweep_points
-    from vlm.validation import validate_config
+    from vlm.sweep import RunOptions, run_sweep, summary, sweep_points, train_commands, write_points
 
-    grid = {"learning_rate": _grid(lr, float, "--lr"), "lora_rank": _grid(lora_rank, int, "--lora-rank"),
-            "num_train_epochs": _grid(epochs, float, "--epochs")}
+    if run and print_commands:
+        raise VlmError("--run and --print-commands are alternatives",
+                       hint="--run trains here, one point after another; --print-commands hands them to a scheduler.")
+    grid = {"method": _methods(method), "learning_rate": _grid(lr, float, "--lr"),
+            "lora_rank": _grid(lora_rank, int, "--lora-rank"), "num_train_epochs": _grid(epochs, float, "--epochs")}
     grid["num_train_epochs"] = [int(e) if e.is_integer() else e for e in grid["num_train_epochs"]]
     if not any(grid.values()):
-        raise VlmError("nothing to sweep", hint="pass at least one of --lr, --lora-rank, --epochs, e.g. --lr 1e-4,5e-5")
+        raise VlmError("nothing to sweep",
+                       hint="pass at least one of --lr, --lora-rank, --epochs, --method, e.g. --lr 1e-4,5e-5")
     points = sweep_points(load_config(config), config.stem, out_dir, grid)
-    for point in points:
-        validate_config(point.config)
     command = f"vlm sweep {config} " + " ".join(
-        f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs)) if text)
-    texts = {}
-    for point in points:
-        header = config_header(f"{command} --out-dir {out_dir}", str(point.path))
-        header.insert(2, "Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()))
-        texts[point.path] = render_yaml(point.config, header)
-    changed = [path for path, text in texts.items() if not path.is_file() or path.read_bytes() != text.encode()]
-    edited = [path for path in changed if path.exists()]
-    if edited and not force:
-        shown = ", ".join(str(p) for p in edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
-        raise VlmError(f"{len(edited)} config(s) in {out_dir} hold something else: {shown}",
-                       hint="pass --force to replace them, or choose another --out-dir.")
-    for path in changed:
-        atomic_write_text(path, texts[path])
+        f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs),
+                                               ("method", method)) if text)
+    write_points(points, command, out_dir, force)
     rows = [{"config": str(p.path), **p.settings, "output_dir": p.config["output_dir"]} for p in points]
-    if as_json:
-        print_json(rows)
+    if print_commands:
+        lines = train_commands(points)
+        if as_json:
+            print_json([{**row, "command": line} for row, line in zip(rows, lines)])
+        else:
+            stdout.print("\n".join(lines), markup=False, highlight=False)
         return
-    for row in rows:
-        stdout.print(row["config"], highlight=False)
-    info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG")
+    if not run:
+        if as_json:
+            print_json(rows)
+            return
+        for row in rows:
+            stdout.print(row["config"], highlight=False)
+        info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, "
+             "or all of them with --run")
+        return
+    status = run_sweep(points, out_dir, f"{command} --out-dir {out_dir} --run", RunOptions(allow_truncation))
+    counts = summary(status)
+    leaderboard = None
+    if select and not status.get("interrupted") and counts["done"]:
+        from vlm.select import leaderboard_for_sweep
+
+        leaderboard = leaderboard_for_sweep(out_dir, split=split, checkpoints=checkpoints,
+                                            max_new_tokens=max_new_tokens, show=not as_json)
+    if as_json:
+        print_json({"status_file": str(out_dir / "sweep_status.json"), **counts, "points": status["points"],
+                    "interrupted": status.get("interrupted", False), "leaderboard": leaderboard})
+    else:
+        info(f"sweep: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
+             f"({out_dir / 'sweep_status.json'})")
+    if status.get("interrupted"):
+        raise typer.Exit(130)
+    if counts["failed"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -285,7 +339,8 @@ def register(app: typer.Typer) -> None:
         "vlm render-config configs/cord.yaml",
         "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
         "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
-        "vlm render-config - learning_rate=5e-5 num_train_epochs=3"))(render_config)
+        "vlm render-config - learning_rate=5e-5 num_train_epochs=3",
+        "vlm render-config configs/cord_es.yaml --early-stopping 3"))(render_config)
     app.command("validate", help=help_text(validate) + examples(
         "vlm validate configs/cord.yaml",
         "vlm validate configs/cord.yaml learning_rate=5e-5 --json"))(validate)
@@ -302,4 +357,6 @@ def register(app: typer.Typer) -> None:
         "--export-dir saves/merged"))(merge)
     app.command("sweep", help=help_text(sweep) + examples(
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
-        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json"))(sweep)
+        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json",
+        "vlm sweep configs/cord.yaml --method lora,full --lr 1e-4,1e-5 --run",
+        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --print-commands"))(sweep)

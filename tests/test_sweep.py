@@ -1,0 +1,172 @@
+"""``vlm sweep``: the method axis, --print-commands, the status file, and --run (failures, kills, resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ENV, ROOT, VLM, invoke, make_toy_dataset, run_vlm
+from test_train import fake_cli, write_config
+
+from vlm.train import checkpoints
+
+CORD = str(ROOT / "configs" / "cord.yaml")
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_method_is_a_sweep_axis(in_tmp: Path):
+    """LoRA or full, the recipe's decision, as grid points; a full point takes no LoRA rank and appears once."""
+    r = invoke("sweep", CORD, "--method", "lora,full", "--lora-rank", "8,16", "--out-dir", "sweep", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {Path(row["config"]).stem: row for row in json.loads(r.stdout)}
+    assert sorted(rows) == ["cord_full", "cord_lora_r16", "cord_lora_r8"]
+    full = yaml.safe_load((in_tmp / "sweep" / "cord_full.yaml").read_text())
+    lora = yaml.safe_load((in_tmp / "sweep" / "cord_lora_r16.yaml").read_text())
+    assert full["finetuning_type"] == "full" and not any(k.startswith("lora_") for k in full)
+    assert full["learning_rate"] == 1e-5 and full["freeze_vision_tower"] is True  # render-config --method full's keys
+    assert (lora["finetuning_type"], lora["lora_rank"], lora["learning_rate"]) == ("lora", 16, 1e-4)
+    assert len({row["output_dir"] for row in rows.values()}) == 3
+    r = invoke("sweep", CORD, "--method", "full", "--lr", "1e-5,2e-5", "--out-dir", "sweep2", "--json")
+    lrs = [yaml.safe_load(Path(row["config"]).read_text())["learning_rate"] for row in json.loads(r.stdout)]
+    assert lrs == [1e-5, 2e-5]  # the grid's learning rate wins over the method's default
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lora,lora"], "--method takes distinct methods"),
+    (["--method", "dora"], "--method takes distinct methods"),
+    (["--method", "full", "--lora-rank", "8"], "--lora-rank needs a LoRA config or --method lora"),
+    (["--lr", "1e-4", "--run", "--print-commands"], "--run and --print-commands are alternatives"),
+])
+def test_bad_sweep_options_are_refused(in_tmp: Path, args: list[str], message: str):
+    r = run_vlm("sweep", CORD, "--out-dir", "sweep", *args, cwd=in_tmp)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (in_tmp / "sweep" / "sweep_status.json").exists()
+
+
+def test_print_commands_for_a_scheduler(in_tmp: Path):
+    r = run_vlm("sweep", CORD, "--lr", "1e-4,5e-5", "--method", "lora,full", "--out-dir", "sweep",
+                "--print-commands", cwd=in_tmp)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and all(shlex.split(line)[:2] == ["vlm", "train"] for line in lines)
+    for line in lines:  # each names a config that exists and validates
+        assert (in_tmp / shlex.split(line)[2]).is_file()
+    assert not (in_tmp / "sweep" / "sweep_status.json").exists()  # printing runs nothing
+
+
+def test_a_damaged_status_file_is_refused_and_kept(in_tmp: Path):
+    (in_tmp / "sweep").mkdir()
+    status = in_tmp / "sweep" / "sweep_status.json"
+    status.write_text("{not json", encoding="utf-8")
+    r = run_vlm("sweep", CORD, "--lr", "1e-4", "--out-dir", "sweep", "--run", cwd=in_tmp)
+    assert r.returncode == 2 and f"{Path('sweep') / 'sweep_status.json'} is not a sweep status file" in r.stderr
+    assert status.read_text() == "{not json"
+
+
+# ---------------------------------------------------------------- --run with a fake llamafactory-cli
+
+FAKE_TRAIN = """
+import json, pathlib, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[2]))
+out = pathlib.Path(cfg["output_dir"])
+print("training", out)
+if cfg["learning_rate"] > 5e-4:
+    print("RuntimeError: loss is nan")
+    sys.exit(3)
+(out / "adapter_model.safetensors").write_bytes(b"weights")
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_point_does_not_stop_the_others(tmp_path: Path, tiny_model: Path):
+    data = make_toy_dataset(tmp_path / "data")
+    base = write_config(tmp_path / "base.yaml", tiny_model, data, "saves/run")
+    env = {**ENV, "VLM_LLAMAFACTORY_CLI": str(fake_cli(tmp_path / "llamafactory-cli", FAKE_TRAIN))}
+    argv = [*VLM, "sweep", str(base), "--lr", "1e-3,1e-4", "--out-dir", "sweep", "--run", "--json",
+            "--no-select"]  # the fake writes no real adapter to rank
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert (doc["done"], doc["failed"]) == (1, 1)
+    failed, done = doc["points"]
+    assert failed["name"] == "base_lr1e-3" and failed["status"] == "failed" and failed["exit_code"] == 3
+    assert "see " + str(tmp_path / "saves" / "run_lr1e-3" / "train.log") in failed["error"]
+    assert done["status"] == "done" and done["attempts"] == 1
+    status = json.loads((tmp_path / "sweep" / "sweep_status.json").read_text())
+    assert [p["status"] for p in status["points"]] == ["failed", "done"]
+
+    # A rerun retries the failed point only; the done one is not trained again.
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    rows = {p["name"]: p for p in json.loads(r.stdout)["points"]}
+    assert rows["base_lr1e-3"]["attempts"] == 2 and rows["base_lr1e-4"]["attempts"] == 1
+    assert "sweep point 1/1: base_lr1e-3 (was failed)" in r.stderr
+
+
+# ---------------------------------------------------------------- --run for real, killed and resumed
+
+
+def _children_training(config: Path) -> list[int]:
+    """Pids of live processes whose command line names ``config``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(config).encode() in cmdline and state != "Z":
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Path):
+    """SIGKILL during the second point, rerun: the first point is not trained again, the second continues from
+    its newest checkpoint, and the leaderboard ranks both runs."""
+    data = make_toy_dataset(tmp_path / "data")
+    base = write_config(tmp_path / "base.yaml", tiny_model, data, "saves/run", num_train_epochs=8, save_steps=32,
+                        logging_steps=1)  # 64 steps, checkpoints at 32 and 64
+    argv = [*VLM, "sweep", str(base), "--lr", "1e-4,2e-4", "--out-dir", "sweep", "--run", "--json",
+            "--max-new-tokens", "8", "--checkpoints", "last-1"]
+    first = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second_out = tmp_path / "saves" / "run_lr2e-4"
+    deadline = time.monotonic() + 600
+    while not checkpoints(second_out) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    training = _children_training(second_out / "vlm_resolved_config.yaml")
+    os.kill(first.pid, signal.SIGKILL)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL, err[-3000:]
+    assert training, "no training child was found for the second point"
+    while _children_training(second_out / "vlm_resolved_config.yaml") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the child dies with its parent (PR_SET_PDEATHSIG); nothing trains on unseen
+    assert not _children_training(second_out / "vlm_resolved_config.yaml"), "the training child outlived the sweep"
+    status = json.loads((tmp_path / "sweep" / "sweep_status.json").read_text())
+    assert [p["status"] for p in status["points"]] == ["done", "running"]
+    assert not (second_out / "adapter_model.safetensors").exists(), "the second point finished before the kill"
+    first_manifest = (tmp_path / "saves" / "run_lr1e-4" / "vlm_run.json").read_text()
+    killed_at = checkpoints(second_out)[-1]
+
+    r = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    rows = {p["name"]: p for p in doc["points"]}
+    assert (tmp_path / "saves" / "run_lr1e-4" / "vlm_run.json").read_text() == first_manifest  # not retrained
+    assert rows["base_lr2e-4"]["status"] == "done" and rows["base_lr2e-4"]["attempts"] == 2
+    assert Path(rows["base_lr2e-4"]["resumed_from"]).name == killed_at.name
+    assert "sweep point 1/1: base_lr2e-4 (was running)" in r.stderr
+    board = doc["leaderboard"]
+    assert board and {Path(row["config"]).stem for row in board["runs"]} == {"base_lr1e-4", "base_lr2e-4"}
