@@ -20,9 +20,14 @@ Two more measurements, side by side with their references:
   checking that the intervals are identical;
 * one huge answer (``--huge-mb`` MB, cut mid-value, as a runaway generation
   ends): ``vlm evaluate`` on a file holding it, in a child process, reporting
-  its peak RSS and time against the same file without the huge line.
+  its peak RSS and time against the same file without the huge line;
+* ``vlm evaluate`` of ``--evaluate-docs`` documents x 2 groups with bootstrap
+  CIs, whole process: the compiled TED core (``vlm.ted_fast``) against the
+  interpreted one it replaced (``VLM_PURE_TED=1``), checking the ``--json``
+  outputs are byte-identical.
 
-    python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50] [--json]
+    python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50]
+        [--evaluate-docs 10000] [--json]
 """
 
 from __future__ import annotations
@@ -196,18 +201,45 @@ def bench_huge_answer(megabytes: int) -> dict:
             path = Path(tmp) / f"{label}.jsonl"
             path.write_text(text)
             del text
-            # a fresh child per run, so ru_maxrss is that run's peak
-            code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-                    "print(p.returncode, time.perf_counter() - t, "
-                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.count('valid_json'))")
-            cmd = [sys.executable, "-c", code, sys.executable, "-m", "vlm.cli", "evaluate", "--predictions",
-                   str(path), "--json"]
-            rc, seconds, kib, _ = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout.split()
-            out[label] = {"exit": int(rc), "seconds": round(float(seconds), 2), "peak_rss_mb": round(int(kib) / 1024)}
+            run = run_evaluate([path])
+            out[label] = {k: run[k] for k in ("exit", "seconds", "peak_rss_mb")}
     out["rss_ratio"] = round(out["with_huge"]["peak_rss_mb"] / out["without"]["peak_rss_mb"], 2)
     return out
+
+
+def run_evaluate(paths: list[Path], **env: str) -> dict:
+    """Whole-process ``vlm evaluate --json`` of ``paths`` in a fresh child: exit, seconds, peak RSS, stdout."""
+    # the child reports its own child's peak, so ru_maxrss is that run's alone
+    code = ("import hashlib, resource, subprocess, sys, time; t = time.perf_counter(); "
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(p.returncode, time.perf_counter() - t, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, hashlib.sha256(p.stdout.encode()).hexdigest())")
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "vlm.cli", "evaluate", "--json"]
+    for path in paths:
+        cmd += ["--predictions", str(path)]
+    rc, seconds, kib, digest = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                              env={**os.environ, "HF_HUB_OFFLINE": "1", **env}).stdout.split()
+    return {"exit": int(rc), "seconds": round(float(seconds), 2), "peak_rss_mb": round(int(kib) / 1024),
+            "stdout_sha256": digest}
+
+
+def bench_evaluate(r: random.Random, n_docs: int) -> dict:
+    """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process: the compiled TED core
+    against the interpreted one (``VLM_PURE_TED=1``, the programme it replaced), outputs compared."""
+    gts = [ground_truth(r) for _ in range(n_docs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name in ("vanilla", "finetuned"):
+            paths.append(Path(tmp) / f"{name}.jsonl")
+            with paths[-1].open("w") as f:
+                for k, (pred, gt) in enumerate(zip(predictions(r, gts, name), gts)):
+                    answer = "I cannot read this receipt." if pred is None else json.dumps(pred, ensure_ascii=False)
+                    f.write(json.dumps({"id": f"doc-{k}", "prediction": answer, "ground_truth": gt}) + "\n")
+        run_evaluate(paths[:1])  # numba's cached build exists before the timed run (a first run compiles it)
+        fast, pure = run_evaluate(paths), run_evaluate(paths, VLM_PURE_TED="1")
+    return {"documents": n_docs, "groups": 2, "compiled": fast, "interpreted": pure,
+            "speedup": round(pure["seconds"] / fast["seconds"], 1),
+            "identical": fast["stdout_sha256"] == pure["stdout_sha256"] and fast["exit"] == pure["exit"] == 0}
 
 
 def main() -> None:
@@ -217,6 +249,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bootstrap-docs", type=int, default=10000, help="0 skips the bootstrap comparison")
     p.add_argument("--huge-mb", type=int, default=50, help="0 skips the huge-answer measurement")
+    p.add_argument("--evaluate-docs", type=int, default=10000,
+                   help="whole-process vlm evaluate, compiled vs interpreted TED; 0 skips it")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -256,6 +290,7 @@ def main() -> None:
         "bootstrap": bench_bootstrap(random.Random(args.seed + 1), args.bootstrap_docs, args.repeats)
         if args.bootstrap_docs else None,
         "huge_answer": bench_huge_answer(args.huge_mb) if args.huge_mb else None,
+        "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs) if args.evaluate_docs else None,
         "summary": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
                            if k in ("valid_json", "ted_accuracy", "f1", "ted_accuracy_numnorm", "menu_f1")}
                     for name, s in summary.items()},
@@ -282,7 +317,14 @@ def main() -> None:
             print(f"one {h['answer_mb']} MB cut-off answer: vlm evaluate peak RSS {h['with_huge']['peak_rss_mb']} MB "
                   f"in {h['with_huge']['seconds']} s (exit {h['with_huge']['exit']}); without it "
                   f"{h['without']['peak_rss_mb']} MB in {h['without']['seconds']} s; ratio {h['rss_ratio']}x")
-    ok = agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
+        if result["evaluate"]:
+            e = result["evaluate"]
+            print(f"vlm evaluate, {e['documents']} documents x 2 groups, whole process: compiled TED "
+                  f"{e['compiled']['seconds']} s ({e['compiled']['peak_rss_mb']} MB), interpreted "
+                  f"{e['interpreted']['seconds']} s ({e['interpreted']['peak_rss_mb']} MB), speedup {e['speedup']}x, "
+                  f"output identical: {e['identical']}")
+    ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
+          and (not result["evaluate"] or result["evaluate"]["identical"]))
     sys.exit(0 if ok else 1)
 
 

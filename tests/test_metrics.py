@@ -312,3 +312,81 @@ def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
     plain = json.loads(json.dumps(pred.value))  # the same answer as plain floats: what Donut's metric sees
     assert doc["f1"] == R.f1_counts(plain, gt) == (1, 3, 3)
     assert doc["ted_accuracy"] == pytest.approx(R.ted_accuracy(plain, gt), abs=1e-12)
+
+
+# --- the compiled TED core (vlm.ted_fast) ---------------------------------------------------------------------------
+
+def _compiled_kernel():
+    pytest.importorskip("numba")
+    from vlm import ted_fast
+
+    fn = ted_fast.kernel()
+    assert fn, "numba is installed, so the compiled TED must be in use (VLM_PURE_TED set?)"
+    return fn
+
+
+def test_compiled_ted_equals_interpreted_and_reference():
+    """Both distances (plain and number-normalised) from the numba build equal the pure-Python ones and zss's."""
+    from vlm.ted import tree_distances
+
+    _compiled_kernel()
+    checked = 0
+    for pred, gt in _pairs(240, 5):
+        a, b = build_tree(M.normalize(pred)), build_tree(M.normalize(gt))
+        fast = tree_distances(a, b, M.number_key, compiled=True)
+        assert fast == tree_distances(a, b, M.number_key, compiled=False), (pred, gt)
+        assert fast[0] == R.ted(R.build(R.normalize(pred)), R.build(R.normalize(gt))), (pred, gt)
+        checked += a.size > 1 and b.size > 1 and a.labels != b.labels  # pairs that reach the compiled programme
+    assert checked > 150
+
+
+def test_compiled_band_is_exact_within_its_bound():
+    """The compiled programme under a bound: exact when the distance fits it, an upper bound otherwise."""
+    from vlm import ted_fast
+    from vlm.ted import tree_distance
+
+    fn = _compiled_kernel()
+    r = random.Random(12)
+    checked = 0
+    while checked < 60:
+        gt = cord_like(r)
+        a, b = build_tree(M.normalize(mutate(r, gt))), build_tree(M.normalize(gt))
+        if a.size < 2 or b.size < 2 or min(a.cost[1:] + b.cost[1:]) < 1 or a.labels == b.labels:
+            continue
+        d = tree_distance(a, b)
+        for bound in {abs(a.size - b.size), d - 1, d, d + 3, 2 * d}:
+            if bound >= abs(a.size - b.size):
+                got = ted_fast.distances(fn, a, b, None, lambda t1, t2, keys, zs: zs(t1, t2, keys, bound))[0]
+                assert got == d if d <= bound else got >= d, (bound, d, got)
+        checked += 1
+
+
+def test_many_documents_score_the_same_compiled_and_interpreted():
+    """score_documents switches to the compiled TED from COMPILE_FROM documents on; every per-document value
+    equals scoring each document with the interpreted programme."""
+    _compiled_kernel()
+    pairs = list(_pairs(M.COMPILE_FROM, 6))
+    scores = M.score_documents([p for p, _ in pairs], [g for _, g in pairs])
+    for k, (pred, gt) in enumerate(pairs):
+        want = M.score_document(pred, gt, compiled=False)
+        assert (scores.ted_accuracy[k], scores.ted_accuracy_numnorm[k]) == (want["ted_accuracy"],
+                                                                              want["ted_accuracy_numnorm"])
+
+
+def test_compiled_ted_survives_no_cache_and_switches_off(tmp_path):
+    """numba with nowhere to cache still compiles (per process); VLM_PURE_TED=1 turns the build off."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    probe = ("from vlm import ted_fast, metrics as M\nfrom vlm.ted import build_tree, tree_distances\n"
+             "a, b = build_tree({'a': ['xy']}), build_tree({'a': ['x'], 'b': ['z']})\n"
+             "print(bool(ted_fast.kernel()), tree_distances(a, b))")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache")}  # under a file: no cache can be made
+    for extra, want in (({}, "True (3, None)"), ({"VLM_PURE_TED": "1"}, "False (3, None)")):
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, **extra})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == want

@@ -54,6 +54,9 @@ from vlm.tolerant_json import Num
 _SCALARS = frozenset({str, int, float, Num})
 
 Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
+# From this many documents on, TED runs compiled (vlm.ted_fast): loading numba's cached build costs about
+# a second, the interpreted programme a few milliseconds per document.
+COMPILE_FROM = 200
 
 
 def normalize(data: Any) -> Any:
@@ -259,10 +262,11 @@ def _numnorm_key(lits: dict[str, str], gt_texts: set[str]):
     return lambda text: number_key(lits.get(text, text))
 
 
-def score_document(pred: dict | None, gt: Any, valid: bool | None = None) -> dict[str, Any]:
+def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True) -> dict[str, Any]:
     """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
 
-    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts.
+    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``compiled``: TED by
+    the numba build where available (the same distances, see ``vlm.ted_fast``).
     """
     p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
     try:
@@ -275,7 +279,7 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None) -> dic
     fp, fg = flatten(np_), flatten(ng)
     lits = literals(p) if p else {}
     key = _numnorm_key(lits, {v for _, v in fg}) if lits else number_key
-    d, d_num = tree_distances(tp, tg, key)
+    d, d_num = tree_distances(tp, tg, key, compiled)
     denom = tg.closed_form_insert_all()
     return {
         "valid": valid,
@@ -293,7 +297,9 @@ def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] 
     """Score each prediction against its ground truth; ``valid`` overrides what counts as valid JSON."""
     if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
-    docs = [score_document(p, g, None if valid is None else valid[k]) for k, (p, g) in enumerate(zip(preds, gts))]
+    compiled = len(preds) >= COMPILE_FROM
+    docs = [score_document(p, g, None if valid is None else valid[k], compiled)
+            for k, (p, g) in enumerate(zip(preds, gts))]
     return DocScores(
         valid=[d["valid"] for d in docs],
         ted_accuracy=[d["ted_accuracy"] for d in docs],

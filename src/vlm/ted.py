@@ -33,6 +33,8 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
+from vlm import ted_fast
+
 LEAF = "<leaf>"
 _INF = 1 << 60
 
@@ -523,28 +525,30 @@ def _pair(li, lj, base, rows, cols_j, fd, td, upd):
         prev = row
 
 
-def _search(t1: Tree, t2: Tree, upd: list[list[int]], upper: int | None = None) -> int:
+def _search(t1: Tree, t2: Tree, upd: Any, upper: int | None = None, zs: Callable = zhang_shasha) -> int:
     """The exact distance, searched in a narrow band first (see ``zhang_shasha``'s ``bound``).
 
     The first pass bounds the distance by a small guess. If it finds a mapping
     within the guess, that is the distance; otherwise the mapping's cost bounds
     the distance and a second pass under that bound is exact. ``upper``, a known
     bound, replaces the guess. Needs every node to cost at least 1 (an empty leaf
-    costs 0); otherwise the full table is computed.
+    costs 0); otherwise the full table is computed. ``zs`` runs the programme:
+    ``zhang_shasha`` over ``upd`` (update costs as lists), or the compiled one
+    (``vlm.ted_fast``, whose ``upd`` says which leaves update for free).
     """
     n1, n2 = t1.size, t2.size
     if min(t1.cost[1:]) < 1 or min(t2.cost[1:]) < 1:
-        return zhang_shasha(t1, t2, upd)
+        return zs(t1, t2, upd)
     if upper is None:
         low = max(abs(n1 - n2), abs(sum(t1.cost) - sum(t2.cost)))  # the distance is at least this
         guess = max(2 * low, 16)
         if guess >= n1 + n2:
-            return zhang_shasha(t1, t2, upd)
-        d = zhang_shasha(t1, t2, upd, guess)
+            return zs(t1, t2, upd)
+        d = zs(t1, t2, upd, guess)
         if d <= guess:
             return d
         upper = d
-    return zhang_shasha(t1, t2, upd, upper if upper < n1 + n2 else None)
+    return zs(t1, t2, upd, upper if upper < n1 + n2 else None)
 
 
 def same_tree(t1: Tree, t2: Tree) -> bool:
@@ -556,12 +560,14 @@ def tree_distance(t1: Tree, t2: Tree) -> int:
     return tree_distances(t1, t2)[0]
 
 
-def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) -> tuple[int, int | None]:
+def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None,
+                   compiled: bool = True) -> tuple[int, int | None]:
     """TED(t1 -> t2), and with ``key`` also the TED in which two leaves with equal ``key(text)`` update for free.
 
     The second distance reuses the first whenever no pair of different leaf
     texts across the trees shares a key (the cost matrices are then equal), and
-    otherwise searches under the first as its bound.
+    otherwise searches under the first as its bound. ``compiled``: use numba's
+    build of the programme where it is available (``vlm.ted_fast``; same distances).
     """
     if same_tree(t1, t2):
         return 0, (0 if key else None)
@@ -569,6 +575,9 @@ def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) 
         # a bare root: the roots match and everything else is inserted (or removed)
         d = t2.closed_form_insert_all() if t1.size == 1 else t1.closed_form_insert_all()
         return d, (d if key else None)
+    fn = ted_fast.kernel() if compiled else False
+    if fn:
+        return ted_fast.distances(fn, t1, t2, key, _search)
     u = update_matrix(t1, t2)
     upd = u.tolist()
     d = _search(t1, t2, upd)

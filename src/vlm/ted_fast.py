@@ -1,0 +1,181 @@
+"""The Zhang–Shasha programme of ``vlm.ted`` compiled with numba, when numba is installed.
+
+Same trees, costs, band and answers as ``ted.zhang_shasha``: the distance is
+exact whenever it is ``<= bound`` and an upper bound otherwise, so ``ted._search``
+drives both the same way. It is the textbook programme over postorder arrays
+(every keyroot pair, the root pair included, whose table reaches the band),
+without the Python version's special loops, which only exist to cut
+interpreter overhead. A cell outside the band reads as infinite; the
+boundary row and column of each table (remove all, insert all) are always real.
+
+numba compiles on first use and caches the machine code next to this file (or,
+where that is read-only, in numba's user cache); a machine that can cache
+nowhere compiles once per process. ``VLM_PURE_TED=1``, a missing numba or a
+failed compile all fall back to the pure-Python programme, which gives the same
+distances (tests/test_metrics.py checks both on random trees).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+_INF = 1 << 60
+_kernel: Any = None  # the compiled function, False when unavailable
+
+
+def _compile() -> Any:
+    """The jitted kernel, or False (numba missing, switched off, or failing to compile)."""
+    if os.environ.get("VLM_PURE_TED"):
+        return False
+    try:
+        import numba
+    except ImportError:
+        return False
+    try:
+        try:
+            fn = numba.njit(cache=True, nogil=True)(_zs)
+        except RuntimeError:  # no writable cache location: compile per process instead
+            fn = numba.njit(nogil=True)(_zs)
+        one, none = np.ones(2, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        fn(one, one[1:], one, one, -one, one, one[1:], one, one, -one, np.zeros((1, 1), np.int64), none, none, 2, 2)
+    except Exception:  # a numba that cannot build it here: the interpreted programme gives the same answers
+        return False
+    return fn
+
+
+def kernel() -> Any:
+    global _kernel
+    if _kernel is None:
+        _kernel = _compile()
+    return _kernel
+
+
+def _zs(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dmax, imax):  # pragma: no cover - compiled
+    """TED over postorder arrays (1-based, index 0 padding); only cells with ``-imax <= x - y <= dmax`` are computed.
+
+    Per node: l = leftmost leaf, c = insert/remove cost, lab = label id, lp = its row in ``lev`` if a leaf (else
+    -1); kr = keyroots. ``lev``: Levenshtein distances of the leaf texts; ``k1``/``k2`` (or empty): number keys
+    of the leaves, equal keys updating for free.
+    """
+    inf = _INF
+    n1 = l1.shape[0] - 1
+    n2 = l2.shape[0] - 1
+    td = np.full((n1 + 1, n2 + 1), inf, dtype=np.int64)
+    fd = np.empty((n1 + 1, n2 + 1), dtype=np.int64)
+    for i in kr1:
+        li = l1[i]
+        for j in kr2:
+            lj = l2[j]
+            if j < li - dmax or lj > i + imax:  # no cell of this table lies in the band
+                continue
+            fd[li - 1, lj - 1] = 0
+            for y in range(lj, j + 1):
+                fd[li - 1, y] = fd[li - 1, y - 1] + c2[y]
+            for x in range(li, i + 1):
+                fd[x, lj - 1] = fd[x - 1, lj - 1] + c1[x]
+                lo = max(lj, x - dmax)
+                hi = min(j, x + imax)
+                lx = l1[x]
+                # fd[x, lo - 1] is the boundary column or outside the band
+                left = fd[x, lj - 1] if lo == lj else inf
+                for y in range(lo, hi + 1):
+                    # the cell above: the boundary row, or in the band of row x - 1
+                    a = x - 1
+                    up = fd[a, y] if (a == li - 1 or y - a <= imax) else inf
+                    v = up + c1[x]
+                    w = left + c2[y]
+                    if w < v:
+                        v = w
+                    ly = l2[y]
+                    if lx == li and ly == lj:  # both prefixes are whole trees
+                        b = y - 1
+                        diag = fd[a, b] if (a == li - 1 or b == lj - 1 or (a - b <= dmax and b - a <= imax)) else inf
+                        # Donut's update cost of x into y (see ``ted.update_matrix``)
+                        p = lp1[x]
+                        q = lp2[y]
+                        if p >= 0 and q >= 0:
+                            upd = 0 if (k1.shape[0] > 0 and k1[p] == k2[q]) else lev[p, q]
+                        elif p >= 0:
+                            upd = 1 + c1[x]
+                        elif q >= 0:
+                            upd = 1 + c2[y]
+                        else:
+                            upd = 1 if lab1[x] != lab2[y] else 0
+                        w = diag + upd
+                        if w < v:
+                            v = w
+                        if v > inf:
+                            v = inf
+                        td[x, y] = v
+                    else:
+                        a2 = lx - 1
+                        b2 = ly - 1
+                        if a2 == li - 1 or b2 == lj - 1 or (a2 - b2 <= dmax and b2 - a2 <= imax):
+                            w = fd[a2, b2] + td[x, y]
+                            if w < v:
+                                v = w
+                        if v > inf:
+                            v = inf
+                    fd[x, y] = v
+                    left = v
+    return td[n1, n2]
+
+
+_LABELS: dict[str, int] = {}  # key names -> ids, for the whole process (a vocabulary of keys, not of values)
+
+
+def arrays(t: Any) -> tuple[np.ndarray, ...]:
+    """(leftmost leaves, keyroots, costs, label ids, leaf rows) of a ``ted.Tree`` as arrays (cached on the tree)."""
+    got = t._plans.get("arrays")
+    if got is None:
+        ids = _LABELS
+        lab = [ids.setdefault(s, len(ids)) for s in t.labels]
+        rows, k = [], 0
+        for leaf in t.is_leaf:
+            rows.append(k if leaf else -1)
+            k += leaf
+        rows[0] = -1
+        cost = np.array(t.cost, dtype=np.int64)
+        cost[0] = 0
+        got = t._plans["arrays"] = (np.array(t.lml, dtype=np.int64), np.array(t.keyroots, dtype=np.int64), cost,
+                                    np.array(lab, dtype=np.int64), np.array(rows, dtype=np.int64))
+    return got
+
+
+_NO_KEYS = np.zeros(0, dtype=np.int64)
+
+
+def distances(fn: Any, t1: Any, t2: Any, key: Callable[[str], str] | None,
+              search: Callable) -> tuple[int, int | None]:
+    """``ted.tree_distances`` for two trees of more than one node each, with the compiled ``fn``."""
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    a1, a2 = arrays(t1), arrays(t2)
+    leaves1 = [t for t, f in zip(t1.texts, t1.is_leaf) if f]  # in postorder: the rows of lev
+    leaves2 = [t for t, f in zip(t2.texts, t2.is_leaf) if f]
+    if leaves1 and leaves2:
+        lev = cdist(leaves1, leaves2, scorer=Levenshtein.distance, dtype=np.int64)
+    else:
+        lev = np.zeros((max(len(leaves1), 1), max(len(leaves2), 1)), dtype=np.int64)
+    n1, n2 = t1.size, t2.size
+
+    def zs(_t1: Any, _t2: Any, keys: tuple, bound: int | None = None) -> int:
+        dmax, imax = (n1 + n2, n1 + n2) if bound is None else ((bound + n1 - n2) // 2, (bound - n1 + n2) // 2)
+        return int(fn(*a1, *a2, lev, *keys, dmax, imax))
+
+    d = search(t1, t2, (_NO_KEYS, _NO_KEYS), zs=zs)
+    if key is None:
+        return d, None
+    if not leaves1 or not leaves2:
+        return d, d
+    ids: dict[str, int] = {}
+    k1 = np.array([ids.setdefault(key(t), len(ids)) for t in leaves1], dtype=np.int64)
+    k2 = np.array([ids.setdefault(key(t), len(ids)) for t in leaves2], dtype=np.int64)
+    if not ((k1[:, None] == k2[None, :]) & (lev > 0)).any():  # no new free update: the same distance
+        return d, d
+    return d, search(t1, t2, (k1, k2), d, zs)
