@@ -54,14 +54,14 @@ def _adapter(folder: Path, weights: bytes, step: int | None) -> None:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
 
 
-def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str]) -> None:
+def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str], run: str = "saves/lora"):
     """Store a checkpoint's answers as `vlm select` would have predicted them (same group and hashes)."""
     from vlm.predict import _prepare
     from vlm.qa_evaluate import ground_truth
     from vlm.select import Candidate, SelectOptions, _spec
     from vlm.store import Prediction, Store
 
-    candidate = Candidate("saves/lora", cfg, label, None, path, "adapter", "", f"select/saves/lora/{label}")
+    candidate = Candidate(run, cfg, label, None, path, "adapter", "", f"select/{run}/{label}")
     spec = _spec(candidate, SelectOptions(store=store))
     _, _, docs, _, hashes = _prepare(spec)
     with Store(store, write=True) as s:
@@ -149,6 +149,39 @@ def test_a_retrained_checkpoint_is_not_scored_from_its_old_predictions(faked: Pa
     r = run_vlm("select", "run.yaml", "--store", "preds.sqlite", cwd=faked)
     assert r.returncode == 2
     assert "select/saves/lora/checkpoint-10 (20)" in r.stderr and "--overwrite" in r.stderr
+
+
+def test_several_runs_share_one_leaderboard(faked: Path):
+    """A second run whose checkpoint-5 holds checkpoint-20's weights (scored from its predictions, not predicted
+    again) and whose checkpoint-15 gets 2 receipts of 20 wrong; ranked with the first run, also as a sweep."""
+    out = faked / "saves" / "lora2"
+    _adapter(out / "checkpoint-5", b"w20", 5)
+    _adapter(out / "checkpoint-15", b"w15", 15)
+    (faked / "run2.yaml").write_text((faked / "run.yaml").read_text().replace("saves/lora", "saves/lora2"))
+    right = [json.dumps(_answer(i)) for i in range(N_DOCS)]
+    _store_answers(faked / "run2.yaml", faked / "preds.sqlite", "checkpoint-15", out / "checkpoint-15",
+                   ["{}", "{}"] + right[2:], run="saves/lora2")
+    result = json.loads(vlm("select", "run.yaml", "run2.yaml", "--store", "preds.sqlite", "--json", cwd=faked).stdout)
+    rows = [(r["run"], r["label"], r["tied"], r["reused_from"]) for r in result["leaderboard"]]
+    assert rows == [("saves/lora2", "checkpoint-5", False, "saves/lora checkpoint-20"),
+                    ("saves/lora", "checkpoint-20", True, None),  # the same predictions: a tie, by construction
+                    ("saves/lora", "final", True, None), ("saves/lora2", "checkpoint-15", True, None),
+                    ("saves/lora", "checkpoint-10", False, None)]
+    assert {r["run"]: r["winner"]["label"] for r in result["runs"]} == {"saves/lora": "checkpoint-20",
+                                                                       "saves/lora2": "checkpoint-5"}
+    assert all(r["predicted"] == 0 for r in result["leaderboard"])
+    board = json.loads((faked / "saves" / "leaderboard.json").read_text())
+    assert board["winner"]["label"] == "checkpoint-5" and board["best_per_run"]["saves/lora"] == "checkpoint-20"
+    assert json.loads((out / "selection.json").read_text())["winner"]["label"] == "checkpoint-5"
+
+    (faked / "sweep").mkdir()
+    points = [{"name": n, "config": c, "output_dir": o, "settings": {}, "status": "done", "exit_code": 0, "log": "",
+               "started_at": None, "ended_at": None} for n, c, o in (("a", "run.yaml", "saves/lora"),
+                                                                      ("b", "run2.yaml", "saves/lora2"))]
+    (faked / "sweep" / "sweep_status.json").write_text(json.dumps({"version": 1, "command": "", "points": points}))
+    r = vlm("select", "--sweep", "sweep", "--store", "preds.sqlite", "--no-plot", cwd=faked)
+    assert "best of each run: saves/lora: checkpoint-20; saves/lora2: checkpoint-5" in r.stdout
+    assert json.loads((faked / "sweep" / "leaderboard.json").read_text())["winner"]["run"] == "saves/lora2"
 
 
 @pytest.mark.parametrize("setup, args, message", [
