@@ -108,7 +108,7 @@ def plot_run(output_dir: Path, rows: list[dict[str, Any]], metric: str, split: s
     top.set_ylabel("score")
     top.set_title(f"{best['run']}: {best['documents']} {split} documents per checkpoint"
                   + (" (grey rings: tied with the best)" if any(r["tied"] for r in rows) else ""), fontsize=10)
-    top.legend(loc="lower right", fontsize=8)
+    top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
     loss, evals = _trainer_log(output_dir)
     if loss:
