@@ -20,7 +20,7 @@ class Metric(str, Enum):
 def select(
     configs: Annotated[list[Path] | None, typer.Argument(
         help="Training configs of the runs (their output_dir holds checkpoint-N and the final model).",
-        metavar="CONFIG...", show_default=False)] = None,
+        metavar="CONFIG", show_default=False)] = None,
     sweeps: Annotated[list[Path] | None, typer.Option(
         "--sweep", help="A folder of vlm sweep --run: rank its finished points (repeat to rank several sweeps).",
         show_default=False)] = None,
