@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from vlm.commands import data, evaluate, stats, training
+from vlm.commands import data, evaluate, selection, stats, training
 
 app = typer.Typer(
     name="vlm",
@@ -35,7 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (data, stats, training, evaluate):
+for module in (data, stats, training, evaluate, selection):
     module.register(app)
 
 

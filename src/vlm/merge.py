@@ -35,6 +35,7 @@ class MergeSpec:
     export_dir: Path | None = None
     export_size: int = 5
     dry_run: bool = False
+    checkpoint: str | None = None  # best (vlm select's winner), final, N or checkpoint-N
 
 
 def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
@@ -51,6 +52,12 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
         raise VlmError(f"merge applies to LoRA runs; this config trains with {cfg['finetuning_type']}",
                        hint="a full or freeze run's output_dir already holds the whole model.")
     adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
+    if spec.checkpoint:
+        from vlm.checkpoints import resolve_checkpoint
+
+        if spec.adapter:
+            raise VlmError("--checkpoint and --adapter both name the adapter", hint="pass one of them.")
+        adapter = resolve_checkpoint(cfg, spec.config, spec.checkpoint).resolve()
     if not (adapter / "adapter_config.json").is_file():
         raise VlmError(f"no LoRA adapter (adapter_config.json) in {adapter}",
                        hint="train first (vlm train CONFIG), or pass --adapter DIR (e.g. a checkpoint-N dir).")

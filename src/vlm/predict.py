@@ -52,6 +52,8 @@ class PredictSpec:
     overwrite: bool = False
     backend: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # best (vlm select's winner), final, N or checkpoint-N of the config's run
+    weights_hash: str | None = None  # vlm select's hash of a whole model's weights (its model hash names no weights)
 
 
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
@@ -85,6 +87,13 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
             warn(f"{key}={value!r} differs from training ({base[key]!r}): predictions will not see what training saw")
         settings[key] = value
     adapter = None if spec.no_adapter else (spec.adapter or (cfg.get("output_dir") if spec.config else None))
+    if spec.checkpoint:
+        from vlm.checkpoints import resolve_checkpoint
+
+        if not spec.config or spec.adapter or spec.model or spec.no_adapter:
+            raise VlmError("--checkpoint picks one of the saved models of the --config run",
+                           hint="pass --config TRAIN_YAML, and drop --adapter, --model and --no-adapter.")
+        adapter = str(resolve_checkpoint(cfg, spec.config, spec.checkpoint))
     if adapter and not spec.adapter and not spec.model and cfg.get("finetuning_type") in ("full", "freeze"):
         # A full (or freeze) fine-tune saves a whole model, not an adapter: predict with it.
         if not (Path(adapter) / "config.json").is_file():
@@ -195,7 +204,10 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
     else:
         gen.update(backend=backend, runtime_lora=as_bool(settings.get("vllm_lora", False)),
                    **{k: settings.get(k) for k in ("infer_dtype", "vllm_config", "repetition_penalty")})
-    hashes = {"model_hash": _model_hash(settings["model_name_or_path"]),
+    model_hash = _model_hash(settings["model_name_or_path"])
+    if spec.weights_hash:  # a checkpoint retrained in place keeps its path and config.json, not its weights
+        model_hash = _digest([model_hash, spec.weights_hash])
+    hashes = {"model_hash": model_hash,
               "adapter_hash": _adapter_hash(settings["adapter_name_or_path"]),
               "prompt_hash": _digest(prompt), "gen_hash": _digest({**gen, **{k: settings.get(k) for k in SKEW_KEYS}})}
     return gen, hashes
@@ -262,17 +274,8 @@ def _plan(spec: PredictSpec, docs: list[dict[str, Any]], hashes: dict[str, str |
     return [d for d in docs if d["id"] not in done]
 
 
-def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:
-    """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results.
-
-    Nothing is written until the inputs, the store and the generator are known to be good; then each
-    chunk is committed in one transaction as it finishes.
-    """
-    from contextlib import nullcontext
-
-    from vlm.output import progress
-    from vlm.parsing import parse_prediction
-    from vlm.qa_evaluate import ground_truth  # a QA record's accepted answers, else the JSON target
+def _prepare(spec: PredictSpec) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The backend, settings, documents, generation settings and hashes of a run; writes nothing."""
     from vlm.vllm_backend import choose_backend
 
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
@@ -285,6 +288,38 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         docs = docs[: spec.limit]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
     gen, hashes = run_hashes(settings, prompt, spec, backend)
+    return backend, settings, docs, gen, hashes
+
+
+def prediction_status(spec: PredictSpec) -> dict[str, Any]:
+    """What ``run_predict`` would find, read without writing or loading a model: the documents, those already
+    stored with these settings, and those stored with other ones (which it would refuse without --overwrite)."""
+    backend, settings, docs, _, hashes = _prepare(spec)
+    ids = [d["id"] for d in docs]
+    stored = other = set()
+    if spec.store.exists():
+        current = (hashes["model_hash"], hashes["adapter_hash"], hashes["prompt_hash"], hashes["gen_hash"])
+        with Store(spec.store) as store:
+            other = store.ids_made_otherwise(spec.group, spec.split, current) & set(ids)
+            stored = store.done_ids(spec.group, spec.split) & set(ids) - other
+    return {"backend": backend, "dataset": settings["dataset"], "ids": ids, "stored": len(stored),
+            "made_otherwise": len(other), "model": settings["model_name_or_path"],
+            "adapter": settings["adapter_name_or_path"]}
+
+
+def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]:
+    """Predict every pending document of ``spec.split`` for ``spec.group`` and store the results.
+
+    Nothing is written until the inputs, the store and the generator are known to be good; then each
+    chunk is committed in one transaction as it finishes.
+    """
+    from contextlib import nullcontext
+
+    from vlm.output import progress
+    from vlm.parsing import parse_prediction
+    from vlm.qa_evaluate import ground_truth  # a QA record's accepted answers, else the JSON target
+
+    backend, settings, docs, gen, hashes = _prepare(spec)
     pending = _plan(spec, docs, hashes, backend)
     for doc in pending:  # before the model loads and anything is written
         missing = [p for p in doc.get("images") or [] if isinstance(p, str) and not Path(p).is_file()]

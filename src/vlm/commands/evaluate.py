@@ -36,6 +36,9 @@ def predict(
     adapter: Annotated[str | None, typer.Option(
         "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Predict with the base model alone.")] = False,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="Which saved model of the --config run: best (the winner of vlm select), final, N or "
+                             "checkpoint-N (default: the final one).")] = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
     dataset_dir: Annotated[str | None, typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
@@ -79,7 +82,8 @@ def predict(
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
-                       overwrite=overwrite, backend=backend.value, overrides=parse_overrides(overrides or []))
+                       overwrite=overwrite, backend=backend.value, overrides=parse_overrides(overrides or []),
+                       checkpoint=checkpoint)
     result = run_predict(spec, show_progress=not as_json)
     if as_json:
         print_json(result)
@@ -93,6 +97,7 @@ add_examples(predict,
     "vlm predict --group vanilla-model --config configs/cord.yaml --no-adapter",
     "vlm predict --group finetuned-model --config configs/cord.yaml",
     "vlm predict --group finetuned-model --config configs/cord.yaml --batch-size 16 --overwrite",
+    "vlm predict --group best-checkpoint --config configs/cord.yaml --checkpoint best",
     "vlm predict --group finetuned-vllm --config configs/cord.yaml --backend vllm vllm_gpu_util=0.5",
 )
 

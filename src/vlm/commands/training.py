@@ -202,6 +202,9 @@ def merge(
     config: ConfigArg,
     adapter: Annotated[Path | None, typer.Option(
         "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="Which saved adapter of the run: best (the winner of vlm select), final, N or "
+                             "checkpoint-N.")] = None,
     export_dir: Annotated[Path | None, typer.Option(
         "--export-dir", help="Where the merged model goes (default: ADAPTER-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
@@ -215,7 +218,7 @@ def merge(
     from vlm.output import out as stdout
 
     try:
-        plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run))
+        plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run, checkpoint))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if as_json:
@@ -353,6 +356,7 @@ def register(app: typer.Typer) -> None:
         "vlm train configs/cord.yaml --nproc-per-node 8 --deepspeed z2"))(train)
     app.command("merge", help=help_text(merge) + examples(
         "vlm merge configs/cord.yaml",
+        "vlm merge configs/cord.yaml --checkpoint best --export-dir saves/cord-best-merged",
         "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
         "--export-dir saves/merged"))(merge)
     app.command("sweep", help=help_text(sweep) + examples(
