@@ -132,3 +132,20 @@ def plot_run(output_dir: Path, rows: list[dict[str, Any]], metric: str, split: s
     path = output_dir / SELECTION_PLOT
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def print_selection(result: dict[str, Any]) -> None:
+    """The ranked table and the tie verdict on stdout; the files written on stderr (vlm select, sweep --run)."""
+    from vlm.output import info
+    from vlm.output import out as stdout
+
+    metric, several = result["metric"], len(result["runs"]) > 1
+    stdout.print(table(result["leaderboard"], metric, several))
+    for line in verdict(result["leaderboard"], metric, several):
+        stdout.print(line, highlight=False)
+    if several:
+        stdout.print("best of each run: " + "; ".join(f"{r['run']}: {r['winner']['label']}" for r in result["runs"]),
+                     highlight=False)
+    for run in result["runs"]:
+        info(f"wrote {run['selection']}" + (f" and {run['plot']}" if run["plot"] else ""))
+    info("use the winner: vlm predict --config CONFIG --checkpoint best ...")

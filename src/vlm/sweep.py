@@ -285,3 +285,17 @@ def summary(status: dict[str, Any]) -> dict[str, int]:
     for row in status["points"]:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return counts
+
+
+def rank(out_dir: Path, split: str, checkpoints: str, max_new_tokens: int, show_progress: bool) -> dict[str, Any]:
+    """``vlm select`` over the sweep's finished points: every run's checkpoints on one leaderboard, written to
+    ``OUT_DIR/leaderboard.json``; each run's selection.json names its own best."""
+    import shlex
+
+    from vlm.select import SelectOptions, select_runs, sweep_configs
+
+    command = shlex.join(["vlm", "select", "--sweep", str(out_dir), "--split", split, "--checkpoints", checkpoints,
+                          "--max-new-tokens", str(max_new_tokens)])
+    opts = SelectOptions(split=split, checkpoints=checkpoints, max_new_tokens=max_new_tokens, sweeps=[out_dir],
+                         command=command)
+    return select_runs(sweep_configs(out_dir), opts, show_progress=show_progress)

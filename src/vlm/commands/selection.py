@@ -64,10 +64,9 @@ def select(
     import shlex
     import sys
 
-    from vlm.output import info, print_json
-    from vlm.output import out as stdout
+    from vlm.output import print_json
     from vlm.select import SelectOptions, select_runs, sweep_configs
-    from vlm.selection_report import table, verdict
+    from vlm.selection_report import print_selection
 
     check_store(store, write=True)
     paths = list(configs or [])
@@ -81,16 +80,7 @@ def select(
     if as_json:
         print_json(result)
         return
-    several = len(result["runs"]) > 1
-    stdout.print(table(result["leaderboard"], opts.metric, several))
-    for line in verdict(result["leaderboard"], opts.metric, several):
-        stdout.print(line, highlight=False)
-    if several:
-        stdout.print("best of each run: " + "; ".join(f"{r['run']}: {r['winner']['label']}" for r in result["runs"]),
-                     highlight=False)
-    for run in result["runs"]:
-        info(f"wrote {run['selection']}" + (f" and {run['plot']}" if run["plot"] else ""))
-    info("use the winner: vlm predict --config CONFIG --checkpoint best ...")
+    print_selection(result)
 
 
 add_examples(

@@ -320,10 +320,13 @@ def sweep(
     counts = summary(status)
     leaderboard = None
     if select and not status.get("interrupted") and counts["done"]:
-        from vlm.select import leaderboard_for_sweep
+        from vlm.sweep import rank
 
-        leaderboard = leaderboard_for_sweep(out_dir, split=split, checkpoints=checkpoints,
-                                            max_new_tokens=max_new_tokens, show=not as_json)
+        leaderboard = rank(out_dir, split, checkpoints, max_new_tokens, show_progress=not as_json)
+        if not as_json:
+            from vlm.selection_report import print_selection
+
+            print_selection(leaderboard)
     if as_json:
         print_json({"status_file": str(out_dir / "sweep_status.json"), **counts, "points": status["points"],
                     "interrupted": status.get("interrupted", False), "leaderboard": leaderboard})

@@ -166,15 +166,19 @@ def quiet():
     hf_logging.get_logger(__name__)
     loggers = [logging.getLogger(name) for name in ("llamafactory", "transformers")]
     levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()  # "Loading weights" bars, one per model load
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
+        hf_logging.disable_progress_bar()
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
         os.environ.pop("LLAMAFACTORY_VERBOSITY", None)
         if old_env is not None:
             os.environ["LLAMAFACTORY_VERBOSITY"] = old_env
