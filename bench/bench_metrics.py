@@ -21,10 +21,11 @@ Two more measurements, side by side with their references:
 * one huge answer (``--huge-mb`` MB, cut mid-value, as a runaway generation
   ends): ``vlm evaluate`` on a file holding it, in a child process, reporting
   its peak RSS and time against the same file without the huge line;
-* ``vlm evaluate`` of ``--evaluate-docs`` documents x 2 groups with bootstrap
-  CIs, whole process: the compiled TED core (``vlm.ted_fast``) against the
-  interpreted one it replaced (``VLM_PURE_TED=1``), checking the ``--json``
-  outputs are byte-identical.
+* ``vlm evaluate --json`` of ``--evaluate-docs`` documents x 2 groups with
+  bootstrap CIs, whole process, with each speed-up switched off in turn (worker
+  processes ``VLM_WORKERS=1``; shared ground truths and memo
+  ``VLM_SCORE_PLAIN=1``; the compiled TED core ``VLM_PURE_TED=1``), interleaved,
+  medians of ``--repeats``, checking the outputs are byte-identical.
 
     python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50]
         [--evaluate-docs 10000] [--json]
@@ -37,6 +38,7 @@ import copy
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,9 +225,10 @@ def run_evaluate(paths: list[Path], **env: str) -> dict:
             "stdout_sha256": digest}
 
 
-def bench_evaluate(r: random.Random, n_docs: int) -> dict:
-    """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process: the compiled TED core
-    against the interpreted one (``VLM_PURE_TED=1``, the programme it replaced), outputs compared."""
+def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
+    """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process, with each speed-up
+    turned off in turn, outputs compared: now; one worker (``VLM_WORKERS=1``); no shared ground truths or
+    memo either (``VLM_SCORE_PLAIN=1``); and the interpreted TED too (``VLM_PURE_TED=1``)."""
     gts = [ground_truth(r) for _ in range(n_docs)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -236,10 +239,23 @@ def bench_evaluate(r: random.Random, n_docs: int) -> dict:
                     answer = "I cannot read this receipt." if pred is None else json.dumps(pred, ensure_ascii=False)
                     f.write(json.dumps({"id": f"doc-{k}", "prediction": answer, "ground_truth": gt}) + "\n")
         run_evaluate(paths[:1])  # numba's cached build exists before the timed run (a first run compiles it)
-        fast, pure = run_evaluate(paths), run_evaluate(paths, VLM_PURE_TED="1")
-    return {"documents": n_docs, "groups": 2, "compiled": fast, "interpreted": pure,
-            "speedup": round(pure["seconds"] / fast["seconds"], 1),
-            "identical": fast["stdout_sha256"] == pure["stdout_sha256"] and fast["exit"] == pure["exit"] == 0}
+        # each variant turns off one more change; interleaved repeats, medians (the machine may be shared)
+        variants = {"now": {}, "serial": {"VLM_WORKERS": "1"}, "plain": {"VLM_SCORE_PLAIN": "1"},
+                    "interpreted": {"VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        for k in range(repeats):
+            for name, env in variants.items():
+                if name != "interpreted" or k == 0:  # the slow one once
+                    runs[name].append(run_evaluate(paths, **env))
+    med = {name: {"seconds": statistics.median(r["seconds"] for r in rs),
+                  "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs), "runs": len(rs)}
+           for name, rs in runs.items()}
+    digests = {r["stdout_sha256"] for rs in runs.values() for r in rs}
+    return {"documents": n_docs, "groups": 2, **med,
+            "workers_speedup": round(med["serial"]["seconds"] / med["now"]["seconds"], 2),
+            "sharing_speedup": round(med["plain"]["seconds"] / med["serial"]["seconds"], 2),
+            "compiled_speedup": round(med["interpreted"]["seconds"] / med["plain"]["seconds"], 2),
+            "identical": len(digests) == 1 and all(r["exit"] == 0 for rs in runs.values() for r in rs)}
 
 
 def main() -> None:
@@ -290,7 +306,8 @@ def main() -> None:
         "bootstrap": bench_bootstrap(random.Random(args.seed + 1), args.bootstrap_docs, args.repeats)
         if args.bootstrap_docs else None,
         "huge_answer": bench_huge_answer(args.huge_mb) if args.huge_mb else None,
-        "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs) if args.evaluate_docs else None,
+        "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs, args.repeats)
+        if args.evaluate_docs else None,
         "summary": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
                            if k in ("valid_json", "ted_accuracy", "f1", "ted_accuracy_numnorm", "menu_f1")}
                     for name, s in summary.items()},
@@ -319,10 +336,14 @@ def main() -> None:
                   f"{h['without']['peak_rss_mb']} MB in {h['without']['seconds']} s; ratio {h['rss_ratio']}x")
         if result["evaluate"]:
             e = result["evaluate"]
-            print(f"vlm evaluate, {e['documents']} documents x 2 groups, whole process: compiled TED "
-                  f"{e['compiled']['seconds']} s ({e['compiled']['peak_rss_mb']} MB), interpreted "
-                  f"{e['interpreted']['seconds']} s ({e['interpreted']['peak_rss_mb']} MB), speedup {e['speedup']}x, "
-                  f"output identical: {e['identical']}")
+            print(f"vlm evaluate --json, {e['documents']} documents x 2 groups, whole process (median s, peak MB):")
+            for name, label in (("now", "now"), ("serial", "one worker (VLM_WORKERS=1)"),
+                                ("plain", "no shared truths or memo (VLM_SCORE_PLAIN=1)"),
+                                ("interpreted", "and interpreted TED (VLM_PURE_TED=1)")):
+                print(f"  {label:48s} {e[name]['seconds']:7.2f} s {e[name]['peak_rss_mb']:6.0f} MB"
+                      f"  ({e[name]['runs']} runs)")
+            print(f"  ratios: workers {e['workers_speedup']}x, shared truths + memo {e['sharing_speedup']}x, "
+                  f"compiled TED {e['compiled_speedup']}x; output identical: {e['identical']}")
     ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
           and (not result["evaluate"] or result["evaluate"]["identical"]))
     sys.exit(0 if ok else 1)

@@ -144,3 +144,15 @@ def test_report_html_escapes_what_models_write(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert evil not in html and "<script>alert" not in html and "<img src=x" not in html
     assert html.count("<script") == 2  # the data block and the renderer, nothing injected
+
+
+def test_alignments_made_for_candidates_are_reused_by_the_report(result, tmp_path):
+    """The HTML rows built from the candidates' alignments equal those aligned afresh; each is used once."""
+    from vlm.html_report import document_rows
+
+    aligned: dict = {}
+    candidates = label_error_candidates(result, aligned)
+    assert candidates == label_error_candidates(result)
+    assert aligned and set(aligned) <= {(g, k) for g in result["per_document"] for k in range(result["documents"])}
+    assert document_rows(result, candidates, {}, tmp_path, aligned) == document_rows(result, candidates, {}, tmp_path)
+    assert aligned == {}

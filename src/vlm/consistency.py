@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from vlm.schema import CORD_SCHEMA, MENU_SUB_KEYS
@@ -71,6 +72,11 @@ def parse_money(text: Any) -> Decimal | None:
         return Decimal(str(text))
     if not isinstance(text, str):
         return None
+    return _money_text(text)
+
+
+@lru_cache(maxsize=65536)  # receipts repeat their amounts: every check of every group reads them again
+def _money_text(text: str) -> Decimal | None:
     s = text.strip()
     numbers = _NUM.findall(s)
     if len(numbers) != 1:
@@ -94,6 +100,11 @@ def parse_count(text: Any) -> Decimal | None:
         return Decimal(str(text))
     if not isinstance(text, str):
         return None
+    return _count_text(text)
+
+
+@lru_cache(maxsize=65536)
+def _count_text(text: str) -> Decimal | None:
     numbers = _NUM.findall(text)
     return _decimal(numbers[0], count=True) if len(numbers) == 1 else None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import Any
 
 from vlm.consistency import as_rows as _rows
@@ -87,6 +88,7 @@ def _merge(g: list[tuple[str, str]], p: list[tuple[str, str]]) -> list[tuple[str
     return [(path, text, pv.get(path)) for path, text in g] + [(path, None, text) for path, text in p if path not in gv]
 
 
+@lru_cache(maxsize=65536)  # the same misreadings recur across documents and groups; callers do not modify it
 def char_diff(truth: str, found: str) -> list[list[str]]:
     """``[[op, text], ...]`` turning ``truth`` into ``found``: ``=`` kept, ``-`` only in truth, ``+`` only found."""
     segs: list[list[str]] = []

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.parsing import ParseResult
+from vlm.parsing import MAX_NODES, ParseResult, api_envelope, count_nodes, parse_prediction
+from vlm.tolerant_json import number
 
 MAIN_METRICS = ("valid_json", "ted_accuracy", "f1")
 
@@ -27,6 +28,7 @@ class Group:
     positional: bool = False  # LLaMA-Factory's file has no ids: paired by position (ids are line numbers)
     lines: list[int] | None = None  # file line of each document, for messages
     raws: list[str] | None = None  # the answers' raw text, for tasks scored on text (QA)
+    keys: list[str | None] | None = None  # each answer's text where short: identical answers are scored once
 
     @property
     def preds(self) -> list[dict | None]:
@@ -35,8 +37,6 @@ class Group:
 
 def read_answer(raw: Any) -> ParseResult:
     """A model answer as text (parsed leniently) or as an already-parsed object (checked, not repaired)."""
-    from vlm.parsing import MAX_NODES, api_envelope, count_nodes, parse_prediction
-
     if not isinstance(raw, dict):
         return parse_prediction(raw if isinstance(raw, str) else json.dumps(raw))
     envelope = api_envelope(raw)
@@ -45,6 +45,14 @@ def read_answer(raw: Any) -> ParseResult:
     if count_nodes(raw) > MAX_NODES:
         return ParseResult(None, [], f"the answer holds more than {MAX_NODES:,} values; not scored", False)
     return ParseResult(raw, [], None, True)
+
+
+MEMO_MAX_CHARS = 65536  # longer answers are not kept as memo keys (a runaway answer is scored once anyway)
+
+
+def _memo_key(raw: Any) -> str | None:
+    """The answer's text, which decides its parse (so its scores): the key to score repeats once."""
+    return raw if isinstance(raw, str) and len(raw) <= MEMO_MAX_CHARS else None
 
 
 def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Group]:
@@ -66,7 +74,8 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                                hint=f"run vlm predict --group {name} --split {split}; stored groups: {have}")
             rows = store.load(name, split)
             groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
-                                [r.ground_truth for r in rows], raws=[r.raw for r in rows]))
+                                [r.ground_truth for r in rows], raws=[r.raw for r in rows],
+                                keys=[_memo_key(r.raw) for r in rows]))
         _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
 
@@ -108,8 +117,6 @@ def _as_json(value: Any) -> Any:
 
 def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
     """(answer, ground truth, id or None) of one line of a prediction file."""
-    from vlm.tolerant_json import number
-
     try:
         row = json.loads(line, parse_float=number)  # keeps 31.000 as printed, for the numnorm variants
     except (json.JSONDecodeError, RecursionError) as e:
@@ -143,7 +150,7 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
     if not path.is_file():
         raise VlmError(f"prediction file not found: {path}")
     ids: list[str | None] = []
-    answers, gts, lines = [], [], []
+    answers, gts, lines, keys = [], [], [], []
     with path.open(encoding="utf-8") as f:  # line by line: one huge answer is read once, then cut by the parser
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -151,6 +158,7 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
             raw, gt, doc_id = _row(path, n, line)
             del line
             answers.append(read_answer(raw))
+            keys.append(_memo_key(raw))
             ids.append(doc_id)
             gts.append(gt)
             lines.append(n)
@@ -163,7 +171,7 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         raise VlmError(f"{path}:{missing[0]} has no id, but other lines have ids ({len(missing)} lines lack one)",
                        hint="give every line an id, or none (then the file is paired with the others by line).")
     if missing:
-        return Group(name, [str(k) for k in range(len(ids))], answers, gts, positional=True, lines=lines)
+        return Group(name, [str(k) for k in range(len(ids))], answers, gts, positional=True, lines=lines, keys=keys)
     first: dict[str, int] = {}
     repeats: dict[str, list[int]] = {}
     for n, d in zip(lines, ids):
@@ -174,13 +182,14 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         shown = "; ".join(f"{d!r} on lines {', '.join(map(str, ns))}" for d, ns in list(repeats.items())[:5])
         raise VlmError(f"{path}: {len(repeats)} ids repeat ({shown})",
                        hint="keep one line per document id; which copy to score is not guessed.")
-    return Group(name, [str(d) for d in ids], answers, gts, lines=lines)
+    return Group(name, [str(d) for d in ids], answers, gts, lines=lines, keys=keys)
 
 
 def _subset(g: Group, idx: list[int], ids: list[str]) -> Group:
     return Group(g.name, ids, [g.answers[k] for k in idx], [g.gts[k] for k in idx],
                  lines=None if g.lines is None else [g.lines[k] for k in idx],
-                 raws=None if g.raws is None else [g.raws[k] for k in idx])
+                 raws=None if g.raws is None else [g.raws[k] for k in idx],
+                 keys=None if g.keys is None else [g.keys[k] for k in idx])
 
 
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
@@ -321,12 +330,15 @@ def _warn_about_answers(name: str, n: int, s: dict[str, Any]) -> None:
 
 def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score every group, with deltas and bootstrap intervals against the first group."""
-    from vlm.metrics import aggregate, field_breakdown, score_documents
+    from vlm.metrics import aggregate, field_breakdown
+    from vlm.scoring import score_groups
 
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
     order, groups = align(groups)
-    scores = {g.name: score_documents(g.preds, g.gts, [a.valid for a in g.answers]) for g in groups}
+    scored = score_groups([g.preds for g in groups], [g.gts for g in groups],
+                          [[a.valid for a in g.answers] for g in groups], [g.keys for g in groups])
+    scores = {g.name: s for g, s in zip(groups, scored)}
     base = groups[0].name
     result: dict[str, Any] = {"documents": len(order), "baseline": base, "groups": {}}
     base_metrics = aggregate(scores[base])

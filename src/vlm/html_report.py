@@ -69,8 +69,12 @@ def _png_uri(data: bytes | None) -> str | None:
 
 
 def document_rows(result: dict[str, Any], candidates: list[dict[str, Any]], images: dict[str, Path],
-                  out_dir: Path) -> list[dict[str, Any]]:
-    """One JSON-ready entry per document: scores, verdicts, aligned field rows, thumbnail and image link."""
+                  out_dir: Path, aligned: dict | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready entry per document: scores, verdicts, aligned field rows, thumbnail and image link.
+
+    ``aligned``: alignments already made, by (group, document index); each is taken out as it is used.
+    """
+    aligned = {} if aligned is None else aligned
     names = list(result["per_document"])
     flagged: dict[str, list[str]] = {}
     for c in candidates:
@@ -80,7 +84,8 @@ def document_rows(result: dict[str, Any], candidates: list[dict[str, Any]], imag
         per = [result["per_document"][n][k] for n in names]
         table: dict[str, dict[str, Any]] = {}
         for gi, row in enumerate(per):
-            for a in align(row.get("ground_truth"), row.get("prediction")):
+            rows = aligned.pop((names[gi], k), None)
+            for a in align(row.get("ground_truth"), row.get("prediction")) if rows is None else rows:
                 entry = table.setdefault(a["path"], {"k": a["path"], "gt": a["gt"], "c": [None] * len(names)})
                 if a["status"] != "missing":
                     entry["c"][gi] = {"t": a["pred"], "s": a["status"], **({"d": a["diff"]} if "diff" in a else {})}
@@ -102,7 +107,7 @@ def document_rows(result: dict[str, Any], candidates: list[dict[str, Any]], imag
 
 
 def render_html(result: dict[str, Any], candidates: list[dict[str, Any]], images: dict[str, Path], out_dir: Path,
-                charts: dict[str, bytes | None]) -> str:
+                charts: dict[str, bytes | None], aligned: dict | None = None) -> str:
     """The report as one HTML string, rendered by the Jinja2 template with autoescaping on."""
     import jinja2
 
@@ -114,7 +119,7 @@ def render_html(result: dict[str, Any], candidates: list[dict[str, Any]], images
     headers, rows = metric_rows(result)
     names = list(result["groups"])
     data = {"groups": names, "baseline": result["baseline"], "margin": FIXED_MARGIN,
-            "docs": document_rows(result, candidates, images, out_dir)}
+            "docs": document_rows(result, candidates, images, out_dir, aligned)}
     return env.get_template("report.html.j2").render(
         documents=result["documents"], baseline=result["baseline"], groups=names, metric_headers=headers,
         metric_rows=rows, trust=trust_tables(result), gt_consistent=result["ground_truth_checks"]["consistent"],

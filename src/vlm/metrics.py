@@ -42,12 +42,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from vlm.schema import HEADER_FIELDS
-from vlm.ted import build_tree, tree_distances
+from vlm.ted import Tree, build_tree, tree_distances
 from vlm.tolerant_json import Num
 
 # Donut keeps list items of these types (``Num`` is a parsed float that remembers its literal).
@@ -59,6 +59,10 @@ Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
 COMPILE_FROM = 200
 
 
+def _key_order(key: str) -> tuple[int, str]:
+    return len(key), key
+
+
 def normalize(data: Any) -> Any:
     """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts."""
     if not data:
@@ -67,8 +71,13 @@ def normalize(data: Any) -> Any:
         if not all(type(k) is str for k in data):  # only Python callers can pass other keys; match them as str
             data = {str(k): v for k, v in data.items()}
         out = {}
-        for key in sorted(data, key=lambda k: (len(k), k)):
-            value = normalize(data[key])
+        for key in sorted(data, key=_key_order):
+            value = data[key]
+            if type(value) is str:  # the commonest value, inline: what normalize(value) gives
+                if value:
+                    out[key] = [value.strip()]
+                continue
+            value = normalize(value)
             if value:
                 out[key] = value if isinstance(value, list) else [value]
         return out
@@ -207,11 +216,19 @@ def header_matches(pred: Any, gt: Any) -> dict[str, bool | None]:
     return out
 
 
-def _menu_rows(doc: Any) -> list[str]:
+_ROW_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # one encoder, not one per row
+
+
+def _menu_rows(doc: Any, normalized: Any = None) -> list[str]:
+    """Each menu row, normalised, as sorted-key JSON; ``normalized``: ``normalize(doc)``, when at hand."""
     menu = doc.get("menu") if isinstance(doc, dict) else None
+    if isinstance(normalized, dict) and (type(menu) is dict or (type(menu) is list and all(
+            type(r) is dict for r in menu))):
+        # the rows normalize(doc) kept are exactly these (a list of dicts keeps its non-empty ones)
+        return [_ROW_JSON(n) for n in normalized.get("menu", ())]
     rows = [menu] if isinstance(menu, dict) else menu if isinstance(menu, list) else []
     normed = (normalize(r) for r in rows if isinstance(r, dict))
-    return [json.dumps(n, sort_keys=True, ensure_ascii=False) for n in normed if n]
+    return [_ROW_JSON(n) for n in normed if n]
 
 
 def menu_counts(pred: Any, gt: Any) -> Counts:
@@ -262,34 +279,54 @@ def _numnorm_key(lits: dict[str, str], gt_texts: set[str]):
     return lambda text: number_key(lits.get(text, text))
 
 
-def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True) -> dict[str, Any]:
+class Truth(NamedTuple):
+    """The ground-truth side of a document, prepared once (every group scored on it shares it)."""
+
+    tree: Tree
+    flat: list[tuple[str, Any]]  # flatten(normalize(gt))
+    flat_num: list[tuple[str, str]]  # the same with number_key values
+    texts: frozenset[str]  # its leaf texts
+    denom: int  # TED({}, gt)
+    header: dict[str, str | None]  # _header_value per HEADER_FIELDS path
+    menu: list[str]  # _menu_rows
+
+
+def prepare_truth(gt: Any) -> Truth:
+    ng = normalize(gt)
+    tree, flat = build_tree(ng), flatten(ng)
+    return Truth(tree, flat, [(k, number_key(v)) for k, v in flat], frozenset(v for _, v in flat),
+                 tree.closed_form_insert_all(), {path: _header_value(gt, path) for path in HEADER_FIELDS},
+                 _menu_rows(gt))
+
+
+def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True,
+                   truth: Truth | None = None) -> dict[str, Any]:
     """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
 
     ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``compiled``: TED by
-    the numba build where available (the same distances, see ``vlm.ted_fast``).
+    the numba build where available (the same distances, see ``vlm.ted_fast``); ``truth``: ``prepare_truth(gt)``
+    when the caller already has it.
     """
     p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
+    t = prepare_truth(gt) if truth is None else truth
     try:
         np_ = normalize(p)
         tp = build_tree(np_)
     except RecursionError:  # nested past Python's stack (parse_prediction caps depth; raw dicts may not be)
         p, np_, tp, valid = {}, {}, build_tree({}), False
-    ng = normalize(gt)
-    tg = build_tree(ng)
-    fp, fg = flatten(np_), flatten(ng)
+    fp = flatten(np_)
     lits = literals(p) if p else {}
-    key = _numnorm_key(lits, {v for _, v in fg}) if lits else number_key
-    d, d_num = tree_distances(tp, tg, key, compiled)
-    denom = tg.closed_form_insert_all()
+    key = _numnorm_key(lits, t.texts) if lits else number_key
+    d, d_num = tree_distances(tp, t.tree, key, compiled)
     return {
         "valid": valid,
-        "ted_accuracy": _accuracy(d, denom),
-        "ted_accuracy_numnorm": _accuracy(d_num, denom),
-        "f1": _pair_counts(fp, fg),
-        "f1_numnorm": _pair_counts([(k, key(v)) for k, v in fp], [(k, number_key(v)) for k, v in fg]),
-        "header": header_matches(p, gt),
-        "menu": menu_counts(p, gt),
-        "fields": _field_counts(fp, fg),
+        "ted_accuracy": _accuracy(d, t.denom),
+        "ted_accuracy_numnorm": _accuracy(d_num, t.denom),
+        "f1": _pair_counts(fp, t.flat),
+        "f1_numnorm": _pair_counts([(k, key(v)) for k, v in fp], t.flat_num),
+        "header": {path: None if want is None else _header_value(p, path) == want for path, want in t.header.items()},
+        "menu": _pair_counts(_menu_rows(p, np_), t.menu),
+        "fields": _field_counts(fp, t.flat),
     }
 
 
@@ -298,8 +335,12 @@ def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] 
     if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
     compiled = len(preds) >= COMPILE_FROM
-    docs = [score_document(p, g, None if valid is None else valid[k], compiled)
-            for k, (p, g) in enumerate(zip(preds, gts))]
+    return doc_scores([score_document(p, g, None if valid is None else valid[k], compiled)
+                       for k, (p, g) in enumerate(zip(preds, gts))])
+
+
+def doc_scores(docs: list[dict[str, Any]]) -> DocScores:
+    """``score_document`` results, in order, as one ``DocScores``."""
     return DocScores(
         valid=[d["valid"] for d in docs],
         ted_accuracy=[d["ted_accuracy"] for d in docs],

@@ -104,11 +104,12 @@ def add_trust(result: dict[str, Any], groups: list, scores: dict[str, Any]) -> N
         }
 
 
-def label_error_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
+def label_error_candidates(result: dict[str, Any], aligned: dict | None = None) -> list[dict[str, Any]]:
     """Fields where all compared groups (two or more, each valid JSON) agree and the ground truth differs.
 
     A field the truth lacks counts too, outside menu rows (all groups reading a tax line the annotator
-    skipped); an extra menu row does not, since its row number depends on each prediction.
+    skipped); an extra menu row does not, since its row number depends on each prediction. ``aligned``: a dict
+    that keeps each ``docdiff.align`` made here under (group, document index), for the HTML report to reuse.
     """
     names = list(result["per_document"])
     if len(names) < 2:
@@ -120,8 +121,11 @@ def label_error_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         values: dict[str, list] = {}
         truth: dict[str, str | None] = {}
-        for r in rows:
-            for a in align(r["ground_truth"], r["prediction"]):
+        for name, r in zip(names, rows):
+            rows_aligned = align(r["ground_truth"], r["prediction"])
+            if aligned is not None:
+                aligned[name, k] = rows_aligned
+            for a in rows_aligned:
                 if a["status"] == CORRECT or (a["status"] == EXTRA and "[+" in a["path"]):
                     continue
                 values.setdefault(a["path"], []).append(a["pred"])
@@ -247,11 +251,12 @@ def print_trust(result: dict[str, Any], candidates: list[dict[str, Any]] | None)
 
 
 def write_outputs(result: dict[str, Any], out_dir, candidates: list[dict[str, Any]], limit: int,
-                  store=None, split: str = "test") -> list:
+                  store=None, split: str = "test", aligned: dict | None = None) -> list:
     """Add the consistency and label-error sections to report.md, and write coverage.png and report.html.
 
     Runs after ``vlm.report.write_outputs`` (which wrote report.md and chart.png). ``store``: the
-    prediction store the groups came from, to find each document's image (none: no thumbnails).
+    prediction store the groups came from, to find each document's image (none: no thumbnails). ``aligned``:
+    what ``label_error_candidates`` aligned, reused (and emptied) by the HTML report.
     """
     from pathlib import Path
 
@@ -267,5 +272,5 @@ def write_outputs(result: dict[str, Any], out_dir, candidates: list[dict[str, An
     images = image_paths(Path(store), list(result["groups"]), split) if store else {}
     chart = out_dir / "chart.png"
     charts = {"comparison": chart.read_bytes() if chart.is_file() else None, "coverage": png}
-    atomic_write_text(html, render_html(result, candidates, images, out_dir.resolve(), charts))
+    atomic_write_text(html, render_html(result, candidates, images, out_dir.resolve(), charts, aligned))
     return [coverage, html]

@@ -167,13 +167,15 @@ def evaluate(
         extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
     from vlm import trust
 
-    candidates = trust.label_error_candidates(result)
+    aligned: dict | None = {} if output else None  # alignments made for the candidates, reused by report.html
+    # the candidates feed only --label-errors and the files: --json alone never prints them
+    candidates = trust.label_error_candidates(result, aligned) if output or label_errors is not None else []
     if label_errors is not None:
         extra["label_errors"] = candidates[:label_errors]
     if output:
         paths = write_outputs(result, output)
         paths += trust.write_outputs(result, output, candidates, 20 if label_errors is None else label_errors,
-                                     store=store if groups else None, split=split)
+                                     store=store if groups else None, split=split, aligned=aligned)
         info("wrote " + ", ".join(str(p) for p in paths))
     if as_json:
         print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)

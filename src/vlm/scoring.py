@@ -1,0 +1,176 @@
+"""Score every group of a comparison at once, doing each piece of work once, and in parallel when it pays.
+
+``score_groups`` gives, per group, exactly what ``vlm.metrics.score_documents`` gives (tests/test_scoring.py
+checks it value for value), with three savings:
+
+* **one ground truth, prepared once**: every group is scored against the same ground truths, so each
+  document's truth is normalised, flattened and built into a tree once (``metrics.prepare_truth``) and
+  shared by the groups whose ground truth for that document is the same (equal as objects and as JSON text,
+  so ``1`` and ``1.0`` are never confused);
+* **identical answers, scored once**: an answer whose text (and validity) was already scored against the
+  same ground truth reuses that result; fine-tunes repeat outputs exactly, and groups agree on documents;
+* **parallel documents**: from ``POOL_FROM`` documents on, the documents are split into contiguous ranges,
+  one per CPU (up to ``MAX_WORKERS``), scored in forked workers (the parent takes the first range), and
+  joined in the original order. Any worker failure falls back to scoring serially. Workers ignore Ctrl-C
+  (the parent stops them), die with their parent (Linux), and are daemonic, so none outlives the run.
+
+``VLM_WORKERS=N`` sets the number of workers (1: serial); ``VLM_SCORE_PLAIN=1`` turns all three savings off
+(``score_documents`` per group, the programme before them), for benchmarks.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from vlm.metrics import COMPILE_FROM, DocScores, Truth, doc_scores, prepare_truth, score_document, score_documents
+
+POOL_FROM = 2000  # below this, starting workers and sending results back costs about what they save
+MAX_WORKERS = 8
+
+
+@dataclass
+class _Job:
+    """What every worker reads (inherited by fork, never pickled): per group, answers, truths, validity, keys."""
+
+    preds: list[list[Any]]
+    gts: list[list[Any]]
+    valid: list[list[bool]]
+    keys: list[list[str | None] | None]  # each answer's text (None: not memoised)
+    compiled: bool
+
+    def run(self, start: int, stop: int) -> list[list[dict[str, Any]]]:
+        """``score_document`` of documents ``start`` to ``stop`` of every group, in order."""
+        out: list[list[dict[str, Any]]] = [[] for _ in self.preds]
+        memo: dict[tuple[str, str, bool], dict[str, Any]] = {}
+        dumps = json.dumps
+        for k in range(start, stop):
+            truths: dict[str, tuple[Any, Truth]] = {}  # this document's truths only: trees are not small
+            for g, preds in enumerate(self.preds):
+                gt, valid = self.gts[g][k], self.valid[g][k]
+                text = dumps(gt)
+                seen = truths.get(text)
+                if seen is None:
+                    seen = truths[text] = (gt, prepare_truth(gt))
+                if seen[0] is not gt and seen[0] != gt:  # the same text, not the same object (non-str keys)
+                    out[g].append(score_document(preds[k], gt, valid, self.compiled))
+                    continue
+                key = self.keys[g][k] if self.keys[g] is not None else None
+                if key is None:
+                    out[g].append(score_document(preds[k], gt, valid, self.compiled, seen[1]))
+                    continue
+                doc = memo.get((key, text, valid))
+                if doc is None:
+                    doc = memo[key, text, valid] = score_document(preds[k], gt, valid, self.compiled, seen[1])
+                out[g].append(doc)
+        return out
+
+
+def workers(n_docs: int) -> int:
+    """How many processes score ``n_docs`` documents (1: serial)."""
+    if os.environ.get("VLM_WORKERS"):
+        return max(1, int(os.environ["VLM_WORKERS"]))
+    if n_docs < POOL_FROM:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def score_groups(preds: list[list[Any]], gts: list[list[Any]], valid: list[list[bool]],
+                 keys: list[list[str | None] | None] | None = None) -> list[DocScores]:
+    """Per group, ``score_documents(preds[g], gts[g], valid[g])``; the groups hold the same documents in order.
+
+    ``keys[g]``: each answer's text, where identical text means an identical answer (None: no memo).
+    """
+    n = len(preds[0])
+    if any(len(p) != n or len(t) != n or len(v) != n for p, t, v in zip(preds, gts, valid)):
+        raise ValueError("every group must hold the same number of predictions, ground truths and flags")
+    if os.environ.get("VLM_SCORE_PLAIN"):
+        return [score_documents(p, t, v) for p, t, v in zip(preds, gts, valid)]
+    job = _Job(preds, gts, valid, list(keys) if keys else [None] * len(preds), n >= COMPILE_FROM)
+    count = min(workers(n), n)
+    parts = None
+    if count > 1:
+        if job.compiled:
+            from vlm import ted_fast
+
+            ted_fast.kernel()  # load numba's build once, before forking, not once per worker
+        try:
+            parts = _parallel(job, _ranges(n, count))
+        except Exception as e:  # noqa: BLE001 - any worker trouble: the serial programme gives the same values
+            if os.environ.get("VLM_DEBUG"):
+                from vlm.output import info
+
+                info(f"parallel scoring failed ({type(e).__name__}: {e}); scoring serially")
+    if parts is None:
+        parts = [job.run(0, n)]
+    return [doc_scores([d for part in parts for d in part[g]]) for g in range(len(preds))]
+
+
+def _ranges(n: int, count: int) -> list[tuple[int, int]]:
+    """``count`` contiguous, near-equal ranges covering 0..n."""
+    cuts = [n * k // count for k in range(count + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+class WorkerError(RuntimeError):
+    """A worker failed or died; the caller scores serially instead."""
+
+
+def _parallel(job: _Job, ranges: list[tuple[int, int]]) -> list[list[list[dict[str, Any]]]]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    gc.freeze()  # the workers' collector leaves the inherited objects alone, so their pages stay shared
+    try:
+        for start, stop in ranges[1:]:
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(job, start, stop, send, os.getpid()), daemon=True)
+            proc.start()
+            send.close()  # the parent keeps only the reading end: a dead worker reads as EOF
+            procs.append((proc, recv))
+        parts = [job.run(*ranges[0])]
+        for proc, recv in procs:
+            try:
+                status, value = recv.recv()
+            except EOFError:
+                raise WorkerError(f"worker {proc.pid} died (exit {proc.exitcode})") from None
+            if status != "ok":
+                raise WorkerError(value)
+            parts.append(value)
+        return parts
+    finally:  # on any exit, Ctrl-C included: stop the workers still running
+        gc.unfreeze()
+        for proc, recv in procs:
+            recv.close()
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+
+
+def _worker(job: _Job, start: int, stop: int, send: Any, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
+    _die_with_parent(parent)
+    try:
+        send.send(("ok", job.run(start, stop)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which falls back to serial
+        send.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        send.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux; elsewhere a closed pipe ends it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,168 @@
+"""vlm.scoring: shared ground truths, memoised answers and the worker processes give exactly the plain values."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+
+import pytest
+
+from vlm import metrics as M
+from vlm import scoring as S
+
+ITEMS = ["Es Teh", "Nasi Goreng", "Kopi Susu", "Air Mineral"]
+
+
+def _gt(r: random.Random) -> dict:
+    rows = [{"nm": r.choice(ITEMS), "cnt": str(r.randint(1, 3)), "price": f"{r.randint(1, 40) * 500:,}"}
+            for _ in range(r.randint(1, 4))]
+    return {"menu": rows if len(rows) > 1 else rows[0], "total": {"total_price": f"{r.randint(5, 90) * 1000:,}"}}
+
+
+def _answers(r: random.Random, gt: dict) -> str:
+    """An answer's text: a copy, an edit, a refusal, an empty object or one of a few repeated outputs."""
+    x = r.random()
+    if x < 0.2:
+        return json.dumps(gt)
+    if x < 0.3:
+        return "I cannot read this receipt."
+    if x < 0.4:
+        return "{}"
+    if x < 0.6:  # the same few answers again and again: ties, and memo hits across documents
+        return r.choice(['{"total": {"total_price": "5,000"}}', '{"menu": {"nm": "Es Teh", "price": "500"}}'])
+    doc = json.loads(json.dumps(gt))
+    doc["total"]["total_price"] = doc["total"]["total_price"].replace("0", str(r.randint(1, 9)), 1)
+    return json.dumps(doc)
+
+
+def _groups(n: int, seed: int = 0):
+    """Two groups over n documents (a few distinct truths repeated), as ``score_groups`` takes them."""
+    from vlm.evaluate import read_answer
+
+    r = random.Random(seed)
+    truths = [_gt(r) for _ in range(n // 4 + 1)]
+    gts = [json.loads(json.dumps(r.choice(truths))) for _ in range(n)]  # equal truths, separate objects
+    texts = [[_answers(r, gt) for gt in gts] for _ in range(2)]
+    answers = [[read_answer(t) for t in group] for group in texts]
+    preds = [[a.value for a in group] for group in answers]
+    valid = [[a.valid for a in group] for group in answers]
+    other = [json.loads(json.dumps(gt)) for gt in gts]  # the second file's own copy of each truth
+    return preds, [gts, other], valid, texts
+
+
+def _plain(preds, gts, valid):
+    return [M.score_documents(p, g, v) for p, g, v in zip(preds, gts, valid)]
+
+
+def test_shared_and_memoised_equal_plain(monkeypatch):
+    monkeypatch.setenv("VLM_WORKERS", "1")
+    preds, gts, valid, texts = _groups(300)
+    assert S.score_groups(preds, gts, valid, texts) == _plain(preds, gts, valid)
+    assert S.score_groups(preds, gts, valid) == _plain(preds, gts, valid)  # no keys: no memo, truths shared
+
+
+def test_truths_equal_as_objects_but_not_as_json_are_not_shared(monkeypatch):
+    """``1 == 1.0`` in Python, but Donut's tree reads "1" and "1.0": each group keeps its own truth."""
+    monkeypatch.setenv("VLM_WORKERS", "1")
+    pred = {"total": {"total_price": "1"}}
+    gts = [[{"total": {"total_price": 1}}], [{"total": {"total_price": 1.0}}]]
+    got = S.score_groups([[pred], [pred]], gts, [[True], [True]], [["x"], ["x"]])
+    assert got == _plain([[pred], [pred]], gts, [[True], [True]])
+    assert got[0].ted_accuracy != got[1].ted_accuracy
+
+
+def test_memo_keys_on_truth_and_validity(monkeypatch):
+    """The same answer text meets two different truths, and once counts as invalid: three different rows."""
+    monkeypatch.setenv("VLM_WORKERS", "1")
+    pred = {"total": {"total_price": "5,000"}}
+    gts = [{"total": {"total_price": "5,000"}}, {"total": {"total_price": "6,000"}},
+           {"total": {"total_price": "5,000"}}]
+    flags = [True, True, False]
+    got = S.score_groups([[pred] * 3], [gts], [flags], [["same"] * 3])
+    assert got == _plain([[pred] * 3], [gts], [flags])
+    assert got[0].ted_accuracy[0] == 1.0 and got[0].ted_accuracy[1] < 1.0 and got[0].valid == flags
+
+
+def test_workers_equal_serial_in_order(monkeypatch):
+    """From POOL_FROM documents on, two workers; the parts come back in document order."""
+    preds, gts, valid, texts = _groups(S.POOL_FROM + 17, seed=1)
+    monkeypatch.setenv("VLM_WORKERS", "1")
+    serial = S.score_groups(preds, gts, valid, texts)
+    job = S._Job(preds, gts, valid, texts, True)
+    ranges = S._ranges(len(preds[0]), 3)
+    parts = S._parallel(job, ranges)  # the pool itself, not a silent fallback
+    assert [d for part in parts for d in part[1]] == [M.score_document(p, g, v, True) for p, g, v in
+                                                        zip(preds[1], gts[1], valid[1])]
+    monkeypatch.setenv("VLM_WORKERS", "2")
+    assert S.score_groups(preds, gts, valid, texts) == serial == _plain(preds, gts, valid)
+    assert not multiprocessing.active_children()
+
+
+def test_ranges_cover_in_order():
+    assert S._ranges(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert S._ranges(2, 2) == [(0, 1), (1, 2)]
+
+
+class _FailingInWorker(S._Job):
+    def run(self, start, stop):
+        if os.getpid() != self.parent:
+            raise MemoryError("worker out of memory")
+        return super().run(start, stop)
+
+
+def test_worker_failure_falls_back_to_serial(monkeypatch):
+    preds, gts, valid, texts = _groups(40, seed=2)
+    job = _FailingInWorker(preds, gts, valid, texts, False)
+    job.parent = os.getpid()
+    with pytest.raises(S.WorkerError, match="MemoryError"):
+        S._parallel(job, S._ranges(40, 2))
+    assert not multiprocessing.active_children()
+
+    monkeypatch.setattr(S, "_Job", _FailingInWorker)
+    monkeypatch.setattr(_FailingInWorker, "parent", os.getpid(), raising=False)
+    monkeypatch.setenv("VLM_WORKERS", "2")
+    assert S.score_groups(preds, gts, valid, texts) == _plain(preds, gts, valid)
+
+
+class _Interrupted(S._Job):
+    """The parent is interrupted (Ctrl-C) while its worker is still busy."""
+
+    def run(self, start, stop):
+        if os.getpid() == self.parent:
+            self.started.wait(30)
+            raise KeyboardInterrupt
+        self.started.set()
+        multiprocessing.Event().wait(20)  # a worker that would run on
+        self.finished.value = 1
+        return []
+
+
+def test_interrupt_stops_the_workers():
+    job = _Interrupted([[None] * 4], [[{}] * 4], [[False] * 4], [None], False)
+    job.parent, job.started, job.finished = os.getpid(), multiprocessing.Event(), multiprocessing.Value("i", 0)
+    with pytest.raises(KeyboardInterrupt):
+        S._parallel(job, S._ranges(4, 2))
+    assert not multiprocessing.active_children()  # reaped, not left running
+    assert job.finished.value == 0  # stopped, not waited for
+
+
+def test_plain_switch_gives_the_same(monkeypatch):
+    preds, gts, valid, texts = _groups(50, seed=3)
+    monkeypatch.setenv("VLM_SCORE_PLAIN", "1")
+    assert S.score_groups(preds, gts, valid, texts) == _plain(preds, gts, valid)
+
+
+@pytest.mark.parametrize("doc", [
+    {"menu": {"nm": "Tea", "price": "5"}},
+    {"menu": [{"nm": "Tea"}, {}, {"nm": " ", "price": ""}, {"nm": "Tea"}]},
+    {"menu": [{"nm": "Tea"}, "loose text", {"price": "5"}]},  # mixed: normalize keeps the text, rows the dicts
+    {"menu": []}, {"menu": "Tea"}, {"total": {"total_price": "5"}}, {},
+])
+def test_menu_rows_from_the_normalised_document(doc):
+    slow = M._menu_rows(doc)
+    assert M._menu_rows(doc, M.normalize(doc)) == slow
+    assert slow == [json.dumps(M.normalize(r), sort_keys=True, ensure_ascii=False) for r in
+                    ([doc["menu"]] if isinstance(doc.get("menu"), dict) else doc.get("menu") or [])
+                    if isinstance(r, dict) and M.normalize(r)]
