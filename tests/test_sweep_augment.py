@@ -170,10 +170,10 @@ def test_augment_sweep_runs_and_ranks_with_a_ci(tmp_path: Path, tiny_model: Path
     board = doc["leaderboard"]
     assert {Path(row["config"]).stem for row in board["runs"]} == {"base_aug0", "base_aug1"}
     overall = board["leaderboard"]
-    assert {row["run"] for row in overall} == {"base_aug0", "base_aug1"}
+    assert {row["run"] for row in overall} == {"saves/run_aug0", "saves/run_aug1"}  # runs are named by output_dir
     assert overall[0]["gap"] is None and overall[0]["best"]
     for row in overall[1:]:
         low, high = row["gap"]["ci95"]
         assert low <= row["gap"]["delta"] <= high
-    assert Path(board["leaderboard_file"]) == tmp_path / "sweep" / "leaderboard.json"
-    assert (tmp_path / "sweep" / "leaderboard.json").is_file()
+    assert Path(board["leaderboard_file"]) == Path("sweep") / "leaderboard.json"
+    assert len(json.loads((tmp_path / "sweep" / "leaderboard.json").read_text())["ranking"]) == len(overall)
