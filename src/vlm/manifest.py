@@ -84,5 +84,7 @@ def merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult],
             old.get("augment") if "train" not in done else None)
         if augment:
             manifest["augment"] = augment  # the policy of the train split's augmented copies
+        if old.get("derived"):
+            manifest["derived"] = old["derived"]  # vlm sweep --augment's datasets (vlm.augmented_dataset)
         atomic_write_json(path, manifest)
     return manifest

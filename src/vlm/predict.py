@@ -114,7 +114,9 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
         settings.pop("image_min_pixels")
     base_ds = cfg.get("dataset", "cord_train")
     base_ds = base_ds.split(",")[0].strip() if isinstance(base_ds, str) else base_ds[0]
-    settings["dataset"] = spec.dataset or f"{base_ds.rsplit('_', 1)[0]}_{spec.split}"
+    from vlm.augmented_dataset import split_dataset_name
+
+    settings["dataset"] = spec.dataset or split_dataset_name(base_ds, spec.split)
     return settings
 
 

@@ -30,9 +30,10 @@ from vlm.errors import VlmError
 from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, sha256_bytes, try_lock
 
 STATUS_FILE = "sweep_status.json"
-# Grid keys (LLaMA-Factory names, plus "method") and the tags they get in point names, in name order.
-TAGS = {"method": "", "learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
+# Grid keys (LLaMA-Factory names, plus "method" and "augment") and the tags they get in point names, in name order.
+TAGS = {"method": "", "augment": "aug", "learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
 LORA_ONLY = ("lora_rank",)
+NOT_CONFIG_KEYS = ("method", "augment")  # grid keys that set other keys rather than being one
 
 
 def _fmt_number(x: float) -> str:
@@ -57,18 +58,21 @@ class SweepPoint:
     settings: dict[str, Any]
     config: dict[str, Any]
     text: str = ""  # the YAML written to ``path``
+    notes: list[str] = field(default_factory=list)  # extra header lines, e.g. what its dataset holds
 
     @property
     def sha256(self) -> str:
         return sha256_bytes(self.text.encode())
 
 
-def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]]) -> list[SweepPoint]:
+def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]],
+                 datasets: dict[int, tuple[str, str]] | None = None) -> list[SweepPoint]:
     """The cartesian product of ``grid`` over ``base``, one config per point.
 
-    ``grid`` maps LLaMA-Factory keys (and ``method``: lora, qlora, full, freeze) to values.
-    A method is applied first (``vlm render-config --method``'s keys), so a learning rate in the
-    grid still wins. LoRA ranks only apply to LoRA points: a full point appears once, not once per rank.
+    ``grid`` maps LLaMA-Factory keys (and ``method``: lora, qlora, full, freeze; ``augment``: copies per train
+    image) to values. A method is applied first (``vlm render-config --method``'s keys), so a learning rate in
+    the grid still wins. LoRA ranks only apply to LoRA points: a full point appears once, not once per rank.
+    ``datasets`` maps each ``augment`` value to (the dataset its points train on, a line saying what it holds).
     """
     keys = [k for k in TAGS if grid.get(k)] + [k for k in grid if grid[k] and k not in TAGS]
     methods = grid.get("method") or [None]
@@ -87,22 +91,29 @@ def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict
             continue
         seen.add(suffix)
         cfg = apply_method(base, method) if "method" in settings else dict(base)
-        cfg.update({k: v for k, v in settings.items() if k != "method"})
+        cfg.update({k: v for k, v in settings.items() if k not in NOT_CONFIG_KEYS})
+        notes = []
+        if "augment" in settings:
+            cfg["dataset"], note = (datasets or {})[settings["augment"]]
+            notes.append(note)
         cfg["output_dir"] = f"{str(base.get('output_dir', 'saves/sweep')).rstrip('/')}_{suffix}"
         name = f"{base_name}_{suffix}"
-        points.append(SweepPoint(name, out_dir / f"{name}.yaml", settings, cfg))
+        points.append(SweepPoint(name, out_dir / f"{name}.yaml", settings, cfg, notes=notes))
     return points
 
 
-def write_points(points: list[SweepPoint], command: str, out_dir: Path, force: bool) -> list[Path]:
+def write_points(points: list[SweepPoint], command: str, out_dir: Path, force: bool,
+                 before_write: Callable[[], None] | None = None) -> list[Path]:
     """Validate and write every point's config; a file holding something else (a hand edit) is replaced
-    only with ``force``, and nothing is written unless every file can be. Returns the files that changed."""
+    only with ``force``, and nothing is written unless every file can be. ``before_write`` runs once every
+    check has passed (it makes the data the configs name). Returns the files that changed."""
     from vlm.validation import validate_config
 
     for point in points:
         validate_config(point.config)
         header = config_header(f"{command} --out-dir {out_dir}", str(point.path))
-        header.insert(2, "Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()))
+        header[2:2] = ["Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()),
+                       *(f"Dataset:     {note}" for note in point.notes)]
         point.text = render_yaml(point.config, header)
     changed = [p.path for p in points if not p.path.is_file() or p.path.read_bytes() != p.text.encode()]
     edited = [path for path in changed if path.exists()]
@@ -110,10 +121,57 @@ def write_points(points: list[SweepPoint], command: str, out_dir: Path, force: b
         shown = ", ".join(str(p) for p in edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
         raise VlmError(f"{len(edited)} config(s) in {out_dir} hold something else: {shown}",
                        hint="pass --force to replace them, or choose another --out-dir.")
+    if before_write:
+        before_write()
     texts = {p.path: p.text for p in points}
     for path in changed:
         atomic_write_text(path, texts[path])
     return changed
+
+
+@dataclass
+class AugmentAxis:
+    """``--augment 0,2``: copies per train image, one derived dataset per value (``vlm.augmented_dataset``)."""
+
+    copies: list[int]
+    policy: str = "medium"
+    seed: int = 0
+
+
+def write_sweep(config: Path, grid: dict[str, list[Any]], out_dir: Path, command: str, force: bool,
+                augment: AugmentAxis | None = None, show_progress: bool = True) -> tuple[list[SweepPoint],
+                                                                                       list[dict[str, Any]]]:
+    """Render, validate and write the grid's configs; with ``augment``, first make the derived train datasets
+    they name (after every refusal check, before any config is written, so each config can run anywhere).
+    Returns the points and, per ``--augment`` value, its dataset's summary."""
+    from contextlib import nullcontext
+
+    from vlm.config import load_config
+
+    base = load_config(config)
+    datasets, made, train = {}, [], None
+    if augment:
+        from vlm.augment import AugmentSpec
+        from vlm.augmented_dataset import describe, read_base
+
+        AugmentSpec(0, augment.policy, augment.seed)  # an unknown policy is refused before anything is read
+        train = read_base(base)
+        grid = {**grid, "augment": augment.copies}
+        datasets = {n: describe(train, n, augment.policy, augment.seed) for n in augment.copies}
+    points = sweep_points(base, config.stem, out_dir, grid, datasets)
+
+    def make_datasets() -> None:
+        if not augment:
+            return
+        from vlm.augmented_dataset import make_derived
+        from vlm.output import progress
+
+        with progress() if show_progress else nullcontext() as bar:
+            for n in augment.copies:
+                made.append(make_derived(train, n, augment.policy, augment.seed, progress=bar))
+
+    write_points(points, command, out_dir, force, before_write=make_datasets)
+    return points, made
 
 
 def train_commands(points: list[SweepPoint]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples, help_text
+from vlm.commands.data import AugmentPolicy
 
 OverridesArg = Annotated[
     list[str] | None,
@@ -252,6 +253,13 @@ def sweep(
     epochs: Annotated[str | None, typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
     method: Annotated[str | None, typer.Option(
         "--method", help="Fine-tuning methods, comma-separated (lora, qlora, full, freeze): LoRA or full?")] = None,
+    augment: Annotated[str | None, typer.Option(
+        "--augment", help="Augmented copies per train image, comma-separated (0 = none): does augmentation help? "
+                          "Each value trains on a derived dataset, e.g. cord_train_aug2, made beside the export.")
+    ] = None,
+    augment_policy: Annotated[AugmentPolicy, typer.Option(
+        "--augment-policy", help="How strong --augment's augmentations are (as vlm export).")] = AugmentPolicy.medium,
+    seed: Annotated[int, typer.Option("--seed", help="--augment's seed: the same seed makes the same bytes.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs and sweep_status.json go.")] = Path(
         "configs/sweep"),
     run: Annotated[bool, typer.Option(
@@ -278,12 +286,16 @@ def sweep(
     without --force; nothing is written unless every file can be. With --run the points are
     trained in order and OUT_DIR/sweep_status.json records each one as pending, running, done
     or failed: a killed sweep continues where it stopped when rerun, and a failed point does
-    not stop the others. At the end vlm select ranks every run's checkpoints on one leaderboard."""
-    from vlm.config import load_config
+    not stop the others. At the end vlm select ranks every run's checkpoints on one leaderboard.
+
+    --augment 0,2 makes augmentation an axis: a point trains on the export's original train
+    records plus that many augmented copies of each (a dataset derived beside the export before
+    the configs are written; copies on disk are reused), so the leaderboard says, with a CI,
+    whether augmentation helps."""
     from vlm.errors import VlmError
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.sweep import RunOptions, run_sweep, summary, sweep_points, train_commands, write_points
+    from vlm.sweep import AugmentAxis, RunOptions, run_sweep, summary, train_commands, write_sweep
 
     if run and print_commands:
         raise VlmError("--run and --print-commands are alternatives",
@@ -291,15 +303,26 @@ def sweep(
     grid = {"method": _methods(method), "learning_rate": _grid(lr, float, "--lr"),
             "lora_rank": _grid(lora_rank, int, "--lora-rank"), "num_train_epochs": _grid(epochs, float, "--epochs")}
     grid["num_train_epochs"] = [int(e) if e.is_integer() else e for e in grid["num_train_epochs"]]
-    if not any(grid.values()):
+    copies = _grid(augment, int, "--augment")
+    if any(c < 0 or not isinstance(c, int) for c in copies):
+        raise VlmError(f"--augment takes whole numbers of copies, 0 or more, got {augment!r}",
+                       hint="e.g. --augment 0,2")
+    if not any(grid.values()) and not copies:
         raise VlmError("nothing to sweep",
-                       hint="pass at least one of --lr, --lora-rank, --epochs, --method, e.g. --lr 1e-4,5e-5")
-    points = sweep_points(load_config(config), config.stem, out_dir, grid)
-    command = f"vlm sweep {config} " + " ".join(
-        f"--{flag} {text}" for flag, text in (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs),
-                                               ("method", method)) if text)
-    write_points(points, command, out_dir, force)
-    rows = [{"config": str(p.path), **p.settings, "output_dir": p.config["output_dir"]} for p in points]
+                       hint="pass at least one of --lr, --lora-rank, --epochs, --method, --augment, "
+                            "e.g. --lr 1e-4,5e-5")
+    flags = (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs), ("method", method), ("augment", augment))
+    command = f"vlm sweep {config} " + " ".join(f"--{flag} {text}" for flag, text in flags if text)
+    if copies and (augment_policy != AugmentPolicy.medium or seed):
+        command += f" --augment-policy {augment_policy.value} --seed {seed}"
+    axis = AugmentAxis(copies, augment_policy.value, seed) if copies else None
+    points, datasets = write_sweep(config, grid, out_dir, command, force, axis, show_progress=not as_json)
+    for d in datasets:
+        info(f"aug{d['copies_per_image']}: " + (f"{d['name']}, the export's train dataset, unchanged" if not d["file"]
+             else f"{d['name']}: {d['originals']} originals + {d['copies']} copies ({d['made']} made, {d['reused']} "
+                  f"reused){'' if d['changed'] else ', unchanged'}"))
+    rows = [{"config": str(p.path), **p.settings, "dataset": p.config.get("dataset"),
+             "output_dir": p.config["output_dir"]} for p in points]
     if print_commands:
         lines = train_commands(points)
         if as_json:
@@ -366,4 +389,5 @@ def register(app: typer.Typer) -> None:
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json",
         "vlm sweep configs/cord.yaml --method lora,full --lr 1e-4,1e-5 --run",
+        "vlm sweep configs/cord.yaml --augment 0,2 --run",
         "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --print-commands"))(sweep)
