@@ -272,6 +272,11 @@ def test_early_stopping_renders_what_the_trainer_needs(in_tmp: Path):
     (["eval_strategy=no"], "early_stopping_steps: needs evaluations to watch"),
     (["val_size=0"], "early_stopping_steps: needs an evaluation set"),
     ([], "early_stopping_steps: needs metric_for_best_model"),
+    # The Trainer stops when no-improvement evaluations reach the patience: 0 stops at the first evaluation.
+    (["metric_for_best_model=eval_loss", "early_stopping_steps=0"], "early_stopping_steps: 0 must be"),
+    # LLaMA-Factory's evaluation reports no F1: the Trainer raised a KeyError at the first evaluation.
+    (["metric_for_best_model=f1"], "metric_for_best_model: 'f1' is not reported by LLaMA-Factory's evaluation"),
+    (["metric_for_best_model=eval_accuracy"], "eval_accuracy needs compute_accuracy: true"),
 ])
 def test_early_stopping_without_its_companions_is_refused_before_training(in_tmp: Path, overrides, problem):
     """The Trainer would assert only after the model loaded; vlm validate names the missing key first."""

@@ -46,10 +46,16 @@ def _dataset(root: Path) -> Path:
     return root
 
 
+def _safetensors(payload: bytes) -> bytes:
+    """A well-formed safetensors file holding ``payload`` as one uint8 tensor (its bytes tell checkpoints apart)."""
+    header = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(header).to_bytes(8, "little") + header + payload
+
+
 def _adapter(folder: Path, weights: bytes, step: int | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter_config.json").write_text('{"r": 8}')
-    (folder / "adapter_model.safetensors").write_bytes(weights)
+    (folder / "adapter_model.safetensors").write_bytes(_safetensors(weights))
     if step is not None:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
 
@@ -132,7 +138,7 @@ def test_checkpoint_best_uses_the_winner_and_refuses_a_stale_selection(faked: Pa
     with pytest.raises(VlmError, match=r"no complete checkpoint-7 .*checkpoint-10, checkpoint-20, checkpoint-30"):
         resolve_settings(PredictSpec(group="g", config=Path("run.yaml"), checkpoint="7"))
 
-    (out / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"retrained")
+    (out / "checkpoint-20" / "adapter_model.safetensors").write_bytes(_safetensors(b"retrained"))
     with pytest.raises(VlmError, match="stale: the weights in .*checkpoint-20 changed") as e:
         resolve_settings(spec)
     assert "vlm select run.yaml again" in e.value.hint
@@ -145,7 +151,7 @@ def test_checkpoint_best_uses_the_winner_and_refuses_a_stale_selection(faked: Pa
 
 
 def test_a_retrained_checkpoint_is_not_scored_from_its_old_predictions(faked: Path):
-    (faked / "saves" / "lora" / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"new")
+    (faked / "saves" / "lora" / "checkpoint-10" / "adapter_model.safetensors").write_bytes(_safetensors(b"new"))
     r = run_vlm("select", "run.yaml", "--store", "preds.sqlite", cwd=faked)
     assert r.returncode == 2
     assert "select/saves/lora/checkpoint-10 (20)" in r.stderr and "--overwrite" in r.stderr
@@ -223,6 +229,93 @@ def test_sweep_configs_reads_the_done_points(tmp_path: Path, monkeypatch: pytest
                        "started_at": None, "ended_at": None})
     (tmp_path / "sweep" / "sweep_status.json").write_text(json.dumps({"version": 1, "command": "", "points": points}))
     assert sweep_configs(Path("sweep")) == [Path("sweep/p1.yaml"), Path("sweep/p3.yaml")]
+
+
+# ---------------------------------------------------------------- bad input and odd runs (review)
+
+
+def test_a_final_model_that_is_an_earlier_checkpoint_keeps_that_step(faked: Path):
+    """load_best_model_at_end (early stopping) saves the best checkpoint's weights as the final model at the last
+    step: the row is placed and tie-broken at the step the weights come from, not the last one."""
+    _adapter(faked / "saves" / "lora", b"w20", 30)
+    rows = json.loads(vlm("select", "run.yaml", "--store", "preds.sqlite", "--json", "--no-plot",
+                          cwd=faked).stdout)["leaderboard"]
+    final = next(r for r in rows if r["label"] == "final")
+    assert (final["aliases"], final["step"]) == (["checkpoint-20"], 20)
+    assert next(r for r in rows if r["label"] == "checkpoint-30")["step"] == 30
+
+
+def test_a_truncated_checkpoint_is_named_before_anything_is_predicted(faked: Path):
+    weights = faked / "saves" / "lora" / "checkpoint-10" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-2])  # a copy or a save cut short
+    for args in (["select", "run.yaml", "--store", "preds.sqlite"],
+                 ["predict", "--group", "g", "--config", "run.yaml", "--checkpoint", "10", "--store", "p.sqlite"]):
+        r = run_vlm(*args, cwd=faked)
+        assert r.returncode == 2 and f"{weights.relative_to(faked)} is truncated or damaged" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "bug" not in r.stderr
+    assert not (faked / "saves" / "lora" / "selection.json").exists() and not (faked / "p.sqlite").exists()
+
+
+def test_one_selection_per_run_at_a_time_and_a_warning_while_training(faked: Path):
+    from vlm.fsutil import try_lock
+
+    out = faked / "saves" / "lora"
+    with try_lock(out / "vlm_select", note="pid 4242"):
+        r = run_vlm("select", "run.yaml", "--store", "preds.sqlite", cwd=faked)
+    assert r.returncode == 2 and "another vlm select is running on saves/lora (pid 4242)" in r.stderr, r.stderr
+    assert not (out / "selection.json").exists()
+    with try_lock(out / "vlm_train", note="pid 4343"):  # as vlm train holds it while it writes checkpoints
+        r = vlm("select", "run.yaml", "--store", "preds.sqlite", "--no-plot", cwd=faked)
+    assert "vlm train is still running on saves/lora (pid 4343): ranking the 3 checkpoint(s)" in r.stderr
+    assert "still running" not in vlm("select", "run.yaml", "--store", "preds.sqlite", "--no-plot", cwd=faked).stderr
+
+
+def test_checkpoint_best_warns_when_predicting_the_split_it_was_chosen_on(faked: Path, capsys):
+    from vlm.predict import PredictSpec, resolve_settings
+
+    vlm("select", "run.yaml", "--store", "preds.sqlite", "--no-plot", cwd=faked)
+    resolve_settings(PredictSpec(group="g", config=Path("run.yaml"), checkpoint="best", split="test"))
+    assert "optimistic" not in capsys.readouterr().err
+    resolve_settings(PredictSpec(group="g", config=Path("run.yaml"), checkpoint="best", split="validation"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "chosen on the validation split: its scores there are optimistic" in err
+
+
+def test_a_full_checkpoint_retrained_in_place_is_not_taken_for_its_old_predictions(faked: Path):
+    """A whole model's store hash was its path and config.json, which retraining in place keeps."""
+    from vlm.predict import PredictSpec, _prepare
+
+    out = faked / "saves" / "full"
+    for step in (4, 8):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "config.json").write_text('{"model_type": "qwen2_vl"}')
+        (out / f"checkpoint-{step}" / "model.safetensors").write_bytes(_safetensors(b"old"))
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (faked / "full.yaml").write_text((faked / "run.yaml").read_text().replace("finetuning_type: lora",
+                                                                             "finetuning_type: full")
+                                     .replace("saves/lora", "saves/full"))
+    spec = PredictSpec(group="g", config=Path("full.yaml"), checkpoint="4", split="validation")
+    before = _prepare(spec)[4]["model_hash"]
+    assert _prepare(PredictSpec(group="g", config=Path("full.yaml"), checkpoint="4",
+                                split="validation"))[4]["model_hash"] == before  # the same weights: resumable
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(_safetensors(b"retrained"))
+    spec = PredictSpec(group="g", config=Path("full.yaml"), checkpoint="4", split="validation")
+    assert _prepare(spec)[4]["model_hash"] != before
+
+
+def test_a_sweep_status_of_another_version_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from vlm.errors import VlmError
+    from vlm.select import sweep_configs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep").mkdir()
+    status = {"version": 2, "points": {"a": {"config": "a.yaml", "state": "done"}}}
+    (tmp_path / "sweep" / "sweep_status.json").write_text(json.dumps(status))
+    with pytest.raises(VlmError, match="sweep_status.json has an unknown version 2"):
+        sweep_configs(Path("sweep"))
+    (tmp_path / "sweep" / "sweep_status.json").write_text("[1, 2]")
+    with pytest.raises(VlmError, match="is not a sweep status file"):
+        sweep_configs(Path("sweep"))
 
 
 # ---------------------------------------------------------------- a real run (slow)

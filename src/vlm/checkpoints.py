@@ -30,6 +30,28 @@ def model_kind(cfg: dict[str, Any]) -> str:
     return "model" if cfg.get("finetuning_type", "lora") in ("full", "freeze") else "adapter"
 
 
+def check_weights(folder: Path) -> None:
+    """Refuse a saved model whose safetensors files are cut short (a checkpoint being written, a full disk, a copy
+    that stopped): loading it would fail deep in safetensors. Reads only each file's header, so it is cheap."""
+    import struct
+
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        size, need = path.stat().st_size, None
+        try:
+            with path.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if 8 + length <= size:
+                    header = json.loads(f.read(length))
+                    need = 8 + length + max((int(t["data_offsets"][1]) for k, t in header.items()
+                                             if k != "__metadata__"), default=0)
+        except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            need = None
+        if need is None or need > size:
+            raise VlmError(f"{path} is truncated or damaged ({size} bytes; its header names more or cannot be read)",
+                           hint="the checkpoint was cut short: move it out of the output_dir (or retrain), "
+                                "or pick another checkpoint.")
+
+
 def weights_hash(folder: Path) -> str:
     """sha256 over the weight files of a saved model (name and content), so two dirs that hold the same
     weights, e.g. the final adapter and the last checkpoint, hash alike wherever they lie."""
@@ -39,6 +61,7 @@ def weights_hash(folder: Path) -> str:
     if not any(p.name != "adapter_config.json" for p in files):
         raise VlmError(f"no model weights in {folder}",
                        hint="expected adapter_model.safetensors or model.safetensors; was the run trained?")
+    check_weights(folder)
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
@@ -93,9 +116,28 @@ def _winner_dir(output_dir: Path, label: str) -> Path:
     return output_dir if label == "final" else output_dir / label
 
 
-def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str) -> Path:
+def training_holder(output_dir: Path) -> str | None:
+    """The note (e.g. "pid 123") of a ``vlm train`` running on ``output_dir`` now, else None. Probes the lock
+    ``vlm train`` holds with a shared, non-blocking lock that is released at once; creates no file."""
+    import fcntl
+
+    for path in sorted(output_dir.glob(".vlm_train*.lock")) if output_dir.is_dir() else []:
+        try:
+            with path.open() as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f.read().strip() or str(path)
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        except OSError:
+            continue
+    return None
+
+
+def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str, split: str | None = None) -> Path:
     """The folder of one of a run's saved models: ``best`` (the winner of ``vlm select``, checked against the
-    weights it scored), ``final``, ``N`` or ``checkpoint-N``."""
+    weights it scored), ``final``, ``N`` or ``checkpoint-N``. ``split``: the one about to be predicted, to warn
+    when the winner was chosen on it."""
     from vlm.output import warn
     from vlm.train import checkpoints
 
@@ -118,6 +160,9 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str) -> Path:
                            hint=f"{fix}; it reuses what is already predicted.")
         scored = set(selection.get("checkpoints_seen") or [])
         newer = [p.name for p in checkpoints(output_dir) if p.name not in scored]
+        if split and selection.get("split") == split:
+            warn(f"the winner {label} was chosen on the {split} split: its scores there are optimistic (the choice "
+                 "saw them); report the tuned model on a split the selection did not see, e.g. --split test")
         if scored and newer:
             warn(f"{len(newer)} checkpoint(s) of {output_dir} were saved after the selection and not scored "
                  f"({', '.join(newer[:3])}); rerun vlm select {config} to include them")
@@ -127,6 +172,7 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str) -> Path:
         if found is None:
             raise VlmError(f"no final {kind} in {output_dir}: training has not finished",
                            hint="pick a checkpoint (--checkpoint N), or finish training (vlm train CONFIG --resume).")
+        check_weights(found)
         return found
     match = _WHICH.match(which)
     if not match:
@@ -137,4 +183,5 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str) -> Path:
         have = ", ".join(p.name for p in saved) or "none"
         raise VlmError(f"no complete {chosen.name} in {output_dir} (saved: {have})",
                        hint="pick one of the saved checkpoints, or --checkpoint final / best.")
+    check_weights(chosen)
     return chosen

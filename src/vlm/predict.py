@@ -93,7 +93,13 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
         if not spec.config or spec.adapter or spec.model or spec.no_adapter:
             raise VlmError("--checkpoint picks one of the saved models of the --config run",
                            hint="pass --config TRAIN_YAML, and drop --adapter, --model and --no-adapter.")
-        adapter = str(resolve_checkpoint(cfg, spec.config, spec.checkpoint))
+        adapter = str(resolve_checkpoint(cfg, spec.config, spec.checkpoint, spec.split))
+        if cfg.get("finetuning_type") in ("full", "freeze") and not spec.weights_hash:
+            from vlm.checkpoints import weights_hash
+
+            # A whole model's hash is its path and config.json, which a run retrained in place keeps: name the
+            # weights too, or the group's old predictions would be taken for this checkpoint's.
+            spec.weights_hash = weights_hash(Path(adapter))
     if adapter and not spec.adapter and not spec.model and cfg.get("finetuning_type") in ("full", "freeze"):
         # A full (or freeze) fine-tune saves a whole model, not an adapter: predict with it.
         if not (Path(adapter) / "config.json").is_file():

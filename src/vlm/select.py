@@ -10,6 +10,7 @@ gets ``selection.json`` (read by ``--checkpoint best``) and ``selection.png`` in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -104,13 +105,17 @@ def sweep_configs(folder: Path) -> list[Path]:
                        hint="vlm sweep CONFIG ... --run --out-dir DIR writes it; or pass the configs as CONFIG ...")
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(status, dict):
+            raise TypeError(f"a JSON {type(status).__name__}, not an object")
+        version = status.get("version")
+        if version != 1:  # before reading its points: another version may lay them out otherwise
+            raise VlmError(f"{path} has an unknown version {version!r}",
+                           hint="it was written by another vlm; rank its runs as CONFIG ... instead, or update vlm.")
         points = status["points"]
         states = [(str(p["name"]), p.get("config"), p.get("status")) for p in points]
     except (ValueError, KeyError, TypeError) as e:
         raise VlmError(f"{path} is not a sweep status file ({type(e).__name__}: {e})",
                        hint="it is written by vlm sweep --run; run the sweep again to rewrite it.") from None
-    if status.get("version") != 1:
-        raise VlmError(f"{path} has an unknown version {status.get('version')!r}", hint="update vlm.")
     done = [(name, Path(cfg)) for name, cfg, state in states if state == "done" and isinstance(cfg, str)]
     left = [f"{name} ({state})" for name, _, state in states if state != "done"]
     if not done:
@@ -158,7 +163,10 @@ def load_run(config: Path, opts: SelectOptions) -> Run:
         same = by_hash.get(digest)
         if same:  # one row, named for the later model (the final one is what a run keeps); its group stays
             same.aliases.append(same.label)
-            same.label, same.step, same.path = label, step, path
+            # The weights are as old as the checkpoint that saved them first: with load_best_model_at_end (and
+            # early stopping) the final model is an earlier checkpoint, while its step would be the last one.
+            same.label, same.path = label, path
+            same.step = same.step if same.step is not None else step
             continue
         by_hash[digest] = Candidate(name, config, label, step, path, kind, digest, f"select/{name}/{label}")
         candidates.append(by_hash[digest])
@@ -301,9 +309,6 @@ def _record(rows: list[dict[str, Any]], opts: SelectOptions, run: Run | None, ex
 def select_runs(configs: list[Path], opts: SelectOptions, show_progress: bool = True) -> dict[str, Any]:
     """Predict, score and rank every saved model of ``configs``' runs; write each run's selection.json and
     selection.png, and with several runs the overall leaderboard. Returns what ``--json`` prints."""
-    from vlm.fsutil import atomic_write_json
-    from vlm.output import info
-
     if opts.metric not in METRICS:
         raise VlmError(f"--metric {opts.metric!r} is not one of {', '.join(METRICS)}")
     opts.keep()
@@ -317,6 +322,34 @@ def select_runs(configs: list[Path], opts: SelectOptions, show_progress: bool = 
         if other != run.config:
             raise VlmError(f"{other} and {run.config} name the same output_dir {run.output_dir}",
                            hint="pass each run once.")
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            _claim(run, locks)
+        return _select_locked(runs, opts, show_progress)
+
+
+def _claim(run: Run, locks: contextlib.ExitStack) -> None:
+    """Hold the run's selection lock (two selections of one run would predict everything twice and race to write
+    its selection.json), and say so when training still writes checkpoints there."""
+    from vlm.checkpoints import training_holder
+    from vlm.fsutil import LockedError, try_lock
+    from vlm.output import warn
+
+    try:
+        locks.enter_context(try_lock(run.output_dir / "vlm_select", note=f"pid {os.getpid()}"))
+    except LockedError as e:
+        raise VlmError(f"another vlm select is running on {run.output_dir} ({e.holder or 'lock ' + str(e.path)})",
+                       hint="wait for it to finish; a rerun afterwards reuses everything it predicted.") from None
+    holder = training_holder(run.output_dir)
+    if holder:
+        warn(f"vlm train is still running on {run.output_dir} ({holder}): ranking the {len(run.seen)} checkpoint(s) "
+             "saved so far; rerun vlm select when it ends to score the rest")
+
+
+def _select_locked(runs: list[Run], opts: SelectOptions, show_progress: bool) -> dict[str, Any]:
+    from vlm.fsutil import atomic_write_json
+    from vlm.output import info
+
     candidates = [c for run in runs for c in run.candidates]
     first: dict[str, Candidate] = {}
     for c in candidates:  # the same weights in two runs (e.g. a point trained twice): predicted once

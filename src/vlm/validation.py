@@ -206,9 +206,15 @@ def early_stopping_problems(cfg: dict[str, Any]) -> list[str]:
     """What LLaMA-Factory's ``early_stopping_steps`` needs, checked now rather than by the Trainer's asserts
     after the model has loaded. Its patience counts evaluations: training stops after N evaluations
     (N x eval_steps optimizer steps) in a row without an improvement of metric_for_best_model."""
+    problems = _best_metric_problems(cfg)
     if cfg.get("early_stopping_steps") is None:
-        return []
-    problems = []
+        return problems
+    patience = cfg["early_stopping_steps"]
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        # The Trainer stops once its count of evaluations without improvement reaches the patience: 0 stops at
+        # the first evaluation, it does not switch early stopping off (leave the key out for that).
+        problems.append(f"early_stopping_steps: {patience!r} must be a whole number of evaluations >= 1 "
+                        "(0 would stop at the first evaluation); remove the key to train without early stopping")
     if str(cfg.get("eval_strategy", "no")).lower() == "no":
         problems.append("early_stopping_steps: needs evaluations to watch; set eval_strategy: steps and eval_steps")
     if not cfg.get("val_size") and not cfg.get("eval_dataset"):
@@ -217,3 +223,21 @@ def early_stopping_problems(cfg: dict[str, Any]) -> list[str]:
         problems.append("early_stopping_steps: needs metric_for_best_model (e.g. eval_loss); "
                         "vlm render-config --early-stopping N sets it with load_best_model_at_end: true")
     return problems
+
+
+def _best_metric_problems(cfg: dict[str, Any]) -> list[str]:
+    """metric_for_best_model must be a metric LLaMA-Factory's SFT evaluation reports, or the Trainer raises a
+    KeyError at its first evaluation, after the model loaded and eval_steps steps trained. It reports the loss,
+    plus accuracy with compute_accuracy, or ROUGE/BLEU with predict_with_generate (never vlm's F1 or nTED)."""
+    metric = cfg.get("metric_for_best_model")
+    evaluates = str(cfg.get("eval_strategy", "no")).lower() != "no"
+    if not metric or not evaluates or cfg.get("stage", "sft") != "sft" or cfg.get("eval_on_each_dataset"):
+        return []  # eval_on_each_dataset prefixes each metric with its dataset's name
+    name = str(metric).removeprefix("eval_")
+    reported = ["loss"] + (["rouge-1", "rouge-2", "rouge-l", "bleu-4"] if cfg.get("predict_with_generate")
+                           else ["accuracy"] if cfg.get("compute_accuracy") else [])
+    if name in reported:
+        return []
+    return [f"metric_for_best_model: {metric!r} is not reported by LLaMA-Factory's evaluation here (it reports "
+            + ", ".join(f"eval_{m}" for m in reported) + "; eval_accuracy needs compute_accuracy: true); "
+            "use eval_loss, and rank checkpoints on F1 or nTED after training with vlm select"]
