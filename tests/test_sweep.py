@@ -113,6 +113,14 @@ def test_a_failed_point_does_not_stop_the_others(tmp_path: Path, tiny_model: Pat
     assert rows["base_lr1e-3"]["attempts"] == 2 and rows["base_lr1e-4"]["attempts"] == 1
     assert "sweep point 1/1: base_lr1e-3 (was failed)" in r.stderr
 
+    # Another grid in the same folder: only its own points are counted (the failed row above is kept, not counted).
+    r = subprocess.run([*argv[:6], "1e-4", *argv[7:]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert (doc["done"], doc["failed"], [p["name"] for p in doc["points"]]) == (1, 0, ["base_lr1e-4"])
+    kept = json.loads((tmp_path / "sweep" / "sweep_status.json").read_text())["points"]
+    assert [p["name"] for p in kept] == ["base_lr1e-4", "base_lr1e-3"]
+
 
 # ---------------------------------------------------------------- --run for real, killed and resumed
 
@@ -170,3 +178,56 @@ def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Pat
     assert "sweep point 1/1: base_lr2e-4 (was running)" in r.stderr
     board = doc["leaderboard"]
     assert board and {Path(row["config"]).stem for row in board["runs"]} == {"base_lr1e-4", "base_lr2e-4"}
+
+
+# ---------------------------------------------------------------- review findings (S-A .. S-E)
+
+
+def test_ranking_options_are_checked_before_any_training(in_tmp: Path, toy_dataset: Path):
+    """S-A: a bad --checkpoints or --split fails at once, not after hours of training."""
+    write_config(in_tmp / "base.yaml", in_tmp / "no-model-needed", toy_dataset, "saves/run")
+    r = run_vlm("sweep", "base.yaml", "--lr", "1e-4", "--out-dir", "sweep", "--run", "--checkpoints", "newest",
+                cwd=in_tmp)
+    assert r.returncode == 2 and "--checkpoints 'newest' is not 'all' or 'last-N'" in r.stderr, r.stderr
+    r = run_vlm("sweep", "base.yaml", "--lr", "1e-4", "--out-dir", "sweep", "--run", "--split", "nosuch", cwd=in_tmp)
+    assert r.returncode == 2 and "'cord_nosuch', which is not registered" in r.stderr, r.stderr
+    assert not (in_tmp / "sweep" / "sweep_status.json").exists() and not (in_tmp / "saves").exists()
+
+
+def test_growing_a_grid_keeps_the_configs_of_its_points(in_tmp: Path):
+    """S-C: a point's header names the whole grid; adding a value must not make its config 'hold something else'
+    (nor change the hash that marks it done)."""
+    from vlm.sweep import SweepPoint, body
+
+    assert invoke("sweep", CORD, "--lr", "1e-4", "--out-dir", "sweep").exit_code == 0
+    first = (in_tmp / "sweep" / "cord_lr1e-4.yaml").read_text()
+    r = invoke("sweep", CORD, "--lr", "1e-4,2e-4", "--out-dir", "sweep")
+    assert r.exit_code == 0, r.output
+    assert (in_tmp / "sweep" / "cord_lr1e-4.yaml").read_text() == first
+    regrown = first.replace("--lr 1e-4 ", "--lr 1e-4,2e-4 ")
+    assert regrown != first and body(regrown) == body(first)
+    point = SweepPoint("p", Path("p.yaml"), {}, {}, text=first)
+    assert point.sha256 == SweepPoint("p", Path("p.yaml"), {}, {}, text=regrown).sha256
+
+
+def test_a_second_sweep_writes_nothing_while_one_runs(in_tmp: Path):
+    """S-E: the folder's lock is taken before any config is written."""
+    import fcntl
+
+    (in_tmp / "sweep").mkdir()
+    with open(in_tmp / "sweep" / ".vlm_sweep.lock", "a+") as held:  # what a running sweep --run holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
+        r = run_vlm("sweep", CORD, "--lr", "1e-4", "--out-dir", "sweep", "--run", cwd=in_tmp)
+    assert r.returncode == 2 and "another vlm sweep --run is running in sweep (pid 4242)" in r.stderr, r.stderr
+    assert sorted(p.name for p in (in_tmp / "sweep").iterdir()) == [".vlm_sweep.lock"]
+
+
+def test_summary_counts_only_this_grid_and_tolerates_odd_rows():
+    """S-B/S-D: a row without a status (another tool's, or another version's) does not crash the summary."""
+    from vlm.sweep_run import summary
+
+    status = {"points": [{"status": "done"}, {"status": "failed"}, {"name": "old_point"}]}
+    assert summary(status, 1) == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert summary(status, 3)["None"] == 1

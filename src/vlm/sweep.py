@@ -2,23 +2,12 @@
 
 Each grid point is a full config of its own (``OUT_DIR/<name>.yaml``) with its own
 ``output_dir``, so it trains, logs and records ``vlm_run.json`` exactly as ``vlm train``
-does. ``--run`` trains the points in order and keeps ``OUT_DIR/sweep_status.json``:
-
-    {"version": 1, "command": "vlm sweep ...", "points": [
-        {"name", "config", "output_dir", "settings", "config_sha256", "status", "attempts",
-         "exit_code", "error", "log", "resumed_from", "started_at", "ended_at", "pid"}]}
-
-``status`` is ``pending``, ``running``, ``done`` or ``failed``. The file is rewritten
-atomically at every change, so a sweep killed at any moment leaves it readable; a rerun
-of the same command skips ``done`` points, continues an interrupted point from its newest
-complete checkpoint, and retries ``failed`` ones. A failed point never stops the others.
-An exclusive lock on OUT_DIR refuses a second sweep there while one runs.
+does. ``--run`` trains them in order (``vlm.sweep_run``).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +16,8 @@ from typing import Any
 
 from vlm.config import apply_method, config_header, render_yaml
 from vlm.errors import VlmError
-from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, sha256_bytes, try_lock
+from vlm.fsutil import atomic_write_text, sha256_bytes
 
-STATUS_FILE = "sweep_status.json"
 # Grid keys (LLaMA-Factory names, plus "method" and "augment") and the tags they get in point names, in name order.
 TAGS = {"method": "", "augment": "aug", "learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
 LORA_ONLY = ("lora_rank",)
@@ -62,7 +50,15 @@ class SweepPoint:
 
     @property
     def sha256(self) -> str:
-        return sha256_bytes(self.text.encode())
+        """Of the config itself, not its header: the header names the whole grid, which grows."""
+        return sha256_bytes(body(self.text).encode())
+
+
+def body(text: str) -> str:
+    """A rendered config without its opening comment lines."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), len(lines))
+    return "".join(lines[start:])
 
 
 def sweep_points(base: dict[str, Any], base_name: str, out_dir: Path, grid: dict[str, list[Any]],
@@ -115,6 +111,13 @@ def write_points(points: list[SweepPoint], command: str, out_dir: Path, force: b
         header[2:2] = ["Grid point:  " + ", ".join(f"{k}={v}" for k, v in point.settings.items()),
                        *(f"Dataset:     {note}" for note in point.notes)]
         point.text = render_yaml(point.config, header)
+    # A file holding the same config under an older header (a smaller grid) is kept as it is, so
+    # growing a grid leaves its finished points alone.
+    for p in points:
+        if p.path.is_file():
+            old = p.path.read_text(encoding="utf-8", errors="replace")
+            if body(old) == body(p.text):
+                p.text = old
     changed = [p.path for p in points if not p.path.is_file() or p.path.read_bytes() != p.text.encode()]
     edited = [path for path in changed if path.exists()]
     if edited and not force:
@@ -177,183 +180,3 @@ def write_sweep(config: Path, grid: dict[str, list[Any]], out_dir: Path, command
 def train_commands(points: list[SweepPoint]) -> list[str]:
     """One ``vlm train`` line per point, for a scheduler or LLaMA-Factory's own launchers to run anywhere."""
     return [shlex.join(["vlm", "train", str(p.path)]) for p in points]
-
-
-# ---------------------------------------------------------------- running a sweep
-
-
-@dataclass
-class RunOptions:
-    """How ``vlm sweep --run`` trains each point."""
-
-    allow_truncation: bool = False
-    on_point: Callable[[int, int, dict[str, Any]], None] | None = None  # (index, total, status row) at each start
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def read_status(out_dir: Path) -> dict[str, Any]:
-    """``OUT_DIR/sweep_status.json``, or an empty one; a damaged file is an error, never silently replaced."""
-    import json
-
-    path = out_dir / STATUS_FILE
-    if not path.is_file():
-        return {"version": 1, "command": None, "points": []}
-    try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(status.get("points"), list):
-            raise ValueError("no 'points' list")
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
-        raise VlmError(f"{path} is not a sweep status file ({e})",
-                       hint="move it away (it is never overwritten), or use another --out-dir.") from None
-    return status
-
-
-def _row(point: SweepPoint) -> dict[str, Any]:
-    from vlm.train import TRAIN_LOG
-
-    return {"name": point.name, "config": str(point.path), "output_dir": str(point.config["output_dir"]),
-            "settings": point.settings, "config_sha256": point.sha256, "status": "pending", "attempts": 0,
-            "exit_code": None, "error": None, "log": str(Path(point.config["output_dir"]).resolve() / TRAIN_LOG),
-            "resumed_from": None, "started_at": None, "ended_at": None, "pid": None}
-
-
-def _merge_rows(status: dict[str, Any], points: list[SweepPoint]) -> list[dict[str, Any]]:
-    """This grid's rows in grid order (earlier rows of other grids in the same folder are kept after them).
-    A point whose config changed since its row was written starts again from pending."""
-    old = {row.get("name"): row for row in status["points"] if isinstance(row, dict)}
-    rows = []
-    for point in points:
-        row = old.pop(point.name, None)
-        if row is None or row.get("config_sha256") != point.sha256:
-            row = {**_row(point), "previous_config_sha256": row.get("config_sha256") if row else None}
-        rows.append(row)
-    return rows + list(old.values())
-
-
-def _has_model(row: dict[str, Any]) -> bool:
-    from vlm.train import MODEL_FILES
-
-    return any((Path(row["output_dir"]) / name).is_file() for name in MODEL_FILES)
-
-
-def _finished_earlier(row: dict[str, Any]) -> bool:
-    """A point whose training ended well but whose sweep was killed before it could say so."""
-    import json
-
-    from vlm.train import RUN_MANIFEST
-
-    manifest = Path(row["output_dir"]) / RUN_MANIFEST
-    try:
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return record.get("exit_code") == 0 and record.get("started_at", "") >= (row.get("started_at") or "")
-
-
-def _train_point(row: dict[str, Any], options: RunOptions) -> None:
-    """Train one point (continuing from its newest checkpoint if it has one) and record how it ended."""
-    from vlm.lf.cli import now
-    from vlm.train import TrainSpec, checkpoints, train
-
-    output_dir = Path(row["output_dir"]).resolve()  # relative to the working directory, as vlm train reads it
-    found = checkpoints(output_dir)
-    if found and row["attempts"] == 1:
-        row.update(status="failed", error=f"{output_dir} already has checkpoints that this sweep did not write "
-                                          f"(newest: {found[-1].name}); move them away or use another --out-dir",
-                   ended_at=now())
-        return
-    try:
-        result = train(TrainSpec(Path(row["config"]), resume=bool(found), allow_truncation=options.allow_truncation))
-    except VlmError as e:
-        row.update(status="failed", exit_code=e.exit_code, ended_at=now(),
-                   error=e.message + (f" ({e.hint})" if e.hint else ""))
-        return
-    row.update(exit_code=result.exit_code, resumed_from=result.resumed_from, ended_at=now())
-    if result.exit_code == 130:
-        raise KeyboardInterrupt
-    row.update(status="done" if result.exit_code == 0 else "failed",
-               error=None if result.exit_code == 0 else f"llamafactory-cli exited with {result.exit_code}; "
-                                                        f"see {row['log']}")
-
-
-def run_sweep(points: list[SweepPoint], out_dir: Path, command: str, options: RunOptions) -> dict[str, Any]:
-    """Train every point that is not done yet, one after another, keeping the status file current.
-
-    Returns the status (``interrupted`` is set when Ctrl-C or SIGTERM stopped it). Points are
-    trained in this process's working directory, as ``vlm train`` would be.
-    """
-    from vlm.lf.cli import now
-
-    try:
-        with try_lock(out_dir / "vlm_sweep", note=f"pid {os.getpid()}"):
-            return _run_locked(points, out_dir, command, options, now)
-    except LockedError as e:
-        raise VlmError(f"another vlm sweep --run is running in {out_dir} ({e.holder or 'lock ' + str(e.path)})",
-                       hint="wait for it to finish; a rerun afterwards continues where it stopped.") from None
-
-
-def _run_locked(points: list[SweepPoint], out_dir: Path, command: str, options: RunOptions,
-                now: Callable[[], str]) -> dict[str, Any]:
-    from vlm.output import info, warn
-
-    status = read_status(out_dir)
-    rows = _merge_rows(status, points)
-    status.update(version=1, command=command, points=rows, interrupted=False)
-    path = out_dir / STATUS_FILE
-
-    def save() -> None:
-        status["updated_at"] = now()
-        atomic_write_json(path, status)
-
-    save()
-    # A done point whose model is gone (the folder was cleaned up) is trained again.
-    todo = [row for row in rows[: len(points)] if row["status"] != "done" or not _has_model(row)]
-    for index, row in enumerate(todo, start=1):
-        if row["status"] == "running" and _finished_earlier(row):
-            row.update(status="done", exit_code=0, error=None, ended_at=row.get("ended_at") or now())
-            save()
-            continue
-        was = row["status"]
-        # Counted before training starts, so a sweep killed mid-point knows on its rerun that the
-        # point's checkpoints are its own and continues from them.
-        row.update(status="running", pid=os.getpid(), started_at=now(), ended_at=None, error=None, exit_code=None,
-                   attempts=row.get("attempts", 0) + 1)
-        if options.on_point:
-            options.on_point(index, len(todo), row)
-        info(f"sweep point {index}/{len(todo)}: {row['name']}" + (f" (was {was})" if was != "pending" else ""))
-        save()
-        try:
-            _train_point(row, options)
-        except KeyboardInterrupt:
-            row.update(pid=None, status="pending", error="interrupted", ended_at=now())
-            status["interrupted"] = True
-            save()
-            warn(f"sweep interrupted during {row['name']}; rerun the same command to continue")
-            return status
-        row["pid"] = None
-        save()
-        if row["status"] == "failed":
-            warn(f"{row['name']} failed: {row['error']}; continuing with the next point")
-    return status
-
-
-def summary(status: dict[str, Any]) -> dict[str, int]:
-    """How many points are in each state."""
-    counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
-    for row in status["points"]:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return counts
-
-
-def rank(out_dir: Path, split: str, checkpoints: str, max_new_tokens: int, show_progress: bool) -> dict[str, Any]:
-    """``vlm select`` over the sweep's finished points: every run's checkpoints on one leaderboard, written to
-    ``OUT_DIR/leaderboard.json``; each run's selection.json names its own best."""
-    import shlex
-
-    from vlm.select import SelectOptions, select_runs, sweep_configs
-
-    command = shlex.join(["vlm", "select", "--sweep", str(out_dir), "--split", split, "--checkpoints", checkpoints,
-                          "--max-new-tokens", str(max_new_tokens)])
-    opts = SelectOptions(split=split, checkpoints=checkpoints, max_new_tokens=max_new_tokens, sweeps=[out_dir],
-                         command=command)
-    return select_runs(sweep_configs(out_dir), opts, show_progress=show_progress)

@@ -292,10 +292,13 @@ def sweep(
     records plus that many augmented copies of each (a dataset derived beside the export before
     the configs are written; copies on disk are reused), so the leaderboard says, with a CI,
     whether augmentation helps."""
+    from contextlib import nullcontext
+
     from vlm.errors import VlmError
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.sweep import AugmentAxis, RunOptions, run_sweep, summary, train_commands, write_sweep
+    from vlm.sweep import AugmentAxis, train_commands, write_sweep
+    from vlm.sweep_run import sweep_lock
 
     if run and print_commands:
         raise VlmError("--run and --print-commands are alternatives",
@@ -316,11 +319,19 @@ def sweep(
     if copies and (augment_policy != AugmentPolicy.medium or seed):
         command += f" --augment-policy {augment_policy.value} --seed {seed}"
     axis = AugmentAxis(copies, augment_policy.value, seed) if copies else None
-    points, datasets = write_sweep(config, grid, out_dir, command, force, axis, show_progress=not as_json)
-    for d in datasets:
-        info(f"aug{d['copies_per_image']}: " + (f"{d['name']}, the export's train dataset, unchanged" if not d["file"]
-             else f"{d['name']}: {d['originals']} originals + {d['copies']} copies ({d['made']} made, {d['reused']} "
-                  f"reused){'' if d['changed'] else ', unchanged'}"))
+    # With --run, OUT_DIR is held from before its configs are written: a second sweep there cannot
+    # rewrite the files of points this one has yet to train.
+    with sweep_lock(out_dir) if run else nullcontext():
+        points, datasets = write_sweep(config, grid, out_dir, command, force, axis, show_progress=not as_json)
+        for d in datasets:
+            info(f"aug{d['copies_per_image']}: " + (
+                f"{d['name']}, the export's train dataset, unchanged" if not d["file"]
+                else f"{d['name']}: {d['originals']} originals + {d['copies']} copies ({d['made']} made, "
+                     f"{d['reused']} reused){'' if d['changed'] else ', unchanged'}"))
+        if run:
+            _run_grid(points, out_dir, f"{command} --out-dir {out_dir} --run", select, split, checkpoints,
+                      max_new_tokens, allow_truncation, as_json)
+            return
     rows = [{"config": str(p.path), **p.settings, "dataset": p.config.get("dataset"),
              "output_dir": p.config["output_dir"]} for p in points]
     if print_commands:
@@ -330,32 +341,39 @@ def sweep(
         else:
             stdout.print("\n".join(lines), markup=False, highlight=False)
         return
-    if not run:
-        if as_json:
-            print_json(rows)
-            return
-        for row in rows:
-            stdout.print(row["config"], highlight=False)
-        info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, "
-             "or all of them with --run")
+    if as_json:
+        print_json(rows)
         return
-    status = run_sweep(points, out_dir, f"{command} --out-dir {out_dir} --run", RunOptions(allow_truncation))
-    counts = summary(status)
+    for row in rows:
+        stdout.print(row["config"], highlight=False)
+    info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, or all of them with --run")
+
+
+def _run_grid(points, out_dir: Path, command: str, select: bool, split: str, checkpoints: str, max_new_tokens: int,
+              allow_truncation: bool, as_json: bool) -> None:
+    """sweep --run: train, then rank this grid's finished points; print, and exit 130 / 1 as the run ended."""
+    from vlm.output import info, print_json
+    from vlm.sweep_run import STATUS_FILE, RunOptions, check_rank_options, rank, read_status, run_sweep, summary
+
+    read_status(out_dir)  # a damaged status file is refused before anything else
+    if select:
+        check_rank_options(points, split, checkpoints)
+    status = run_sweep(points, out_dir, command, RunOptions(allow_truncation))
+    counts = summary(status, len(points))
     leaderboard = None
     if select and not status.get("interrupted") and counts["done"]:
-        from vlm.sweep import rank
-
-        leaderboard = rank(out_dir, split, checkpoints, max_new_tokens, show_progress=not as_json)
+        leaderboard = rank(status, len(points), out_dir, split, checkpoints, max_new_tokens,
+                           show_progress=not as_json)
         if not as_json:
             from vlm.selection_report import print_selection
 
             print_selection(leaderboard)
     if as_json:
-        print_json({"status_file": str(out_dir / "sweep_status.json"), **counts, "points": status["points"],
+        print_json({"status_file": str(out_dir / STATUS_FILE), **counts, "points": status["points"][: len(points)],
                     "interrupted": status.get("interrupted", False), "leaderboard": leaderboard})
     else:
         info(f"sweep: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
-             f"({out_dir / 'sweep_status.json'})")
+             f"({out_dir / STATUS_FILE})")
     if status.get("interrupted"):
         raise typer.Exit(130)
     if counts["failed"]:
