@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,17 @@ def invoke(*args: str, catch: bool = False):
     """Run the vlm app in-process (LLaMA-Factory stays imported between tests); known errors propagate
     (``vlm.cli.main`` would turn them into one line and exit 2) unless ``catch``."""
     return CliRunner().invoke(app, list(args), catch_exceptions=catch)
+
+
+def sigkill_while_store_locked(proc: subprocess.Popen, store: Path) -> None:
+    """Hold the store's write lock, so ``proc`` blocks on its next commit, then SIGKILL it: the kill lands
+    mid-run whatever the machine's speed."""
+    lock = sqlite3.connect(store, timeout=60)
+    lock.execute("BEGIN IMMEDIATE")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lock.rollback()
+    lock.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM
+from conftest import ENV, VLM, sigkill_while_store_locked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +49,7 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
         if store.exists() and len(_rows(store)) >= 2:  # a store is never seen without its tables
             break
         time.sleep(0.02)
-    # Hold the store's write lock, so the run blocks on its next commit and the kill lands mid-run
-    # whatever the machine's speed; then SIGKILL it.
-    lock = sqlite3.connect(store, timeout=60)
-    lock.execute("BEGIN IMMEDIATE")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    lock.rollback()
-    lock.close()
+    sigkill_while_store_locked(proc, store)
     before = _rows(store)
     assert 2 <= len(before) < 6, f"kill landed after {len(before)} documents"
 

@@ -11,7 +11,6 @@ with, so the ranking, the tie wording, selection.json and its staleness checks r
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, run_vlm, vlm
+from conftest import ENV, VLM, run_vlm, sigkill_while_store_locked, vlm
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 20
@@ -384,13 +383,7 @@ def test_sigkill_mid_selection_then_rerun_predicts_only_what_is_missing(trained:
         if store.exists() and len(_rows(store)) >= 6:  # checkpoint-4's four receipts and two of checkpoint-8's
             break
         time.sleep(0.02)
-    # Hold the store's write lock, so the selection blocks on its next commit and the kill lands mid-run.
-    lock = sqlite3.connect(store, timeout=60)
-    lock.execute("BEGIN IMMEDIATE")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    lock.rollback()
-    lock.close()
+    sigkill_while_store_locked(proc, store)
     before = _rows(store)
     assert 6 <= len(before) < 12, f"kill landed after {len(before)} predictions"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,6 @@ class RunOptions:
     """How ``vlm sweep --run`` trains each point."""
 
     allow_truncation: bool = False
-    on_point: Callable[[int, int, dict[str, Any]], None] | None = None  # (index, total, status row) at each start
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_status(out_dir: Path) -> dict[str, Any]:
@@ -175,8 +173,6 @@ def _run_locked(points: list[SweepPoint], out_dir: Path, command: str, options: 
         # point's checkpoints are its own and continues from them.
         row.update(status="running", pid=os.getpid(), started_at=now(), ended_at=None, error=None, exit_code=None,
                    attempts=row.get("attempts", 0) + 1)
-        if options.on_point:
-            options.on_point(index, len(todo), row)
         info(f"sweep point {index}/{len(todo)}: {row['name']}" + (f" (was {was})" if was != "pending" else ""))
         save()
         try:
