@@ -316,20 +316,27 @@ def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
 
 # --- the compiled TED core (vlm.ted_fast) ---------------------------------------------------------------------------
 
-def _compiled_kernel():
-    pytest.importorskip("numba")
+@pytest.fixture(params=["c", "numba"])
+def compiled_kernel(request, monkeypatch):
+    """Each compiled build in turn (the C extension, then numba), as ``ted_fast.kernel()`` hands it out."""
     from vlm import ted_fast
 
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setenv("VLM_TED", "numba")
+    else:  # not skipped: `pip install -e .` builds it wherever a C compiler is, CI included
+        assert ted_fast.c_kernel() is not None, "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+    monkeypatch.delenv("VLM_PURE_TED", raising=False)
+    monkeypatch.setattr(ted_fast, "_kernel", None)
     fn = ted_fast.kernel()
-    assert fn, "numba is installed, so the compiled TED must be in use (VLM_PURE_TED set?)"
+    assert fn and (fn is ted_fast.c_kernel()) == (request.param == "c"), request.param
     return fn
 
 
-def test_compiled_ted_equals_interpreted_and_reference():
-    """Both distances (plain and number-normalised) from the numba build equal the pure-Python ones and zss's."""
+def test_compiled_ted_equals_interpreted_and_reference(compiled_kernel):
+    """Both distances (plain and number-normalised) from each compiled build equal the pure-Python ones and zss's."""
     from vlm.ted import tree_distances
 
-    _compiled_kernel()
     checked = 0
     for pred, gt in _pairs(240, 5):
         a, b = build_tree(M.normalize(pred)), build_tree(M.normalize(gt))
@@ -340,12 +347,12 @@ def test_compiled_ted_equals_interpreted_and_reference():
     assert checked > 150
 
 
-def test_compiled_band_is_exact_within_its_bound():
+def test_compiled_band_is_exact_within_its_bound(compiled_kernel):
     """The compiled programme under a bound: exact when the distance fits it, an upper bound otherwise."""
     from vlm import ted_fast
     from vlm.ted import tree_distance
 
-    fn = _compiled_kernel()
+    fn = compiled_kernel
     r = random.Random(12)
     checked = 0
     while checked < 60:
@@ -361,10 +368,9 @@ def test_compiled_band_is_exact_within_its_bound():
         checked += 1
 
 
-def test_many_documents_score_the_same_compiled_and_interpreted():
-    """score_documents switches to the compiled TED from COMPILE_FROM documents on; every per-document value
+def test_many_documents_score_the_same_compiled_and_interpreted(compiled_kernel):
+    """score_documents runs the compiled TED (numba's from COMPILE_FROM documents on); every per-document value
     equals scoring each document with the interpreted programme."""
-    _compiled_kernel()
     pairs = list(_pairs(M.COMPILE_FROM, 6))
     scores = M.score_documents([p for p, _ in pairs], [g for _, g in pairs])
     for k, (pred, gt) in enumerate(pairs):
@@ -385,8 +391,38 @@ def test_compiled_ted_survives_no_cache_and_switches_off(tmp_path):
              "print(bool(ted_fast.kernel()), tree_distances(a, b))")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache")}  # under a file: no cache can be made
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache"), "VLM_TED": "numba"}  # no cache can be made
     for extra, want in (({}, "True (3, None)"), ({"VLM_PURE_TED": "1"}, "False (3, None)")):
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, **extra})
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == want
+
+
+def test_c_kernel_refuses_bad_arrays_instead_of_reading_past_them():
+    """The C build checks every index it will read: a wrong dtype or an out-of-range node is an exception."""
+    import numpy as np
+
+    from vlm import ted_fast
+
+    zs = ted_fast.c_kernel()
+    assert zs is not None, "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+    t = build_tree(M.normalize({"menu": [{"nm": "Kopi", "price": "5,000"}]}))
+    a = list(ted_fast.arrays(t))
+    lev, none = np.zeros((2, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    assert zs(*a, *a, lev, none, none, 99, 99) == 0
+    with pytest.raises(TypeError, match="int64"):
+        zs(a[0].astype(np.int32), *a[1:], *a, lev, none, none, 9, 9)
+    for k, bad in ((0, 99), (1, 99), (4, 7)):  # a leftmost leaf past its node, a keyroot past the tree, a leaf row
+        broken = [x.copy() for x in a]
+        broken[k][-1] = bad
+        with pytest.raises(ValueError):
+            zs(*broken, *a, lev, none, none, 9, 9)
+    with pytest.raises(ValueError, match="key per leaf"):
+        zs(*a, *a, lev, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 9, 9)
+
+
+def test_small_evaluations_run_compiled_with_the_c_build(monkeypatch):
+    """The C build loads for free, so even CORD's 100 test receipts score compiled; numba waits for COMPILE_FROM."""
+    assert M.use_compiled(1)
+    monkeypatch.setenv("VLM_TED", "numba")
+    assert not M.use_compiled(M.COMPILE_FROM - 1) and M.use_compiled(M.COMPILE_FROM)

@@ -37,30 +37,33 @@ two groups).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from vlm import ted_fast
 from vlm.schema import HEADER_FIELDS
 from vlm.ted import Tree, build_tree, tree_distances
 from vlm.tolerant_json import Num
 
 # Donut keeps list items of these types (``Num`` is a parsed float that remembers its literal).
 _SCALARS = frozenset({str, int, float, Num})
+_STR = {str}
 
 Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
-# From this many documents on, TED runs compiled (vlm.ted_fast): loading numba's cached build costs about
-# a second, the interpreted programme a few milliseconds per document.
+# From this many documents on, TED runs compiled by numba (vlm.ted_fast) when the C build is missing: loading
+# numba's cached build costs about two seconds, the interpreted programme a few milliseconds per document.
 COMPILE_FROM = 200
 
 
-def _key_order(key: str) -> tuple[int, str]:
-    return len(key), key
+def use_compiled(n_docs: int) -> bool:
+    """Whether scoring ``n_docs`` documents should run the compiled TED (the C build loads for free)."""
+    return n_docs >= COMPILE_FROM or ted_fast.c_kernel() is not None
 
 
 def normalize(data: Any) -> Any:
@@ -68,10 +71,10 @@ def normalize(data: Any) -> Any:
     if not data:
         return {}
     if isinstance(data, dict):
-        if not all(type(k) is str for k in data):  # only Python callers can pass other keys; match them as str
+        if set(map(type, data)) != _STR:  # only Python callers can pass other keys; match them as str
             data = {str(k): v for k, v in data.items()}
         out = {}
-        for key in sorted(data, key=_key_order):
+        for key in sorted(sorted(data), key=len):  # by (length, key): Donut's order, with no Python call per key
             value = data[key]
             if type(value) is str:  # the commonest value, inline: what normalize(value) gives
                 if value:
@@ -82,7 +85,7 @@ def normalize(data: Any) -> Any:
                 out[key] = value if isinstance(value, list) else [value]
         return out
     if isinstance(data, list):
-        if all(isinstance(item, dict) for item in data):
+        if all(map(isinstance, data, repeat(dict))):
             return [n for n in (normalize(item) for item in data) if n]
         return [str(item).strip() for item in data if type(item) in _SCALARS and str(item).strip()]
     return [str(data).strip()]
@@ -181,12 +184,17 @@ def field_counts(pred: Any, gt: Any) -> dict[str, Counts]:
 
 def _field_counts(p: list, g: list) -> dict[str, Counts]:
     cp, cg = Counter(p), Counter(g)
+    return _fields_of(cp, cg, cp & cg)
+
+
+def _fields_of(cp: Counter, cg: Counter, common: Counter) -> dict[str, Counts]:
+    """``_field_counts`` from the pair counters and their intersection (``score_document`` has them at hand)."""
     out: dict[str, list[int]] = {}
     for (path, _), n in cp.items():
         out.setdefault(path, [0, 0, 0])[1] += n
     for (path, _), n in cg.items():
         out.setdefault(path, [0, 0, 0])[2] += n
-    for pair, n in (cp & cg).items():
+    for pair, n in common.items():
         out[pair[0]][0] += n
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
@@ -216,7 +224,9 @@ def header_matches(pred: Any, gt: Any) -> dict[str, bool | None]:
     return out
 
 
-_ROW_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # one encoder, not one per row
+# A normalised row's repr identifies it: normalize() orders every dict's keys by the key set alone, and
+# its values are only strings, lists and dicts. (It was sorted-key JSON, with the same equalities, slower.)
+_ROW_KEY = repr
 
 
 def _menu_rows(doc: Any, normalized: Any = None) -> list[str]:
@@ -225,10 +235,10 @@ def _menu_rows(doc: Any, normalized: Any = None) -> list[str]:
     if isinstance(normalized, dict) and (type(menu) is dict or (type(menu) is list and all(
             type(r) is dict for r in menu))):
         # the rows normalize(doc) kept are exactly these (a list of dicts keeps its non-empty ones)
-        return [_ROW_JSON(n) for n in normalized.get("menu", ())]
+        return [_ROW_KEY(n) for n in normalized.get("menu", ())]
     rows = [menu] if isinstance(menu, dict) else menu if isinstance(menu, list) else []
     normed = (normalize(r) for r in rows if isinstance(r, dict))
-    return [_ROW_JSON(n) for n in normed if n]
+    return [_ROW_KEY(n) for n in normed if n]
 
 
 def menu_counts(pred: Any, gt: Any) -> Counts:
@@ -289,14 +299,18 @@ class Truth(NamedTuple):
     denom: int  # TED({}, gt)
     header: dict[str, str | None]  # _header_value per HEADER_FIELDS path
     menu: list[str]  # _menu_rows
+    counts: Counter  # Counter(flat), shared by every group scored on this truth
+    counts_num: Counter  # Counter(flat_num)
 
 
 def prepare_truth(gt: Any) -> Truth:
     ng = normalize(gt)
-    tree, flat = build_tree(ng), flatten(ng)
-    return Truth(tree, flat, [(k, number_key(v)) for k, v in flat], frozenset(v for _, v in flat),
+    flat: list[tuple[str, Any]] = []
+    tree = build_tree(ng, flat)  # flat == flatten(ng), from the same walk
+    flat_num = [(k, number_key(v)) for k, v in flat]
+    return Truth(tree, flat, flat_num, frozenset(v for _, v in flat),
                  tree.closed_form_insert_all(), {path: _header_value(gt, path) for path in HEADER_FIELDS},
-                 _menu_rows(gt))
+                 _menu_rows(gt, ng), Counter(flat), Counter(flat_num))
 
 
 def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True,
@@ -304,29 +318,32 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compil
     """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
 
     ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``compiled``: TED by
-    the numba build where available (the same distances, see ``vlm.ted_fast``); ``truth``: ``prepare_truth(gt)``
+    the compiled build where available (the same distances, see ``vlm.ted_fast``); ``truth``: ``prepare_truth(gt)``
     when the caller already has it.
     """
     p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
     t = prepare_truth(gt) if truth is None else truth
+    fp: list[tuple[str, Any]] = []
     try:
         np_ = normalize(p)
-        tp = build_tree(np_)
+        tp = build_tree(np_, fp)  # fp == flatten(np_), from the same walk
     except RecursionError:  # nested past Python's stack (parse_prediction caps depth; raw dicts may not be)
-        p, np_, tp, valid = {}, {}, build_tree({}), False
-    fp = flatten(np_)
+        p, np_, tp, valid, fp = {}, {}, build_tree({}), False, []
     lits = literals(p) if p else {}
     key = _numnorm_key(lits, t.texts) if lits else number_key
     d, d_num = tree_distances(tp, t.tree, key, compiled)
+    cp = Counter(fp)
+    common = cp & t.counts
     return {
         "valid": valid,
         "ted_accuracy": _accuracy(d, t.denom),
         "ted_accuracy_numnorm": _accuracy(d_num, t.denom),
-        "f1": _pair_counts(fp, t.flat),
-        "f1_numnorm": _pair_counts([(k, key(v)) for k, v in fp], t.flat_num),
+        "f1": (sum(common.values()), len(fp), len(t.flat)),
+        "f1_numnorm": (sum((Counter([(k, key(v)) for k, v in fp]) & t.counts_num).values()), len(fp),
+                       len(t.flat_num)),
         "header": {path: None if want is None else _header_value(p, path) == want for path, want in t.header.items()},
         "menu": _pair_counts(_menu_rows(p, np_), t.menu),
-        "fields": _field_counts(fp, t.flat),
+        "fields": _fields_of(cp, t.counts, common),
     }
 
 
@@ -334,7 +351,7 @@ def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] 
     """Score each prediction against its ground truth; ``valid`` overrides what counts as valid JSON."""
     if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
-    compiled = len(preds) >= COMPILE_FROM
+    compiled = use_compiled(len(preds))
     return doc_scores([score_document(p, g, None if valid is None else valid[k], compiled)
                        for k, (p, g) in enumerate(zip(preds, gts))])
 

@@ -27,7 +27,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from vlm.metrics import COMPILE_FROM, DocScores, Truth, doc_scores, prepare_truth, score_document, score_documents
+from vlm.metrics import DocScores, Truth, doc_scores, prepare_truth, score_document, score_documents, use_compiled
 
 POOL_FROM = 2000  # below this, starting workers and sending results back costs about what they save
 MAX_WORKERS = 8
@@ -91,14 +91,14 @@ def score_groups(preds: list[list[Any]], gts: list[list[Any]], valid: list[list[
         raise ValueError("every group must hold the same number of predictions, ground truths and flags")
     if os.environ.get("VLM_SCORE_PLAIN"):
         return [score_documents(p, t, v) for p, t, v in zip(preds, gts, valid)]
-    job = _Job(preds, gts, valid, list(keys) if keys else [None] * len(preds), n >= COMPILE_FROM)
+    job = _Job(preds, gts, valid, list(keys) if keys else [None] * len(preds), use_compiled(n))
     count = min(workers(n), n)
     parts = None
     if count > 1:
         if job.compiled:
             from vlm import ted_fast
 
-            ted_fast.kernel()  # load numba's build once, before forking, not once per worker
+            ted_fast.kernel()  # load the build (numba's: seconds) once, before forking, not once per worker
         try:
             parts = _parallel(job, _ranges(n, count))
         except Exception as e:  # noqa: BLE001 - any worker trouble: the serial programme gives the same values

@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -60,32 +61,49 @@ class Tree:
         return sum(self.cost[1:-1])
 
 
-def build_tree(data: Any) -> Tree:
-    """Postorder arrays of Donut's tree for ``data`` (already normalised)."""
+def build_tree(data: Any, pairs: list[tuple[str, Any]] | None = None) -> Tree:
+    """Postorder arrays of Donut's tree for ``data`` (already normalised).
+
+    ``pairs``, when given, receives ``metrics.flatten(data)`` on the way: the ``(dotted key path, leaf)`` pairs
+    are the tree's leaves in order, so one walk makes both.
+    """
     labels, lml = [""], [0]
 
-    def visit(value: Any, label: str) -> None:
+    def visit(value: Any, label: str, path: str) -> None:
         first = 0  # the leftmost leaf of a node is that of its first child, or the node itself
         if isinstance(value, dict):
             for key, child in value.items():
-                visit(child, key)
+                at = f"{path}.{key}" if path else key
+                if type(child) is list and child and not isinstance(child[0], dict):
+                    # a key over its values, the commonest node, inline: what visit(child, key, at) does
+                    start = len(labels)  # its first leaf, the leftmost leaf of the key node
+                    labels.extend([f"{LEAF}{item}" for item in child])
+                    lml.extend(range(start, start + len(child)))
+                    if pairs is not None:
+                        pairs.extend([(at, item) for item in child])
+                    labels.append(key)
+                    lml.append(start)
+                else:
+                    visit(child, key, at)
                 first = first or lml[-1]
         elif isinstance(value, list):
-            if all(isinstance(item, dict) for item in value):
+            if all(map(isinstance, value, repeat(dict))):
                 for item in value:
-                    visit(item, "<subtree>")
+                    visit(item, "<subtree>", path)
                     first = first or lml[-1]
             else:
                 for item in value:
                     labels.append(f"{LEAF}{item}")
                     lml.append(len(labels) - 1)
                     first = first or lml[-1]
+                    if pairs is not None:
+                        pairs.append((path, item))
         else:
             raise TypeError(f"cannot build a tree node from {type(value).__name__} under {label!r}")
         labels.append(label)
         lml.append(first or len(labels) - 1)
 
-    visit(data, "<root>")
+    visit(data, "<root>", "")
     is_leaf = [LEAF in s for s in labels]
     texts = [s.replace(LEAF, "") if leaf else s for s, leaf in zip(labels, is_leaf)]
     cost = [len(t) if leaf else 1 for t, leaf in zip(texts, is_leaf)]

@@ -1,4 +1,4 @@
-"""The Zhang–Shasha programme of ``vlm.ted`` compiled with numba, when numba is installed.
+"""The Zhang–Shasha programme of ``vlm.ted``, compiled: in C (``vlm._ted``) where it was built, else by numba.
 
 Same trees, costs, band and answers as ``ted.zhang_shasha``: the distance is
 exact whenever it is ``<= bound`` and an upper bound otherwise, so ``ted._search``
@@ -8,11 +8,16 @@ without the Python version's special loops, which only exist to cut
 interpreter overhead. A cell outside the band reads as infinite; the
 boundary row and column of each table (remove all, insert all) are always real.
 
-numba compiles on first use and caches the machine code next to this file (or,
-where that is read-only, in numba's user cache); a machine that can cache
-nowhere compiles once per process. ``VLM_PURE_TED=1``, a missing numba or a
-failed compile all fall back to the pure-Python programme, which gives the same
-distances (tests/test_metrics.py checks both on random trees).
+Which build runs, first available first:
+
+* ``vlm._ted``, the C extension ``pip install`` builds from ``src/vlm/_ted.c`` (setup.py). It loads in
+  about a millisecond, so it runs for any number of documents.
+* numba (``_zs`` below, the same loops), where the C build is missing or ``VLM_TED=numba``. Loading numba
+  and its cached build costs about two seconds per process, so ``metrics`` uses it only from
+  ``COMPILE_FROM`` documents on. numba caches the machine code next to this file (or, where that is
+  read-only, in numba's user cache); a machine that can cache nowhere compiles once per process.
+* ``VLM_PURE_TED=1``, or neither build: the pure-Python programme, which gives the same distances
+  (tests/test_metrics.py checks all three on random trees).
 """
 
 from __future__ import annotations
@@ -27,10 +32,24 @@ _INF = 1 << 60
 _kernel: Any = None  # the compiled function, False when unavailable
 
 
+def c_kernel() -> Any:
+    """The C build's ``zs``, or None (not built here, or switched off by ``VLM_PURE_TED`` / ``VLM_TED=numba``)."""
+    if os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_TED") == "numba":
+        return None
+    try:
+        from vlm import _ted
+    except ImportError:
+        return None
+    return _ted.zs
+
+
 def _compile() -> Any:
-    """The jitted kernel, or False (numba missing, switched off, or failing to compile)."""
+    """The compiled kernel (C, else numba), or False (neither there, switched off, or failing to compile)."""
     if os.environ.get("VLM_PURE_TED"):
         return False
+    fn = c_kernel()
+    if fn is not None:
+        return fn
     try:
         import numba
     except ImportError:
@@ -133,7 +152,8 @@ def arrays(t: Any) -> tuple[np.ndarray, ...]:
     got = t._plans.get("arrays")
     if got is None:
         ids = _LABELS
-        lab = [ids.setdefault(s, len(ids)) for s in t.labels]
+        # only inner nodes' labels are compared (leaves update by their texts): no leaf text enters the vocabulary
+        lab = [-1 if leaf else ids.setdefault(s, len(ids)) for s, leaf in zip(t.labels, t.is_leaf)]
         rows, k = [], 0
         for leaf in t.is_leaf:
             rows.append(k if leaf else -1)
