@@ -187,3 +187,48 @@ def test_menu_row_keys_match_exactly_when_sorted_key_json_does():
         assert (M._menu_rows({"menu": [a]}) == M._menu_rows({"menu": [b]})) == same_json, (a, b)
         checked += same_json and list(a) != list(b)
     assert checked > 0  # some equal rows came with their keys in a different order
+
+
+def test_trust_checks_in_workers_equal_serial(monkeypatch):
+    """The consistency checks of every answer and truth run split over workers too: the same verdicts, checks
+    and coverage curve as serially, and the pool really ran (a silent fallback would not call _parallel)."""
+    from vlm.consistency import check_document
+    from vlm.evaluate import Group, evaluate_groups, read_answer
+    from vlm.trust import check_counts
+
+    r = random.Random(4)
+
+    def receipt() -> dict:  # a receipt whose checks pass or fail: each count x unit price, sum and total
+        rows = [{"nm": r.choice(ITEMS), "cnt": str(c), "unitprice": f"{u:,}",
+                 "price": f"{c * u + r.choice([0, 0, 500]):,}"}
+                for c, u in ((r.randint(1, 3), r.randint(1, 20) * 1000) for _ in range(r.randint(1, 3)))]
+        sub = sum(int(x["price"].replace(",", "")) for x in rows) + r.choice([0, 0, 1000])
+        return {"menu": rows, "sub_total": {"subtotal_price": f"{sub:,}"},
+                "total": {"total_price": f"{sub + r.choice([0, 0, 2000]):,}"}}
+
+    n = S.POOL_FROM + 9
+    gts = [receipt() for _ in range(n)]
+    groups = [Group(name, [str(k) for k in range(n)], [read_answer(json.dumps(receipt())) for _ in range(n)],
+                    [json.loads(json.dumps(gt)) for gt in gts]) for name in ("a", "b")]
+    monkeypatch.setenv("VLM_WORKERS", "1")
+    serial = evaluate_groups(groups, resamples=100)
+    calls = []
+    real = S._parallel
+
+    def spy(job, ranges):
+        calls.append(type(job).__name__)
+        return real(job, ranges)
+
+    monkeypatch.setattr(S, "_parallel", spy)
+    monkeypatch.setenv("VLM_WORKERS", "2")
+    split = evaluate_groups(groups, resamples=100)
+    assert calls == ["_Job", "_Statuses"]
+    assert split == serial
+    for g in groups:  # each row holds its own answer's checks, not a neighbour's or another group's
+        assert [r["checks"] for r in split["per_document"][g.name]] == [
+            {k: v.status for k, v in check_document(pred).items()} for pred in g.preds]
+    assert split["ground_truth_checks"]["checks"] == check_counts(
+        [{k: v.status for k, v in check_document(gt).items()} for gt in groups[0].gts])
+    seen = {status for g in groups for row in split["per_document"][g.name] for status in row["checks"].values()}
+    assert seen == {"pass", "fail", "n/a"}
+    assert not multiprocessing.active_children()

@@ -141,7 +141,13 @@ def as_rows(value: Any) -> list[dict]:
 
 def _field(doc: dict, group: str, key: str) -> Any:
     """``doc[group][key]``; a group stored as a list uses its first dict with the key."""
-    return next((row[key] for row in as_rows(doc.get(group)) if key in row), None)
+    value = doc.get(group)
+    if isinstance(value, dict):  # the common case, without building a list (every check reads fields)
+        return value.get(key)
+    for row in as_rows(value):
+        if key in row:
+            return row[key]
+    return None
 
 
 def _money(doc: dict, group: str, key: str) -> Decimal | None:

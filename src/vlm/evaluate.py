@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.parsing import MAX_NODES, ParseResult, api_envelope, count_nodes, parse_prediction
-from vlm.tolerant_json import number
+from vlm.parsing import DECODER, MAX_NODES, ParseResult, api_envelope, count_nodes, parse_prediction
 
 MAIN_METRICS = ("valid_json", "ted_accuracy", "f1")
 
@@ -118,7 +117,7 @@ def _as_json(value: Any) -> Any:
 def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
     """(answer, ground truth, id or None) of one line of a prediction file."""
     try:
-        row = json.loads(line, parse_float=number)  # keeps 31.000 as printed, for the numnorm variants
+        row = DECODER.decode(line)  # keeps 31.000 as printed, for the numnorm variants
     except (json.JSONDecodeError, RecursionError) as e:
         raise VlmError(f"{path}:{n} is not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(row, dict):

@@ -56,6 +56,11 @@ class ParseResult:
         return "truncated" in self.repairs
 
 
+# One decoder for every answer (json.loads(..., parse_float=...) builds a new one per call). Unquoted
+# decimals keep their printed form (tolerant_json.number): 31.000 is 31000 on a CORD receipt.
+DECODER = json.JSONDecoder(parse_float=number)
+
+
 def parse_prediction(text: str) -> ParseResult:
     """The JSON object in ``text``, leniently; ``value`` is None (and ``error`` set) when there is none."""
     try:
@@ -66,7 +71,7 @@ def parse_prediction(text: str) -> ParseResult:
 
 def _strict(text: str) -> tuple[bool, object]:
     try:
-        return True, json.loads(text, parse_float=number)
+        return True, DECODER.decode(text)
     except (ValueError, RecursionError):
         return False, None
 
@@ -193,7 +198,7 @@ def _from_span(text: str, repairs: list[str]) -> tuple[dict | None, bool, str | 
 def _object_at(body: str, start: int, repairs: list[str]) -> tuple[dict | None, int, bool, str | None]:
     """(object, end, strictly valid, error) of the object that opens at ``start``."""
     try:
-        value, end = json.JSONDecoder(parse_float=number).raw_decode(body, start)
+        value, end = DECODER.raw_decode(body, start)
         return value, end, True, None
     except (ValueError, RecursionError):
         pass

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from vlm.consistency import CORD_RULES, check_document, verdict
 from vlm.docdiff import CORRECT, EXTRA, align
+from vlm.scoring import run_split
 
 VERDICTS = ("consistent", "inconsistent", "unchecked")
 
@@ -71,27 +73,41 @@ def check_counts(results: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclass
+class _Statuses:
+    """Each document's check statuses (what ``scoring.run_split`` runs, in workers for many documents)."""
+
+    docs: list[Any]
+
+    def run(self, start: int, stop: int) -> list[dict[str, str]]:
+        return [{k: v.status for k, v in check_document(d).items()} for d in self.docs[start:stop]]
+
+
 def add_trust(result: dict[str, Any], groups: list, scores: dict[str, Any]) -> None:
     """Consistency, accuracy by verdict and the coverage curve of every group, into ``result`` (in place).
 
     Each per-document row also gets ``verdict``, ``checks``, ``repairs``, ``prediction`` and ``ground_truth``
     (references, not copies), which the HTML report and the label-error list read.
     """
-    gt_checks = [{k: v.status for k, v in check_document(gt).items()} for gt in groups[0].gts]
+    docs = groups[0].gts + [pred for g in groups for pred in g.preds]  # every check, split over workers
+    statuses = [c for part in run_split(_Statuses(docs), len(docs)) for c in part]
+    gt_checks = statuses[:len(groups[0].gts)]
     gt_summary = {"checks": check_counts(gt_checks),
                   "consistent": sum(verdict(c) == "consistent" for c in gt_checks) / len(gt_checks)}
     result["ground_truth_checks"] = gt_summary
+    at = len(gt_checks)
     for g in groups:
         s = scores[g.name]
         rows = result["per_document"][g.name]
         checks, keys = [], []
         for k, (pred, answer, row) in enumerate(zip(g.preds, g.answers, rows)):
-            c = {name: r.status for name, r in check_document(pred).items()}
+            c = statuses[at + k]
             repairs = list(answer.repairs) if pred is not None else []
             row.update(verdict=verdict(c, s.valid[k]), checks=c, repairs=repairs, prediction=pred,
                        ground_truth=g.gts[k])
             checks.append(c)
             keys.append(confidence_key(s.valid[k], c, len(repairs)))
+        at += len(rows)
         by_verdict = {v: [k for k, r in enumerate(rows) if r["verdict"] == v] for v in VERDICTS}
         entry = result["groups"][g.name]
         entry["consistent"] = len(by_verdict["consistent"]) / len(rows)
