@@ -229,8 +229,8 @@ def run_evaluate(paths: list[Path], **env: str) -> dict:
 def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
     """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process, with each speed-up
     turned off in turn, outputs compared: now; numba's TED core instead of the C one (``VLM_TED=numba``); one
-    worker (``VLM_WORKERS=1``); no shared ground truths or memo either (``VLM_SCORE_PLAIN=1``); and the
-    interpreted TED too (``VLM_PURE_TED=1``)."""
+    worker (``VLM_WORKERS=1``, for the consistency checks too); no shared ground truths or memo either
+    (``VLM_SCORE_PLAIN=1``); and the interpreted TED too (``VLM_PURE_TED=1``)."""
     gts = [ground_truth(r) for _ in range(n_docs)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -243,8 +243,8 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
         run_evaluate(paths[:1], VLM_TED="numba")  # numba's cached build exists before the timed runs
         # each variant turns off one more change; interleaved repeats, medians (the machine may be shared)
         variants = {"now": {}, "numba": {"VLM_TED": "numba"}, "serial": {"VLM_WORKERS": "1"},
-                    "plain": {"VLM_SCORE_PLAIN": "1"},
-                    "interpreted": {"VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
+                    "plain": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1"},
+                    "interpreted": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         for k in range(repeats):
             for name, env in variants.items():
