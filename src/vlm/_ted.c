@@ -156,8 +156,14 @@ static PyObject *zs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         check_tree(a[5], n[5], a[6], n[6], n[7], n[8], a[9], n[9], cols, 2) < 0)
         goto done;
     Py_ssize_t n1 = n[0] - 1, n2 = n[5] - 1;
-    int64_t *td = malloc(sizeof(int64_t) * (n1 + 1) * (n2 + 1));
-    int64_t *fd = malloc(sizeof(int64_t) * (n1 + 1) * (n2 + 1));
+    /* a band wider than both trees is no band; clamping keeps x - dmax and x + imax far from overflow */
+    const int64_t wide = (int64_t)(n1 + n2 + 1);
+    dmax = dmax > wide ? wide : dmax < -wide ? -wide : dmax;
+    imax = imax > wide ? wide : imax < -wide ? -wide : imax;
+    int64_t *td = malloc(sizeof(int64_t) * (size_t)(n1 + 1) * (size_t)(n2 + 1));
+    /* fd zeroed: well-formed trees never read a cell before writing it (valgrind agrees), but malformed
+     * arrays that pass the index checks would, and then still get one, repeatable answer */
+    int64_t *fd = calloc((size_t)(n1 + 1) * (size_t)(n2 + 1), sizeof(int64_t));
     if (!td || !fd) {
         free(td);
         free(fd);
