@@ -14,6 +14,9 @@ checks it value for value), with three savings:
   joined in the original order. Any worker failure falls back to scoring serially. Workers ignore Ctrl-C
   (the parent stops them), die with their parent (Linux), and are daemonic, so none outlives the run.
 
+``run_split`` is that pool for any job with a ``run(start, stop)``; the consistency checks of
+``vlm.trust`` use it too.
+
 ``VLM_WORKERS=N`` sets the number of workers (1: serial); ``VLM_SCORE_PLAIN=1`` turns all three savings off
 (``score_documents`` per group, the programme before them), for benchmarks.
 """
@@ -127,7 +130,7 @@ class WorkerError(RuntimeError):
     """A worker failed or died; the caller scores serially instead."""
 
 
-def _parallel(job: Any, ranges: list[tuple[int, int]]) -> list[list[list[dict[str, Any]]]]:
+def _parallel(job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
