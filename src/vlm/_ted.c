@@ -141,11 +141,11 @@ static PyObject *zs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         n[k] = v[k].len / 8;
     }
     Py_buffer *lev = &v[10];
-    Py_ssize_t rows = lev->ndim == 2 ? lev->shape[0] : 0, cols = lev->ndim == 2 ? lev->shape[1] : 0;
     if (lev->ndim != 2) {
         PyErr_SetString(PyExc_ValueError, "lev must be a 2-D array");
         goto done;
     }
+    Py_ssize_t rows = lev->shape[0], cols = lev->shape[1];
     int keys = n[11] > 0;
     if (keys && (n[11] < rows || n[12] < cols)) {
         PyErr_SetString(PyExc_ValueError, "k1 and k2 must have a key per leaf");

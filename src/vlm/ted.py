@@ -69,18 +69,23 @@ def build_tree(data: Any, pairs: list[tuple[str, Any]] | None = None) -> Tree:
     """
     labels, lml = [""], [0]
 
+    def leaves(items: list, path: str) -> int:
+        """Scalar values as leaves, in bulk; the index of the first (the leftmost leaf of their parent)."""
+        start = len(labels)
+        labels.extend([f"{LEAF}{item}" for item in items])
+        lml.extend(range(start, start + len(items)))
+        if pairs is not None:
+            pairs.extend([(path, item) for item in items])
+        return start
+
     def visit(value: Any, label: str, path: str) -> None:
         first = 0  # the leftmost leaf of a node is that of its first child, or the node itself
         if isinstance(value, dict):
             for key, child in value.items():
                 at = f"{path}.{key}" if path else key
                 if type(child) is list and child and not isinstance(child[0], dict):
-                    # a key over its values, the commonest node, inline: what visit(child, key, at) does
-                    start = len(labels)  # its first leaf, the leftmost leaf of the key node
-                    labels.extend([f"{LEAF}{item}" for item in child])
-                    lml.extend(range(start, start + len(child)))
-                    if pairs is not None:
-                        pairs.extend([(at, item) for item in child])
+                    # a key over its values, the commonest node, without a visit() call: the same nodes
+                    start = leaves(child, at)  # the key node follows its leaves (postorder)
                     labels.append(key)
                     lml.append(start)
                 else:
@@ -91,13 +96,8 @@ def build_tree(data: Any, pairs: list[tuple[str, Any]] | None = None) -> Tree:
                 for item in value:
                     visit(item, "<subtree>", path)
                     first = first or lml[-1]
-            else:
-                for item in value:
-                    labels.append(f"{LEAF}{item}")
-                    lml.append(len(labels) - 1)
-                    first = first or lml[-1]
-                    if pairs is not None:
-                        pairs.append((path, item))
+            else:  # not empty (an empty list takes the branch above)
+                first = leaves(value, path)
         else:
             raise TypeError(f"cannot build a tree node from {type(value).__name__} under {label!r}")
         labels.append(label)
