@@ -1,4 +1,4 @@
-"""The optional C core of the tree edit distance (src/vlm/_ted.c); everything else is in pyproject.toml.
+"""The optional C core of the tree edit distance (src/vlm/_ted.c, _walk.c); the rest is in pyproject.toml.
 
 ``optional=True``: where no C compiler is at hand the install still succeeds, and vlm scores with numba or
 pure Python instead (the same distances, more slowly; ``vlm.ted_fast`` picks what is there).
@@ -6,4 +6,4 @@ pure Python instead (the same distances, more slowly; ``vlm.ted_fast`` picks wha
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("vlm._ted", ["src/vlm/_ted.c"], optional=True, extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension("vlm._ted", ["src/vlm/_ted.c", "src/vlm/_walk.c"], optional=True, extra_compile_args=["-O2"])])

@@ -23,7 +23,8 @@ Two more measurements, side by side with their references:
   its peak RSS and time against the same file without the huge line;
 * ``vlm evaluate --json`` of ``--evaluate-docs`` documents x 2 groups with
   bootstrap CIs, whole process, with each speed-up switched off in turn (the C
-  TED core, numba's instead ``VLM_TED=numba``; worker processes
+  TED core, numba's instead ``VLM_TED=numba``; normalising and building the
+  trees in C, ``VLM_PY_TREES=1``; worker processes
   ``VLM_WORKERS=1``; shared ground truths and memo ``VLM_SCORE_PLAIN=1``; the
   compiled TED core ``VLM_PURE_TED=1``), interleaved, medians of ``--repeats``,
   checking the outputs are byte-identical.
@@ -228,7 +229,8 @@ def run_evaluate(paths: list[Path], **env: str) -> dict:
 
 def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
     """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process, with each speed-up
-    turned off in turn, outputs compared: now; numba's TED core instead of the C one (``VLM_TED=numba``); one
+    turned off in turn, outputs compared: now; numba's TED core instead of the C one (``VLM_TED=numba``);
+    normalising and building the trees in Python instead of C (``VLM_PY_TREES=1``); one
     worker (``VLM_WORKERS=1``, for the consistency checks too); no shared ground truths or memo either
     (``VLM_SCORE_PLAIN=1``); and the interpreted TED too (``VLM_PURE_TED=1``)."""
     gts = [ground_truth(r) for _ in range(n_docs)]
@@ -242,7 +244,8 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
                     f.write(json.dumps({"id": f"doc-{k}", "prediction": answer, "ground_truth": gt}) + "\n")
         run_evaluate(paths[:1], VLM_TED="numba")  # numba's cached build exists before the timed runs
         # each variant turns off one more change; interleaved repeats, medians (the machine may be shared)
-        variants = {"now": {}, "numba": {"VLM_TED": "numba"}, "serial": {"VLM_WORKERS": "1"},
+        variants = {"now": {}, "numba": {"VLM_TED": "numba"}, "python_trees": {"VLM_PY_TREES": "1"},
+                    "serial": {"VLM_WORKERS": "1"},
                     "plain": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1"},
                     "interpreted": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -256,6 +259,7 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
     digests = {r["stdout_sha256"] for rs in runs.values() for r in rs}
     return {"documents": n_docs, "groups": 2, **med,
             "c_core_speedup": round(med["numba"]["seconds"] / med["now"]["seconds"], 2),
+            "c_trees_speedup": round(med["python_trees"]["seconds"] / med["now"]["seconds"], 2),
             "workers_speedup": round(med["serial"]["seconds"] / med["now"]["seconds"], 2),
             "sharing_speedup": round(med["plain"]["seconds"] / med["serial"]["seconds"], 2),
             "compiled_speedup": round(med["interpreted"]["seconds"] / med["plain"]["seconds"], 2),
@@ -342,12 +346,14 @@ def main() -> None:
             e = result["evaluate"]
             print(f"vlm evaluate --json, {e['documents']} documents x 2 groups, whole process (median s, peak MB):")
             for name, label in (("now", "now"), ("numba", "numba's TED core, not C (VLM_TED=numba)"),
+                                ("python_trees", "trees built in Python, not C (VLM_PY_TREES=1)"),
                                 ("serial", "one worker (VLM_WORKERS=1)"),
                                 ("plain", "no shared truths or memo (VLM_SCORE_PLAIN=1)"),
                                 ("interpreted", "and interpreted TED (VLM_PURE_TED=1)")):
                 print(f"  {label:48s} {e[name]['seconds']:7.2f} s {e[name]['peak_rss_mb']:6.0f} MB"
                       f"  ({e[name]['runs']} runs)")
-            print(f"  ratios: C core over numba {e['c_core_speedup']}x, workers {e['workers_speedup']}x, "
+            print(f"  ratios: C core over numba {e['c_core_speedup']}x, C trees over Python "
+                  f"{e['c_trees_speedup']}x, workers {e['workers_speedup']}x, "
                   f"shared truths + memo {e['sharing_speedup']}x, "
                   f"compiled TED {e['compiled_speedup']}x; output identical: {e['identical']}")
     ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])

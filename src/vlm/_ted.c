@@ -11,6 +11,10 @@
  * leaf-by-leaf Levenshtein matrix lev, the leaves' number keys k1/k2 (or empty) and the band. Every index
  * the loops read is checked against the array lengths first, so bad input raises ValueError, never reads
  * out of bounds.
+ *
+ * The module also holds the two per-document steps around it that cost most in Python: normalize
+ * (metrics.normalize) and tree (ted.build_tree's walk, with the kernel's arrays). Both give exactly what the
+ * Python gives, and hand anything but plain data back to it (tests/test_c_walk.py); they live in _walk.c.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -183,8 +187,15 @@ done:
     return result;
 }
 
+
+/* in _walk.c */
+PyObject *vlm_tree(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *vlm_normalize(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"zs", (PyCFunction)(void (*)(void))zs, METH_FASTCALL, "Zhang-Shasha TED over postorder arrays, in a band."},
+    {"tree", (PyCFunction)(void (*)(void))vlm_tree, METH_FASTCALL, "ted.build_tree's arrays, for normalised data."},
+    {"normalize", (PyCFunction)(void (*)(void))vlm_normalize, METH_FASTCALL, "metrics.normalize, for plain data."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,7 +7,10 @@ paired by id across groups, and every delta against the first group carries a
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,23 @@ def read_answer(raw: Any) -> ParseResult:
     return ParseResult(raw, [], None, True)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while answers are read.
+
+    Parsed JSON makes no reference cycles, yet the collector's full passes walk the whole heap as it grows by
+    millions of containers: about 1 s of 13 s at 10,000 documents x 2 groups (measured). Reference counting
+    still frees everything; a caller that had paused the collector itself keeps it paused.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 MEMO_MAX_CHARS = 65536  # longer answers are not kept as memo keys (a runaway answer is scored once anyway)
 
 
@@ -71,10 +91,11 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                 have = ", ".join(f"{g} ({s}, {n})" for (g, s), n in available.items()) or "none"
                 raise VlmError(f"no predictions for group {name!r} on split {split!r} in {store_path}",
                                hint=f"run vlm predict --group {name} --split {split}; stored groups: {have}")
-            rows = store.load(name, split)
-            groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
-                                [r.ground_truth for r in rows], raws=[r.raw for r in rows],
-                                keys=[_memo_key(r.raw) for r in rows]))
+            with _collector_paused():
+                rows = store.load(name, split)
+                groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
+                                    [r.ground_truth for r in rows], raws=[r.raw for r in rows],
+                                    keys=[_memo_key(r.raw) for r in rows]))
         _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
 
@@ -150,7 +171,8 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         raise VlmError(f"prediction file not found: {path}")
     ids: list[str | None] = []
     answers, gts, lines, keys = [], [], [], []
-    with path.open(encoding="utf-8") as f:  # line by line: one huge answer is read once, then cut by the parser
+    # line by line: one huge answer is read once, then cut by the parser
+    with _collector_paused(), path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -38,7 +38,7 @@ two groups).
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, _count_elements  # the C helper behind Counter(iterable), since Python 3.2
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
@@ -67,7 +67,16 @@ def use_compiled(n_docs: int) -> bool:
 
 
 def normalize(data: Any) -> Any:
-    """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts."""
+    """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts.
+
+    The C build (``vlm._ted.normalize``) gives the same for plain data, and hands anything else back to the
+    Python below (``ted_fast.c_normalize``).
+    """
+    got = ted_fast.c_normalize(data, _SCALARS)
+    return _normalize(data) if got is None else got
+
+
+def _normalize(data: Any) -> Any:
     if not data:
         return {}
     if isinstance(data, dict):
@@ -80,13 +89,13 @@ def normalize(data: Any) -> Any:
                 if value:
                     out[key] = [value.strip()]
                 continue
-            value = normalize(value)
+            value = _normalize(value)
             if value:
                 out[key] = value if isinstance(value, list) else [value]
         return out
     if isinstance(data, list):
         if all(map(isinstance, data, repeat(dict))):
-            return [n for n in (normalize(item) for item in data) if n]
+            return [n for n in (_normalize(item) for item in data) if n]
         return [str(item).strip() for item in data if type(item) in _SCALARS and str(item).strip()]
     return [str(data).strip()]
 
@@ -187,16 +196,37 @@ def _field_counts(p: list, g: list) -> dict[str, Counts]:
     return _fields_of(cp, cg, cp & cg)
 
 
-def _fields_of(cp: Counter, cg: Counter, common: Counter) -> dict[str, Counts]:
-    """``_field_counts`` from the pair counters and their intersection (``score_document`` has them at hand)."""
+def _fields_of(cp: dict, cg: dict, common: dict, gt_paths: dict[str, int] | None = None) -> dict[str, Counts]:
+    """``_field_counts`` from the pair counts and their intersection (``score_document`` has them at hand);
+    ``gt_paths``: ``_path_counts(cg)``, where the caller keeps it."""
     out: dict[str, list[int]] = {}
     for (path, _), n in cp.items():
         out.setdefault(path, [0, 0, 0])[1] += n
-    for (path, _), n in cg.items():
+    for path, n in (_path_counts(cg) if gt_paths is None else gt_paths).items():
         out.setdefault(path, [0, 0, 0])[2] += n
     for pair, n in common.items():
         out[pair[0]][0] += n
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def _path_counts(counts: dict) -> dict[str, int]:
+    """Pairs per key path, in the order the paths first occur."""
+    out: dict[str, int] = {}
+    for (path, _), n in counts.items():
+        out[path] = out.get(path, 0) + n
+    return out
+
+
+def _tally(items: list) -> dict:
+    """``Counter(items)`` as a plain dict (Counter's Python-level set-up cost more than the counting)."""
+    out: dict = {}
+    _count_elements(out, items)
+    return out
+
+
+def _common(a: dict, b: dict) -> dict:
+    """``Counter(a) & Counter(b)`` for counts above zero: the pairs both hold, each as often as both hold it."""
+    return {p: (n if n < m else m) for p, n in a.items() if (m := b.get(p))}
 
 
 def _header_value(doc: Any, path: str) -> str | None:
@@ -299,8 +329,9 @@ class Truth(NamedTuple):
     denom: int  # TED({}, gt)
     header: dict[str, str | None]  # _header_value per HEADER_FIELDS path
     menu: list[str]  # _menu_rows
-    counts: Counter  # Counter(flat), shared by every group scored on this truth
-    counts_num: Counter  # Counter(flat_num)
+    counts: dict  # _tally(flat), shared by every group scored on this truth
+    counts_num: dict  # _tally(flat_num)
+    paths: dict[str, int]  # _path_counts(counts)
 
 
 def prepare_truth(gt: Any) -> Truth:
@@ -308,9 +339,10 @@ def prepare_truth(gt: Any) -> Truth:
     flat: list[tuple[str, Any]] = []
     tree = build_tree(ng, flat)  # flat == flatten(ng), from the same walk
     flat_num = [(k, number_key(v)) for k, v in flat]
+    counts = _tally(flat)
     return Truth(tree, flat, flat_num, frozenset(v for _, v in flat),
                  tree.closed_form_insert_all(), {path: _header_value(gt, path) for path in HEADER_FIELDS},
-                 _menu_rows(gt, ng), Counter(flat), Counter(flat_num))
+                 _menu_rows(gt, ng), counts, _tally(flat_num), _path_counts(counts))
 
 
 def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True,
@@ -332,18 +364,18 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compil
     lits = literals(p) if p else {}
     key = _numnorm_key(lits, t.texts) if lits else number_key
     d, d_num = tree_distances(tp, t.tree, key, compiled)
-    cp = Counter(fp)
-    common = cp & t.counts
+    cp = _tally(fp)
+    common = _common(cp, t.counts)
     return {
         "valid": valid,
         "ted_accuracy": _accuracy(d, t.denom),
         "ted_accuracy_numnorm": _accuracy(d_num, t.denom),
         "f1": (sum(common.values()), len(fp), len(t.flat)),
-        "f1_numnorm": (sum((Counter([(k, key(v)) for k, v in fp]) & t.counts_num).values()), len(fp),
+        "f1_numnorm": (sum(_common(_tally([(k, key(v)) for k, v in fp]), t.counts_num).values()), len(fp),
                        len(t.flat_num)),
         "header": {path: None if want is None else _header_value(p, path) == want for path, want in t.header.items()},
         "menu": _pair_counts(_menu_rows(p, np_), t.menu),
-        "fields": _fields_of(cp, t.counts, common),
+        "fields": _fields_of(cp, t.counts, common, t.paths),
     }
 
 

@@ -89,14 +89,21 @@ def count_nodes(value: object, limit: int = MAX_NODES) -> int:
     return n
 
 
-def _depth_ok(value: object) -> bool:
-    level, depth = [value], 0
+def _shape(value: dict) -> tuple[bool, int]:
+    """(nests at most MAX_DEPTH deep, its values and containers as ``count_nodes`` counts them).
+
+    One walk, level by level, for both checks: they were a quarter of reading an answer. The walk stops once
+    the value is too deep; its size is bounded by MAX_ANSWER_CHARS.
+    """
+    level, depth, n = [value], 0, 1
     while level:
         depth += 1
         if depth > MAX_DEPTH:
-            return False
-        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (dict, list))]
-    return True
+            return False, n
+        items = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+        n += len(items)
+        level = [c for c in items if isinstance(c, (dict, list))]
+    return True, n
 
 
 def api_envelope(value: object) -> str | None:
@@ -127,7 +134,7 @@ def _parse(text: str) -> ParseResult:
     ok, whole = _strict(text)
     blocks = [] if ok else list(_FENCE.finditer(text))
     if not blocks:
-        value, valid, error = _from_span(text, repairs)
+        value, valid, error = _from_span(text, repairs, (ok, whole))
     else:
         repairs.append("code_fence")
         outside = text[:blocks[0].start()] + "".join(text[a.end():b.start()] for a, b in zip(blocks, blocks[1:]))
@@ -166,9 +173,14 @@ def _disjoint(objects: list[dict]) -> bool:
     return True
 
 
-def _from_span(text: str, repairs: list[str]) -> tuple[dict | None, bool, str | None]:
-    """(object, valid, error) from text with no fences: the first object, with split objects that follow merged."""
-    ok, value = _strict(text)
+def _from_span(text: str, repairs: list[str], strict: tuple[bool, object] | None = None,
+               ) -> tuple[dict | None, bool, str | None]:
+    """(object, valid, error) from text with no fences: the first object, with split objects that follow merged.
+
+    ``strict``: ``_strict(text)``, where the caller already has it (decoding every answer twice was a tenth of
+    reading a file).
+    """
+    ok, value = _strict(text) if strict is None else strict
     if ok:
         return (value, True, None) if isinstance(value, dict) else \
             (None, False, f"the answer is a JSON {type(value).__name__}, not an object")
@@ -217,9 +229,10 @@ def _result(value: object, repairs: list[str], error: str | None, valid: bool, n
         return ParseResult(None, repairs, error, False, notes)
     if not isinstance(value, dict):
         return ParseResult(None, repairs, f"the answer is a JSON {type(value).__name__}, not an object", False, notes)
-    if not _depth_ok(value):
+    shallow, nodes = _shape(value)
+    if not shallow:
         return ParseResult(None, repairs, f"the answer nests deeper than {MAX_DEPTH} levels", False, notes)
-    if count_nodes(value) > MAX_NODES:
+    if nodes > MAX_NODES:
         return ParseResult(None, repairs, f"the answer holds more than {MAX_NODES:,} values; not scored", False, notes)
     envelope = api_envelope(value)
     if envelope:

@@ -65,8 +65,14 @@ def build_tree(data: Any, pairs: list[tuple[str, Any]] | None = None) -> Tree:
     """Postorder arrays of Donut's tree for ``data`` (already normalised).
 
     ``pairs``, when given, receives ``metrics.flatten(data)`` on the way: the ``(dotted key path, leaf)`` pairs
-    are the tree's leaves in order, so one walk makes both.
+    are the tree's leaves in order, so one walk makes both. The C build's walk (``ted_fast.c_walk``) makes
+    the same arrays where it is installed; it hands back anything but normalised data to the walk below.
     """
+    got = ted_fast.c_walk(data, pairs)
+    if got is not None:
+        t = Tree(*got[:6])
+        t._plans["raw"], t._plans["leaves"] = got[6:]  # the kernel's arrays and leaf texts, made on the way
+        return t
     labels, lml = [""], [0]
 
     def leaves(items: list, path: str) -> int:

@@ -18,6 +18,10 @@ Which build runs, first available first:
   read-only, in numba's user cache); a machine that can cache nowhere compiles once per process.
 * ``VLM_PURE_TED=1``, or neither build: the pure-Python programme, which gives the same distances
   (tests/test_metrics.py checks all three on random trees).
+
+The C build also normalises documents and builds their trees (``c_normalize``, ``c_walk``), the
+Python work per document that cost most once the programme itself was compiled; ``VLM_PURE_TED=1`` or
+``VLM_PY_TREES=1`` turns that off (tests/test_c_walk.py checks it against the Python).
 """
 
 from __future__ import annotations
@@ -41,6 +45,40 @@ def c_kernel() -> Any:
     except ImportError:
         return None
     return _ted.zs
+
+
+_c: Any = None  # the C build's module for the tree walk and normalize, False when unavailable
+
+
+def _c_build() -> Any:
+    global _c
+    if _c is None:
+        _c = False
+        if not (os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_PY_TREES")):  # the latter: benchmarks
+            try:
+                from vlm import _ted
+
+                _c = _ted
+            except ImportError:
+                pass
+    return _c
+
+
+def c_walk(data: Any, pairs: list | None) -> tuple | None:
+    """``ted.build_tree``'s walk by the C build: the Tree's six lists, then the kernel's arrays (``arrays``) in
+    one buffer and the leaf texts. None where the C build is missing, ``VLM_PURE_TED`` or ``VLM_PY_TREES`` is
+    set, or ``data``
+    is not plain normalised data (dicts with str keys, lists, str leaves): the Python walk then builds it."""
+    c = _c or _c_build()
+    return c.tree(data, pairs, _LABELS) if c else None
+
+
+def c_normalize(data: Any, scalars: frozenset) -> Any:
+    """``metrics.normalize(data)`` by the C build, or None (no C build, switched off as for ``c_walk``, or not
+    plain data:
+    a dict or list subclass, a key that is not a str)."""
+    c = _c or _c_build()
+    return c.normalize(data, scalars) if c else None
 
 
 def _compile() -> Any:
@@ -150,7 +188,12 @@ _LABELS: dict[str, int] = {}  # key names -> ids, for the whole process (a vocab
 def arrays(t: Any) -> tuple[np.ndarray, ...]:
     """(leftmost leaves, keyroots, costs, label ids, leaf rows) of a ``ted.Tree`` as arrays (cached on the tree)."""
     got = t._plans.get("arrays")
-    if got is None:
+    if got is None and "raw" in t._plans:  # made by the C walk: views of its buffer, in this order
+        n, nk = len(t.labels), len(t.keyroots)
+        a = np.frombuffer(t._plans["raw"], dtype=np.int64)
+        got = t._plans["arrays"] = (a[:n], a[n:n + nk], a[n + nk:2 * n + nk], a[2 * n + nk:3 * n + nk],
+                                    a[3 * n + nk:])
+    elif got is None:
         ids = _LABELS
         # only inner nodes' labels are compared (leaves update by their texts): no leaf text enters the vocabulary
         lab = [-1 if leaf else ids.setdefault(s, len(ids)) for s, leaf in zip(t.labels, t.is_leaf)]
@@ -166,7 +209,23 @@ def arrays(t: Any) -> tuple[np.ndarray, ...]:
     return got
 
 
+def leaf_texts(t: Any) -> list[str]:
+    """The leaves' texts in postorder (the C walk made them on the way)."""
+    got = t._plans.get("leaves")
+    return [x for x, f in zip(t.texts, t.is_leaf) if f] if got is None else got
+
+
 _NO_KEYS = np.zeros(0, dtype=np.int64)
+
+
+def _numbered_keys(t: Any, key: Callable[[str], str]) -> tuple[dict[str, int], np.ndarray]:
+    """(a number per distinct ``key`` of ``t``'s leaves, each leaf's number), kept on ``t`` for that ``key``."""
+    got = t._plans.get("keys")
+    if got is None or got[0] is not key:
+        ids: dict[str, int] = {}
+        numbers = np.array([ids.setdefault(k, len(ids)) for k in map(key, leaf_texts(t))], dtype=np.int64)
+        got = t._plans["keys"] = (key, ids, numbers)
+    return got[1], got[2]
 
 
 def distances(fn: Any, t1: Any, t2: Any, key: Callable[[str], str] | None,
@@ -176,8 +235,7 @@ def distances(fn: Any, t1: Any, t2: Any, key: Callable[[str], str] | None,
     from rapidfuzz.process import cdist
 
     a1, a2 = arrays(t1), arrays(t2)
-    leaves1 = [t for t, f in zip(t1.texts, t1.is_leaf) if f]  # in postorder: the rows of lev
-    leaves2 = [t for t, f in zip(t2.texts, t2.is_leaf) if f]
+    leaves1, leaves2 = leaf_texts(t1), leaf_texts(t2)  # in postorder: the rows of lev
     if leaves1 and leaves2:
         lev = cdist(leaves1, leaves2, scorer=Levenshtein.distance, dtype=np.int64)
     else:
@@ -193,9 +251,11 @@ def distances(fn: Any, t1: Any, t2: Any, key: Callable[[str], str] | None,
         return d, None
     if not leaves1 or not leaves2:
         return d, d
-    ids: dict[str, int] = {}
-    k1 = np.array([ids.setdefault(key(t), len(ids)) for t in leaves1], dtype=np.int64)
-    k2 = np.array([ids.setdefault(key(t), len(ids)) for t in leaves2], dtype=np.int64)
+    # the kernel only asks whether k1[p] == k2[q]: t2's keys numbered (cached: t2 is the ground truth, shared
+    # by every group), and t1's keys by the same numbers, -1 for a key t2 lacks
+    ids, k2 = _numbered_keys(t2, key)
+    get = ids.get
+    k1 = np.array([get(k, -1) for k in map(key, leaves1)], dtype=np.int64)
     if not ((k1[:, None] == k2[None, :]) & (lev > 0)).any():  # no new free update: the same distance
         return d, d
     return d, search(t1, t2, (k1, k2), d, zs)
