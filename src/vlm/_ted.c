@@ -75,31 +75,52 @@ static int64_t run(const int64_t *l1, const int64_t *kr1, Py_ssize_t nkr1, const
         for (Py_ssize_t b = 0; b < nkr2; b++) {
             const int64_t j = kr2[b], lj = l2[j];
             if (j < li - dmax || lj > i + imax) continue; /* no cell of this table lies in the band */
+            /* the boundary row: no cell of this table reads it past column i + imax */
+            const int64_t last = j < i + imax ? j : i + imax;
             fd[(li - 1) * w + lj - 1] = 0;
-            for (int64_t y = lj; y <= j; y++) fd[(li - 1) * w + y] = fd[(li - 1) * w + y - 1] + c2[y];
+            for (int64_t y = lj; y <= last; y++) fd[(li - 1) * w + y] = fd[(li - 1) * w + y - 1] + c2[y];
             for (int64_t x = li; x <= i; x++) {
-                fd[x * w + lj - 1] = fd[(x - 1) * w + lj - 1] + c1[x];
+                if (x - dmax > j) break; /* this row and every later one lie past the band */
+                int64_t *row = fd + x * w, *trow = td + x * w;
+                const int64_t *above = row - w; /* row x - 1 */
+                const int64_t cx = c1[x], lx = l1[x], ax = x - 1;
+                row[lj - 1] = above[lj - 1] + cx;
                 const int64_t lo = lj > x - dmax ? lj : x - dmax;
                 const int64_t hi = j < x + imax ? j : x + imax;
-                const int64_t lx = l1[x];
-                int64_t left = lo == lj ? fd[x * w + lj - 1] : INF; /* boundary column, or outside the band */
-                const int64_t ax = x - 1;
+                /* the cell above is real on the boundary row, else in the band of row x - 1: y <= ax + imax */
+                const int64_t up_hi = ax == li - 1 ? hi : (hi < ax + imax ? hi : ax + imax);
+                int64_t left = lo == lj ? row[lj - 1] : INF; /* boundary column, or outside the band */
+                if (lx != li) { /* x's prefix is not a whole tree: only the generic cells */
+                    const int64_t a2 = lx - 1;
+                    const int64_t *arow = fd + a2 * w;
+                    for (int64_t y = lo; y <= hi; y++) {
+                        int64_t v = (y <= up_hi ? above[y] : INF) + cx, t = left + c2[y];
+                        if (t < v) v = t;
+                        const int64_t b2 = l2[y] - 1;
+                        if (b2 == lj - 1 || (a2 - b2 <= dmax && b2 - a2 <= imax)) {
+                            t = arow[b2] + trow[y];
+                            if (t < v) v = t;
+                        }
+                        if (v > INF) v = INF;
+                        row[y] = v;
+                        left = v;
+                    }
+                    continue;
+                }
                 for (int64_t y = lo; y <= hi; y++) {
-                    /* the cell above: the boundary row, or in the band of row x - 1 */
-                    int64_t up = (ax == li - 1 || y - ax <= imax) ? fd[ax * w + y] : INF;
-                    int64_t v = up + c1[x], t = left + c2[y];
+                    int64_t v = (y <= up_hi ? above[y] : INF) + cx, t = left + c2[y];
                     if (t < v) v = t;
                     const int64_t ly = l2[y];
-                    if (lx == li && ly == lj) { /* both prefixes are whole trees */
+                    if (ly == lj) { /* both prefixes are whole trees */
                         const int64_t by = y - 1;
                         int64_t diag = (ax == li - 1 || by == lj - 1 || (ax - by <= dmax && by - ax <= imax))
-                                           ? fd[ax * w + by] : INF;
+                                           ? above[by] : INF;
                         const int64_t p = lp1[x], q = lp2[y];
                         int64_t upd; /* Donut's update cost of x into y (see ted.update_matrix) */
                         if (p >= 0 && q >= 0)
                             upd = (keys && k1[p] == k2[q]) ? 0 : lev[p * levc + q];
                         else if (p >= 0)
-                            upd = 1 + c1[x];
+                            upd = 1 + cx;
                         else if (q >= 0)
                             upd = 1 + c2[y];
                         else
@@ -107,16 +128,13 @@ static int64_t run(const int64_t *l1, const int64_t *kr1, Py_ssize_t nkr1, const
                         t = diag + upd;
                         if (t < v) v = t;
                         if (v > INF) v = INF;
-                        td[x * w + y] = v;
-                    } else {
-                        const int64_t a2 = lx - 1, b2 = ly - 1;
-                        if (a2 == li - 1 || b2 == lj - 1 || (a2 - b2 <= dmax && b2 - a2 <= imax)) {
-                            t = fd[a2 * w + b2] + td[x * w + y];
-                            if (t < v) v = t;
-                        }
+                        trow[y] = v;
+                    } else { /* a2 = li - 1: the boundary row, always real */
+                        t = fd[(li - 1) * w + ly - 1] + trow[y];
+                        if (t < v) v = t;
                         if (v > INF) v = INF;
                     }
-                    fd[x * w + y] = v;
+                    row[y] = v;
                     left = v;
                 }
             }
