@@ -75,6 +75,9 @@ def test_nesting_within_the_cap_is_fine():
         node["a"] = {}
         node = node["a"]
     assert parse_prediction(json.dumps(deep)).value == deep
+    node["a"] = {}  # one level more
+    r = parse_prediction(json.dumps(deep))
+    assert r.value is None and f"deeper than {MAX_DEPTH}" in r.error
 
 
 def test_non_string_input_does_not_raise():
@@ -226,3 +229,15 @@ def test_a_huge_answer_is_cut_and_marked_not_parsed_whole():
     r = parse_prediction(text)
     assert r.truncated and r.notes and f"{MAX_ANSWER_CHARS:,}" in r.notes[0]
     assert r.value is None or sum(len(x) + 1 for x in r.value["menu"]) <= MAX_NODES
+
+
+def test_the_node_cap_counts_every_value_and_container():
+    """MAX_NODES values and containers are scored; one more is refused (one walk checks depth and size)."""
+    from vlm.parsing import MAX_NODES
+
+    fits = {"a": [1] * (MAX_NODES - 2)}  # the object, the list and its items
+    assert parse_prediction(json.dumps(fits)).value == fits
+    over = parse_prediction(json.dumps({"a": [1] * (MAX_NODES - 1)}))
+    assert over.value is None and f"{MAX_NODES:,} values" in over.error
+    nested = {"a": [{"b": [1, 2]}, {"c": {"d": 3}}] * ((MAX_NODES - 2) // 7)}  # 7 nodes per pair of rows
+    assert parse_prediction(json.dumps(nested)).value == nested

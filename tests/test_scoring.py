@@ -232,3 +232,37 @@ def test_trust_checks_in_workers_equal_serial(monkeypatch):
     seen = {status for g in groups for row in split["per_document"][g.name] for status in row["checks"].values()}
     assert seen == {"pass", "fail", "n/a"}
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("gt_price", ["31.000", "3<leaf>1.0"])  # the second: Donut's tree text is "31.0"
+def test_a_shared_truth_gives_each_answer_its_own_number_keys(gt_price):
+    """The truth's number keys are kept on its tree for the next group, but only for the same key function:
+    an answer with unquoted decimals (31.000, read as printed) gets its own, in either group order."""
+    from vlm.parsing import parse_prediction
+
+    gt = {"menu": [{"nm": "Nasi Campur", "price": gt_price}, {"nm": "Es Teh", "price": "31"}],
+          "total": {"total_price": "62.000"}}
+    texts = ['{"menu": [{"nm": "Nasi Campur", "price": "31,000"}, {"nm": "Es Teh", "price": "31"}]}',
+             '{"menu": [{"nm": "Nasi Campur", "price": 31.000}, {"nm": "Es Teh", "price": 31.0}]}']
+    preds = [parse_prediction(t).value for t in texts]
+    fresh = [M.score_document(p, json.loads(json.dumps(gt))) for p in preds]
+    for order in ([0, 1], [1, 0]):
+        got = S.score_groups([[preds[k]] for k in order], [[gt], [gt]], [[True], [True]], [[texts[k]] for k in order])
+        for g, k in enumerate(order):
+            assert (got[g].ted_accuracy_numnorm[0], got[g].f1_numnorm[0]) == (
+                fresh[k]["ted_accuracy_numnorm"], fresh[k]["f1_numnorm"]), (order, k)
+
+
+def test_heap_frozen_nests_and_always_unfreezes():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with S.heap_frozen():
+        assert gc.get_freeze_count() > 0
+        with S.heap_frozen():
+            pass
+        assert gc.get_freeze_count() > 0  # the inner exit leaves the outer freeze in place
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(KeyError), S.heap_frozen():
+        raise KeyError("x")
+    assert gc.get_freeze_count() == 0

@@ -351,11 +351,18 @@ def _warn_about_answers(name: str, n: int, s: dict[str, Any]) -> None:
 
 def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score every group, with deltas and bootstrap intervals against the first group."""
-    from vlm.metrics import aggregate, field_breakdown
-    from vlm.scoring import score_groups
+    from vlm.scoring import heap_frozen
 
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
+    with heap_frozen():  # the groups just read: no collection walks them again
+        return _evaluate(groups, resamples, seed)
+
+
+def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
+    from vlm.metrics import aggregate, field_breakdown
+    from vlm.scoring import score_groups
+
     order, groups = align(groups)
     scored = score_groups([g.preds for g in groups], [g.gts for g in groups],
                           [[a.valid for a in g.answers] for g in groups], [g.keys for g in groups])

@@ -27,6 +27,8 @@ import gc
 import json
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,9 +135,32 @@ class WorkerError(RuntimeError):
 def _parallel(job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork")
+    with heap_frozen():  # the workers' collector leaves the inherited objects alone, so their pages stay shared
+        return _run_pool(multiprocessing.get_context("fork"), job, ranges)
+
+
+_frozen = 0  # nesting depth of heap_frozen()
+
+
+@contextmanager
+def heap_frozen() -> Iterator[None]:
+    """``gc.freeze()`` for the duration: the objects alive now are left out of every collection until the
+    outermost exit unfreezes them. The groups read for an evaluation are millions of containers with no
+    cycles, and each full collection walked them all again: 0.3 s at 10,000 documents x 2 groups (measured),
+    for nothing. Objects are still freed by reference counting while frozen."""
+    global _frozen
+    gc.freeze()
+    _frozen += 1
+    try:
+        yield
+    finally:
+        _frozen -= 1
+        if not _frozen:
+            gc.unfreeze()
+
+
+def _run_pool(ctx: Any, job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
     procs = []
-    gc.freeze()  # the workers' collector leaves the inherited objects alone, so their pages stay shared
     try:
         for start, stop in ranges[1:]:
             recv, send = ctx.Pipe(duplex=False)
@@ -154,7 +179,6 @@ def _parallel(job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
             parts.append(value)
         return parts
     finally:  # on any exit, Ctrl-C included: stop the workers still running
-        gc.unfreeze()
         for proc, recv in procs:
             recv.close()
             if proc.is_alive():
