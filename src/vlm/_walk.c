@@ -274,6 +274,16 @@ static PyObject *strip(PyObject *s) { /* s.strip() of an exact str; a new refere
     return a == 0 && b == n ? Py_NewRef(s) : PyUnicode_Substring(s, a, b);
 }
 
+static PyObject *one(PyObject *item) { /* [item], taking over the reference; NULL if item is NULL */
+    PyObject *list = item ? PyList_New(1) : NULL;
+    if (!list) {
+        Py_XDECREF(item);
+        return NULL;
+    }
+    PyList_SET_ITEM(list, 0, item);
+    return list;
+}
+
 static PyObject *str_strip(PyObject *v) { /* str(v).strip() */
     PyObject *s = PyObject_Str(v);
     if (!s) return NULL;
@@ -318,13 +328,7 @@ static PyObject *norm_dict(PyObject *data, PyObject *scalars) {
         }
         if (PyUnicode_CheckExact(value)) { /* the commonest value: what normalize(value) gives, inline */
             if (PyUnicode_GET_LENGTH(value) == 0) continue;
-            PyObject *t = strip(value);
-            got = t ? PyList_New(1) : NULL;
-            if (!got) {
-                Py_XDECREF(t);
-                goto fail;
-            }
-            PyList_SET_ITEM(got, 0, t);
+            if (!(got = one(strip(value)))) goto fail;
         } else {
             Py_INCREF(value);
             got = norm(value, scalars);
@@ -339,15 +343,7 @@ static PyObject *norm_dict(PyObject *data, PyObject *scalars) {
                 Py_DECREF(got);
                 continue;
             }
-            if (PyDict_CheckExact(got)) { /* a dict under a key is a list of one dict */
-                PyObject *one = PyList_New(1);
-                if (!one) {
-                    Py_DECREF(got);
-                    goto fail;
-                }
-                PyList_SET_ITEM(one, 0, got);
-                got = one;
-            }
+            if (PyDict_CheckExact(got) && !(got = one(got))) goto fail; /* a dict under a key: a list of one */
         }
         int r = PyDict_SetItem(out, key, got);
         Py_DECREF(got);
@@ -426,13 +422,7 @@ static PyObject *norm(PyObject *data, PyObject *scalars) {
         Py_LeaveRecursiveCall();
         Py_LeaveRecursiveCall();
     } else {
-        PyObject *t = str_strip(data);
-        out = t ? PyList_New(1) : NULL;
-        if (!out) {
-            Py_XDECREF(t);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, 0, t);
+        out = one(str_strip(data));
     }
     return out;
 }

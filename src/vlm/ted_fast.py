@@ -36,15 +36,21 @@ _INF = 1 << 60
 _kernel: Any = None  # the compiled function, False when unavailable
 
 
-def c_kernel() -> Any:
-    """The C build's ``zs``, or None (not built here, or switched off by ``VLM_PURE_TED`` / ``VLM_TED=numba``)."""
-    if os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_TED") == "numba":
-        return None
+def _extension() -> Any:
+    """The C build (``vlm._ted``), or None where it was not built."""
     try:
         from vlm import _ted
     except ImportError:
         return None
-    return _ted.zs
+    return _ted
+
+
+def c_kernel() -> Any:
+    """The C build's ``zs``, or None (not built here, or switched off by ``VLM_PURE_TED`` / ``VLM_TED=numba``)."""
+    if os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_TED") == "numba":
+        return None
+    c = _extension()
+    return c.zs if c else None
 
 
 _c: Any = None  # the C build's module for the tree walk and normalize, False when unavailable
@@ -53,30 +59,23 @@ _c: Any = None  # the C build's module for the tree walk and normalize, False wh
 def _c_build() -> Any:
     global _c
     if _c is None:
-        _c = False
-        if not (os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_PY_TREES")):  # the latter: benchmarks
-            try:
-                from vlm import _ted
-
-                _c = _ted
-            except ImportError:
-                pass
+        switched_off = os.environ.get("VLM_PURE_TED") or os.environ.get("VLM_PY_TREES")  # the latter: benchmarks
+        _c = False if switched_off else (_extension() or False)
     return _c
 
 
 def c_walk(data: Any, pairs: list | None) -> tuple | None:
     """``ted.build_tree``'s walk by the C build: the Tree's six lists, then the kernel's arrays (``arrays``) in
     one buffer and the leaf texts. None where the C build is missing, ``VLM_PURE_TED`` or ``VLM_PY_TREES`` is
-    set, or ``data``
-    is not plain normalised data (dicts with str keys, lists, str leaves): the Python walk then builds it."""
+    set, or ``data`` is not plain normalised data (dicts with str keys, lists, str leaves): the Python walk
+    then builds it."""
     c = _c or _c_build()
     return c.tree(data, pairs, _LABELS) if c else None
 
 
 def c_normalize(data: Any, scalars: frozenset) -> Any:
     """``metrics.normalize(data)`` by the C build, or None (no C build, switched off as for ``c_walk``, or not
-    plain data:
-    a dict or list subclass, a key that is not a str)."""
+    plain data: a dict or list subclass, a key that is not a str)."""
     c = _c or _c_build()
     return c.normalize(data, scalars) if c else None
 
