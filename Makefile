@@ -3,7 +3,7 @@
 
 setup: .venv/.setup-done
 
-.venv/.setup-done: requirements.lock pyproject.toml setup.py src/vlm/_ted.c src/vlm/_walk.c scripts/setup.sh
+.venv/.setup-done: requirements.lock pyproject.toml setup.py src/vlm/evaluation/_ted.c src/vlm/evaluation/_walk.c scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 

@@ -1,9 +1,9 @@
-"""The optional C core of the tree edit distance (src/vlm/_ted.c, _walk.c); the rest is in pyproject.toml.
+"""The optional C core of the tree edit distance (src/vlm/evaluation/_ted.c, _walk.c); the rest is in pyproject.toml.
 
 ``optional=True``: where no C compiler is at hand the install still succeeds, and vlm scores with numba or
-pure Python instead (the same distances, more slowly; ``vlm.ted_fast`` picks what is there).
+pure Python instead (the same distances, more slowly; ``vlm.evaluation.ted_fast`` picks what is there).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("vlm._ted", ["src/vlm/_ted.c", "src/vlm/_walk.c"], optional=True, extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension("vlm.evaluation._ted", ["src/vlm/evaluation/_ted.c", "src/vlm/evaluation/_walk.c"], optional=True, extra_compile_args=["-O2"])])

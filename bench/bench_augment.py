@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def export(source: Path, out: Path, workers: int, copies: int) -> dict:
-    from vlm.augment import AugmentSpec
-    from vlm.export import ExportSpec, run_export
+    from vlm.data.augment import AugmentSpec
+    from vlm.data.export import ExportSpec, run_export
     from vlm.schema import cord_prompt
 
     spec = ExportSpec(out_dir=out, source=str(source), name="cord", prompt=cord_prompt(), splits=("train",),
@@ -44,7 +44,7 @@ def per_copy_cost(source: Path, n: int) -> dict:
     import datasets
     import torch
 
-    from vlm.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
+    from vlm.data.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
 
     torch.set_num_threads(1)
     datasets.disable_progress_bars()

@@ -48,7 +48,7 @@ def blog_export(source: Path, out: Path) -> int:
 
 
 def vlm_export(source: Path, out: Path, workers: int) -> int:
-    from vlm.export import ExportSpec, run_export
+    from vlm.data.export import ExportSpec, run_export
     from vlm.schema import cord_prompt
 
     spec = ExportSpec(out_dir=out, source=str(source), name="cord", prompt=cord_prompt(), splits=("train",),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The fast CORD scorer (``vlm.metrics``) vs the plain zss reference, side by side in one run.
+"""The fast CORD scorer (``vlm.evaluation.metrics``) vs the plain zss reference, side by side in one run.
 
 Builds CORD-sized synthetic ground truths (menus of 2-15 rows, some ``sub``
 items, sub_total and total blocks) and two groups of predictions made from them
@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the zss reference metric lives with t
 
 import reference_metric as R
 
-from vlm.evaluate import bootstrap_delta
-from vlm.metrics import aggregate, number_key, score_documents
+from vlm.evaluation.compare import bootstrap_delta
+from vlm.evaluation.metrics import aggregate, number_key, score_documents
 
 ITEMS = ["Nasi Goreng", "Es Teh Manis", "Ayam Bakar Madu", "Mie Goreng Spesial", "Kopi Susu Gula Aren", "Air Mineral",
          "Roti Bakar Coklat Keju", "Sate Ayam", "Bakso Urat", "Jus Alpukat", "Teh Tarik", "Kentang Goreng",
@@ -175,7 +175,7 @@ def bootstrap_loop(base, other, n_docs: int, resamples: int = 1000, seed: int = 
 
 def bench_bootstrap(r: random.Random, n_docs: int, repeats: int) -> dict:
     """Per-document scores of n_docs documents (real scoring of 100 documents, tiled), then both bootstraps."""
-    from vlm.metrics import DocScores
+    from vlm.evaluation.metrics import DocScores
 
     gts = [ground_truth(r) for _ in range(100)]
     scores = []
@@ -325,7 +325,7 @@ def main() -> None:
     else:
         print(f"{args.docs} documents x {len(groups)} groups ({nodes:.1f} gt fields per document), "
               f"best of {args.repeats}")
-        print(f"  fast (vlm.metrics):    {t_fast:8.3f} s  ({cpu_fast:.3f} s CPU)")
+        print(f"  fast (vlm.evaluation.metrics):    {t_fast:8.3f} s  ({cpu_fast:.3f} s CPU)")
         print(f"  reference (zss):       {t_ref:8.3f} s  ({cpu_ref:.3f} s CPU)")
         print(f"  speedup:               {t_ref / t_fast:8.1f}x  ({cpu_ref / cpu_fast:.1f}x CPU)")
         print(f"  per-document agreement: max |diff| {worst:.2e}, F1 count mismatches {f1_mismatch}, "

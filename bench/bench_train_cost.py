@@ -529,8 +529,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def versions() -> dict[str, str | None]:
     """vlm's run-manifest versions, plus the speed levers this bench measures."""
-    from vlm.train import PACKAGES
-    from vlm.train import versions as package_versions
+    from vlm.training.train import PACKAGES
+    from vlm.training.train import versions as package_versions
 
     return package_versions((*PACKAGES, "liger-kernel", "flash-attn"))
 

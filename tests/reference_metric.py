@@ -1,7 +1,7 @@
 """A plain reference of Donut's CORD metric (clovaai/donut ``JSONParseEvaluator``) on the ``zss`` package.
 
 Kept deliberately simple: ``zss.Node`` trees, cost callbacks on labels and a
-pure-Python Levenshtein distance. It is the baseline that ``vlm.metrics`` is
+pure-Python Levenshtein distance. It is the baseline that ``vlm.evaluation.metrics`` is
 checked and timed against; do not optimise it.
 """
 

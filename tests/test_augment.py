@@ -56,7 +56,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 def test_copy_bytes_are_a_function_of_seed_source_and_copy_index():
-    from vlm.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
+    from vlm.data.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
 
     data = _photo(240, 360, seed=1)
 

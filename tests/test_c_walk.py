@@ -1,4 +1,4 @@
-"""The C build's normalize and tree walk (vlm._ted.normalize / .tree) against the Python they replace,
+"""The C build's normalize and tree walk (vlm.evaluation._ted.normalize / .tree) against the Python they replace,
 and the C kernel under any band.
 
 Scoring uses them wherever the C extension is built, so every other test runs them; these check that they
@@ -13,10 +13,10 @@ import random
 import pytest
 from test_metrics import _pairs, cord_like, mutate
 
-from vlm import metrics as M
-from vlm import ted_fast
-from vlm.ted import build_tree
-from vlm.tolerant_json import Num
+from vlm.evaluation import metrics as M
+from vlm.evaluation import ted_fast
+from vlm.evaluation.ted import build_tree
+from vlm.inference.tolerant_json import Num
 
 ODD_VALUES = ["", " ", "1", " a ", "\u3000x\u2003", "\x1cz\x1f", "<leaf>", "a<leaf>b<leaf>", "29,500", "é",
               3, 0, -1, 1.5, 0.0, float("nan"), float("inf"), None, True, False, Num("31.000"), Num("0.0")]
@@ -25,7 +25,7 @@ ODD_KEYS = ["nm", "price", "menu", "<leaf>", "a<leaf>b", "", "x.y", "b", "aa", "
 
 @pytest.fixture
 def c_build():
-    assert ted_fast._c_build(), "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+    assert ted_fast._c_build(), "vlm.evaluation._ted is not built: rerun `make setup` (needs a C compiler)"
 
 
 @pytest.fixture

@@ -18,14 +18,14 @@ import pytest
 import yaml
 from conftest import invoke, run_vlm
 
-from vlm.config import load_config, parse_value
 from vlm.errors import ConfigError
-from vlm.validation import validate_config
+from vlm.training.config import load_config, parse_value
+from vlm.training.validation import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 
-# The recipe, written out independently of vlm.config.RECIPE.
+# The recipe, written out independently of vlm.training.config.RECIPE.
 CORD_RECIPE = {
     "model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct", "image_max_pixels": 262144, "image_min_pixels": 3136,
     "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": "all",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import VLM
 
-from vlm.consistency import (
+from vlm.evaluation.consistency import (
     CORD_RULES,
     FAIL,
     NA,

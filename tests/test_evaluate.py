@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import VLM
 
-from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file
+from vlm.evaluation.compare import evaluate_groups, fixed_and_broken, group_from_file
 
 GTS = [
     {"menu": [{"nm": "Kopi", "cnt": "1", "price": "20,000"}], "total": {"total_price": "20,000"}},
@@ -83,7 +83,7 @@ def test_bad_prediction_file_is_a_clear_error(tmp_path: Path):
 
 
 def _store_group(store_path: Path, group: str, backend: str | None, image_max_pixels: int) -> None:
-    from vlm.store import Prediction, Store
+    from vlm.inference.store import Prediction, Store
 
     generation = {"max_new_tokens": 64, **({"backend": backend} if backend else {})}  # None: logged before vLLM
     with Store(store_path, write=True) as store:
@@ -118,7 +118,7 @@ def test_groups_predicted_differently_are_flagged(tmp_path: Path):
 # --- issue 11: validity, repairs, pairing, refusals --------------------------------------------------------------
 
 def _store_answers(store_path: Path, group: str, answers: list[str]) -> None:
-    from vlm.store import Prediction, Store
+    from vlm.inference.store import Prediction, Store
 
     with Store(store_path, write=True) as store:
         store.put_many([Prediction(group, "test", f"doc{i}", a, None, None, [], g) for i, (a, g) in
@@ -210,7 +210,7 @@ def test_block_bootstrap_equals_scoring_each_resample():
     """The vectorised bootstrap's rows are bit for bit ``aggregate`` of the same draws (odd sizes, None metrics)."""
     import numpy as np
 
-    from vlm.metrics import aggregate, resampled, score_documents
+    from vlm.evaluation.metrics import aggregate, resampled, score_documents
 
     preds = [GTS[0], {}, None, {"total": {"total_price": "33,000"}}, GTS[3]] * 3 + [{"menu": [{"nm": "Teh"}]}]
     gts = (GTS + [GTS[0]]) * 3 + [GTS[1]]

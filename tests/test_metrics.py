@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import reference_metric as R
 
-from vlm import metrics as M
+from vlm.evaluation import metrics as M
+from vlm.evaluation.ted import build_tree, tree_distance, update_matrix
 from vlm.schema import HEADER_FIELDS
-from vlm.ted import build_tree, tree_distance, update_matrix
 
 TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
 TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
@@ -269,8 +269,8 @@ def test_prediction_nested_past_the_stack_is_invalid_not_a_crash():
 
 
 def test_band_search_is_exact_within_its_bound():
-    """The banded Zhang–Shasha (see vlm.ted) is exact when the distance fits the bound, an upper bound otherwise."""
-    from vlm.ted import zhang_shasha
+    """The banded Zhang–Shasha (evaluation.ted) is exact when the distance fits the bound, an upper bound otherwise."""
+    from vlm.evaluation.ted import zhang_shasha
 
     r = random.Random(11)
     checked = 0
@@ -303,7 +303,7 @@ def test_header_exact_match_treats_zero_as_donut_does():
 
 def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
     """``31.000`` unquoted means 31000 on a CORD receipt: numnorm matches "31.000"; Donut's metric is unchanged."""
-    from vlm.parsing import parse_prediction
+    from vlm.inference.parsing import parse_prediction
 
     gt = {"menu": [{"nm": "Nasi Campur", "price": "31.000"}], "total": {"total_price": "31.000"}}
     pred = parse_prediction('{"menu": [{"nm": "Nasi Campur", "price": 31.000}], "total": {"total_price": 31.000}}')
@@ -314,18 +314,18 @@ def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
     assert doc["ted_accuracy"] == pytest.approx(R.ted_accuracy(plain, gt), abs=1e-12)
 
 
-# --- the compiled TED core (vlm.ted_fast) ---------------------------------------------------------------------------
+# --- the compiled TED core (vlm.evaluation.ted_fast) -------------------------------------------------------------
 
 @pytest.fixture(params=["c", "numba"])
 def compiled_kernel(request, monkeypatch):
     """Each compiled build in turn (the C extension, then numba), as ``ted_fast.kernel()`` hands it out."""
-    from vlm import ted_fast
+    from vlm.evaluation import ted_fast
 
     if request.param == "numba":
         pytest.importorskip("numba")
         monkeypatch.setenv("VLM_TED", "numba")
     else:  # not skipped: `pip install -e .` builds it wherever a C compiler is, CI included
-        assert ted_fast.c_kernel() is not None, "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+        assert ted_fast.c_kernel() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
     monkeypatch.delenv("VLM_PURE_TED", raising=False)
     monkeypatch.setattr(ted_fast, "_kernel", None)
     fn = ted_fast.kernel()
@@ -335,7 +335,7 @@ def compiled_kernel(request, monkeypatch):
 
 def test_compiled_ted_equals_interpreted_and_reference(compiled_kernel):
     """Both distances (plain and number-normalised) from each compiled build equal the pure-Python ones and zss's."""
-    from vlm.ted import tree_distances
+    from vlm.evaluation.ted import tree_distances
 
     checked = 0
     for pred, gt in _pairs(240, 5):
@@ -349,8 +349,8 @@ def test_compiled_ted_equals_interpreted_and_reference(compiled_kernel):
 
 def test_compiled_band_is_exact_within_its_bound(compiled_kernel):
     """The compiled programme under a bound: exact when the distance fits it, an upper bound otherwise."""
-    from vlm import ted_fast
-    from vlm.ted import tree_distance
+    from vlm.evaluation import ted_fast
+    from vlm.evaluation.ted import tree_distance
 
     fn = compiled_kernel
     r = random.Random(12)
@@ -386,7 +386,8 @@ def test_compiled_ted_survives_no_cache_and_switches_off(tmp_path):
     import sys
 
     pytest.importorskip("numba")
-    probe = ("from vlm import ted_fast, metrics as M\nfrom vlm.ted import build_tree, tree_distances\n"
+    probe = ("from vlm.evaluation import ted_fast, metrics as M\n"
+             "from vlm.evaluation.ted import build_tree, tree_distances\n"
              "a, b = build_tree({'a': ['xy']}), build_tree({'a': ['x'], 'b': ['z']})\n"
              "print(bool(ted_fast.kernel()), tree_distances(a, b))")
     blocker = tmp_path / "file"
@@ -402,10 +403,10 @@ def test_c_kernel_refuses_bad_arrays_instead_of_reading_past_them():
     """The C build checks every index it will read: a wrong dtype or an out-of-range node is an exception."""
     import numpy as np
 
-    from vlm import ted_fast
+    from vlm.evaluation import ted_fast
 
     zs = ted_fast.c_kernel()
-    assert zs is not None, "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+    assert zs is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
     t = build_tree(M.normalize({"menu": [{"nm": "Kopi", "price": "5,000"}]}))
     a = list(ted_fast.arrays(t))
     lev, none = np.zeros((2, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -434,10 +435,10 @@ def test_c_kernel_survives_random_arrays():
     no invalid or uninitialised read in _ted.c)."""
     import numpy as np
 
-    from vlm import ted_fast
+    from vlm.evaluation import ted_fast
 
     zs = ted_fast.c_kernel()
-    assert zs is not None, "vlm._ted is not built: rerun `make setup` (needs a C compiler)"
+    assert zs is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
     r = np.random.default_rng(3)
 
     def ints(lo, hi, n):

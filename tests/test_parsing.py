@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm.parsing import MAX_DEPTH, ParseResult, parse_prediction
+from vlm.inference.parsing import MAX_DEPTH, ParseResult, parse_prediction
 
 GOOD = {"menu": [{"nm": "Nasi Goreng", "cnt": "1 x", "price": "45,000"}], "total": {"total_price": "45,000"}}
 
@@ -222,7 +222,7 @@ def test_an_api_envelope_is_explained_not_scored():
 
 def test_a_huge_answer_is_cut_and_marked_not_parsed_whole():
     """A runaway generation (here 6 MB of menu rows, cut mid-value) is bounded: cut, marked, with a note."""
-    from vlm.parsing import MAX_ANSWER_CHARS, MAX_NODES
+    from vlm.inference.parsing import MAX_ANSWER_CHARS, MAX_NODES
 
     row = '{"nm": "Es Teh Manis", "cnt": "1", "price": "5,000"}, '
     text = '{"menu": [' + row * (6_000_000 // len(row)) + '{"nm": "Es Te'
@@ -233,7 +233,7 @@ def test_a_huge_answer_is_cut_and_marked_not_parsed_whole():
 
 def test_the_node_cap_counts_every_value_and_container():
     """MAX_NODES values and containers are scored; one more is refused (one walk checks depth and size)."""
-    from vlm.parsing import MAX_NODES
+    from vlm.inference.parsing import MAX_NODES
 
     fits = {"a": [1] * (MAX_NODES - 2)}  # the object, the list and its items
     assert parse_prediction(json.dumps(fits)).value == fits

@@ -94,7 +94,7 @@ def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, exported: 
 
 def test_a_full_finetune_is_predicted_with_its_saved_model(tmp_path: Path):
     """`--config` of a full fine-tune predicts with the model it saved; `--no-adapter` with the base model."""
-    from vlm.predict import PredictSpec, resolve_settings
+    from vlm.inference.predict import PredictSpec, resolve_settings
 
     out = tmp_path / "saves" / "full"
     out.mkdir(parents=True)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("a, b, distance", [("kitten", "sitting", 3), ("", "abc", 3), ("flaw", "lawn", 2),
                                              ("same", "same", 0)])
 def test_levenshtein(a, b, distance):
-    from vlm.qa_metrics import levenshtein
+    from vlm.evaluation.qa_metrics import levenshtein
 
     assert levenshtein(a, b) == levenshtein(b, a) == distance
 
@@ -35,7 +35,7 @@ def test_levenshtein(a, b, distance):
     ([""], "", 1.0),  # both empty: identical
 ])
 def test_anls_hand_computed(answers, prediction, expected):
-    from vlm.qa_metrics import anls
+    from vlm.evaluation.qa_metrics import anls
 
     assert anls(answers, prediction) == pytest.approx(expected)
 
@@ -43,7 +43,7 @@ def test_anls_hand_computed(answers, prediction, expected):
 def test_exact_match_and_aggregate_over_a_resample():
     import numpy as np
 
-    from vlm.qa_metrics import aggregate_qa, exact_match, score_qa
+    from vlm.evaluation.qa_metrics import aggregate_qa, exact_match, score_qa
 
     assert exact_match(["New York", "NYC"], " nyc ") == 1.0
     assert exact_match(["New York"], "New-York") == 0.0
@@ -81,7 +81,7 @@ def test_qa_workflow_export_register_evaluate(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert "general_qa" in json.loads((out / "dataset_info.json").read_text())
 
-    from vlm.qa_evaluate import ground_truth
+    from vlm.evaluation.qa import ground_truth
 
     assert ground_truth(records[0]) == records[0]["answers"]  # what vlm predict stores for a QA record
     # Base model right everywhere; the fine-tune answers the total to every question (the forgetting).
@@ -108,10 +108,10 @@ def test_qa_workflow_export_register_evaluate(tmp_path: Path):
 
 def test_qa_groups_from_the_store_get_paired_cis(tmp_path: Path):
     """Stored QA predictions (ground truth = the accepted answers, as vlm predict stores them) evaluate with CIs."""
-    from vlm.evaluate import bootstrap_delta
-    from vlm.qa_evaluate import evaluate_qa, load_groups
-    from vlm.qa_metrics import aggregate_qa, score_qa
-    from vlm.store import Prediction, Store
+    from vlm.evaluation.compare import bootstrap_delta
+    from vlm.evaluation.qa import evaluate_qa, load_groups
+    from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
+    from vlm.inference.store import Prediction, Store
 
     answers = [["Kopi Susu"], ["8,800", "8800"], ["RAMEN YA"], ["35,000", "35000"], ["Croissant"], ["12,000", "12000"]]
     preds = {"vanilla": ["kopi susu", "8800", "RAMEN", "35,000", "croissant", "12.000"],

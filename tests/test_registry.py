@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from vlm.data.registry import register_dataset
 from vlm.errors import VlmError
-from vlm.registry import register_dataset
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
 
@@ -171,7 +171,7 @@ def test_data_json_is_parsed_and_checked(tmp_path: Path, content: bytes, ok: boo
 
 
 def test_streaming_parser_reads_a_large_file_in_small_chunks(tmp_path: Path):
-    from vlm.registry import iter_json_list
+    from vlm.data.registry import iter_json_list
 
     records = [{"messages": [{"role": "user", "content": "é" * (i % 50)}], "images": [f"{i}.jpg"], "n": -1.5e-7 * i}
                for i in range(2000)]

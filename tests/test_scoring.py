@@ -1,4 +1,4 @@
-"""vlm.scoring: shared ground truths, memoised answers and the worker processes give exactly the plain values."""
+"""scoring: shared ground truths, memoised answers and the worker processes give exactly the plain values."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from vlm import metrics as M
-from vlm import scoring as S
+from vlm.evaluation import metrics as M
+from vlm.evaluation import scoring as S
 
 ITEMS = ["Es Teh", "Nasi Goreng", "Kopi Susu", "Air Mineral"]
 
@@ -39,7 +39,7 @@ def _answers(r: random.Random, gt: dict) -> str:
 
 def _groups(n: int, seed: int = 0):
     """Two groups over n documents (a few distinct truths repeated), as ``score_groups`` takes them."""
-    from vlm.evaluate import read_answer
+    from vlm.evaluation.compare import read_answer
 
     r = random.Random(seed)
     truths = [_gt(r) for _ in range(n // 4 + 1)]
@@ -192,9 +192,9 @@ def test_menu_row_keys_match_exactly_when_sorted_key_json_does():
 def test_trust_checks_in_workers_equal_serial(monkeypatch):
     """The consistency checks of every answer and truth run split over workers too: the same verdicts, checks
     and coverage curve as serially, and the pool really ran (a silent fallback would not call _parallel)."""
-    from vlm.consistency import check_document
-    from vlm.evaluate import Group, evaluate_groups, read_answer
-    from vlm.trust import check_counts
+    from vlm.evaluation.compare import Group, evaluate_groups, read_answer
+    from vlm.evaluation.consistency import check_document
+    from vlm.evaluation.trust import check_counts
 
     r = random.Random(4)
 
@@ -238,7 +238,7 @@ def test_trust_checks_in_workers_equal_serial(monkeypatch):
 def test_a_shared_truth_gives_each_answer_its_own_number_keys(gt_price):
     """The truth's number keys are kept on its tree for the next group, but only for the same key function:
     an answer with unquoted decimals (31.000, read as printed) gets its own, in either group order."""
-    from vlm.parsing import parse_prediction
+    from vlm.inference.parsing import parse_prediction
 
     gt = {"menu": [{"nm": "Nasi Campur", "price": gt_price}, {"nm": "Es Teh", "price": "31"}],
           "total": {"total_price": "62.000"}}

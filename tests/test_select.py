@@ -61,10 +61,10 @@ def _adapter(folder: Path, weights: bytes, step: int | None) -> None:
 
 def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str], run: str = "saves/lora"):
     """Store a checkpoint's answers as `vlm select` would have predicted them (same group and hashes)."""
-    from vlm.predict import _prepare
-    from vlm.qa_evaluate import ground_truth
-    from vlm.select import Candidate, SelectOptions, _spec
-    from vlm.store import Prediction, Store
+    from vlm.evaluation.qa import ground_truth
+    from vlm.inference.predict import _prepare
+    from vlm.inference.store import Prediction, Store
+    from vlm.selection.select import Candidate, SelectOptions, _spec
 
     candidate = Candidate(run, cfg, label, None, path, "adapter", "", f"select/{run}/{label}")
     spec = _spec(candidate, SelectOptions(store=store))
@@ -120,7 +120,7 @@ def test_select_ranks_stored_checkpoints_and_calls_a_tie_a_tie(faked: Path):
 
 def test_checkpoint_best_uses_the_winner_and_refuses_a_stale_selection(faked: Path):
     from vlm.errors import VlmError
-    from vlm.predict import PredictSpec, resolve_settings
+    from vlm.inference.predict import PredictSpec, resolve_settings
 
     out = faked / "saves" / "lora"
     spec = PredictSpec(group="g", config=Path("run.yaml"), checkpoint="best")
@@ -216,7 +216,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, setup: str, args: list[str]
 
 
 def test_sweep_configs_reads_the_done_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from vlm.select import sweep_configs
+    from vlm.selection.select import sweep_configs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sweep").mkdir()
@@ -270,7 +270,7 @@ def test_one_selection_per_run_at_a_time_and_a_warning_while_training(faked: Pat
 
 
 def test_checkpoint_best_warns_when_predicting_the_split_it_was_chosen_on(faked: Path, capsys):
-    from vlm.predict import PredictSpec, resolve_settings
+    from vlm.inference.predict import PredictSpec, resolve_settings
 
     vlm("select", "run.yaml", "--store", "preds.sqlite", "--no-plot", cwd=faked)
     resolve_settings(PredictSpec(group="g", config=Path("run.yaml"), checkpoint="best", split="test"))
@@ -282,7 +282,7 @@ def test_checkpoint_best_warns_when_predicting_the_split_it_was_chosen_on(faked:
 
 def test_a_full_checkpoint_retrained_in_place_is_not_taken_for_its_old_predictions(faked: Path):
     """A whole model's store hash was its path and config.json, which retraining in place keeps."""
-    from vlm.predict import PredictSpec, _prepare
+    from vlm.inference.predict import PredictSpec, _prepare
 
     out = faked / "saves" / "full"
     for step in (4, 8):
@@ -304,7 +304,7 @@ def test_a_full_checkpoint_retrained_in_place_is_not_taken_for_its_old_predictio
 
 def test_a_sweep_status_of_another_version_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from vlm.errors import VlmError
-    from vlm.select import sweep_configs
+    from vlm.selection.select import sweep_configs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sweep").mkdir()

@@ -37,7 +37,7 @@ def _tables(path: Path) -> set[str] | str:
 
 def test_new_store_is_never_seen_without_its_tables(tmp_path: Path):
     """Look at the store's path at every call and return while ``Store`` creates it (deterministic: one thread)."""
-    from vlm.store import Store
+    from vlm.inference.store import Store
 
     path = tmp_path / "runs" / "preds.sqlite"
     seen: list[tuple[str, str, set[str] | str]] = []
@@ -184,7 +184,7 @@ def _read_only_run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_and_export_read_a_store_on_read_only_storage(tmp_path: Path):
-    from vlm.store import Prediction, Store
+    from vlm.inference.store import Prediction, Store
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -15,7 +15,7 @@ import yaml
 from conftest import ENV, ROOT, VLM, invoke, make_toy_dataset, run_vlm
 from test_train import fake_cli, write_config
 
-from vlm.train import checkpoints
+from vlm.training.train import checkpoints
 
 CORD = str(ROOT / "configs" / "cord.yaml")
 
@@ -197,7 +197,7 @@ def test_ranking_options_are_checked_before_any_training(in_tmp: Path, toy_datas
 def test_growing_a_grid_keeps_the_configs_of_its_points(in_tmp: Path):
     """S-C: a point's header names the whole grid; adding a value must not make its config 'hold something else'
     (nor change the hash that marks it done)."""
-    from vlm.sweep import SweepPoint, body
+    from vlm.sweep.grid import SweepPoint, body
 
     assert invoke("sweep", CORD, "--lr", "1e-4", "--out-dir", "sweep").exit_code == 0
     first = (in_tmp / "sweep" / "cord_lr1e-4.yaml").read_text()
@@ -226,7 +226,7 @@ def test_a_second_sweep_writes_nothing_while_one_runs(in_tmp: Path):
 
 def test_summary_counts_only_this_grid_and_tolerates_odd_rows():
     """S-B/S-D: a row without a status (another tool's, or another version's) does not crash the summary."""
-    from vlm.sweep_run import summary
+    from vlm.sweep.run import summary
 
     status = {"points": [{"status": "done"}, {"status": "failed"}, {"name": "old_point"}]}
     assert summary(status, 1) == {"pending": 0, "running": 0, "done": 1, "failed": 0}

@@ -19,8 +19,8 @@ def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Pa
     """From an export made with --augment 1: cord_train_aug2 holds the 4 originals (not the export's copies) and 2
     copies of each, made as export --augment makes them (its copy 0 is the export's file); a rerun changes no byte;
     cord_train_aug0 is the originals alone; the export's files and other registrations are untouched."""
-    from vlm.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
-    from vlm.augmented_dataset import make_derived, read_base
+    from vlm.data.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
+    from vlm.data.augmented_dataset import make_derived, read_base
 
     n = 4
     source = make_source(tmp_path / "src", n=n, size=(160, 240))
@@ -82,7 +82,7 @@ def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Pa
 
 
 def test_a_derived_dataset_is_scored_on_its_exports_splits():
-    from vlm.augmented_dataset import split_dataset_name
+    from vlm.data.augmented_dataset import split_dataset_name
 
     assert split_dataset_name("cord_train", "validation") == "cord_validation"
     assert split_dataset_name("cord_train_aug2", "validation") == "cord_validation"
@@ -97,7 +97,7 @@ def _base(tmp_path: Path, **extra) -> tuple[Path, Path]:
 def test_augment_axis_writes_runnable_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """--augment 0,2 --print-commands: one config per value, each naming a registered dataset whose file and images
     exist (vlm validate's data checks pass); 0 on an export without copies is its own train dataset."""
-    from vlm.train import check_config
+    from vlm.training.train import check_config
 
     monkeypatch.chdir(tmp_path)
     data, base = _base(tmp_path)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from vlm.commands import stats as stats_cmd
 from vlm.errors import VlmError
-from vlm.token_budget import (
+from vlm.training.token_budget import (
     LF_CUTOFF_LEN,
     LF_IMAGE_MAX_PIXELS,
     LF_IMAGE_MIN_PIXELS,
@@ -71,7 +71,7 @@ def test_counts_equal_llamafactory(tiny_model, data_dir, tmp_path, max_pixels, m
 
 def test_full_decode_path_agrees(tiny_model, data_dir):
     """Every example counted on its decoded images equals the header-based count."""
-    from vlm.token_budget import _Counter, _dataset_info, _iter_examples
+    from vlm.training.token_budget import _Counter, _dataset_info, _iter_examples
 
     info = _dataset_info(str(data_dir), ["toy", "more"])
     counter = _Counter(str(tiny_model), "qwen2_vl", str(data_dir), 200 * 200, LF_IMAGE_MIN_PIXELS, 4096, {})

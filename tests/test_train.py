@@ -23,7 +23,7 @@ from conftest import ENV, VLM, invoke, make_toy_dataset
 from rich.console import Console
 
 from vlm.errors import VlmError
-from vlm.progress import (
+from vlm.lf.progress import (
     TrainerLogTail,
     TrainProgress,
     parse_lines,
@@ -31,7 +31,7 @@ from vlm.progress import (
     progress_line,
     render_progress,
 )
-from vlm.train import checkpoints
+from vlm.training.train import checkpoints
 
 TOTAL_STEPS = 64  # write_config: 8 samples, batch 1, 8 epochs
 RECORDED_LOG = [
@@ -102,7 +102,7 @@ def test_dry_run_multi_node(workdir: Path):
     assert json.loads(invoke("train", "run.yaml", "--ray", "--dry-run", "--json").stdout)["env"] == {"USE_RAY": "1"}
     ds = json.loads(invoke("train", "run.yaml", "deepspeed=ds.json", "--dry-run", "--json").stdout)
     assert ds["env"] == {"FORCE_TORCHRUN": "1"}  # LLaMA-Factory runs DeepSpeed only under torchrun
-    from vlm.train import TrainSpec, prepare
+    from vlm.training.train import TrainSpec, prepare
 
     preset = prepare(TrainSpec(Path("run.yaml"), deepspeed="z3")).config["deepspeed"]
     assert Path(preset).is_absolute() and Path(preset).name == "ds_z3.json" and Path(preset).is_file()
@@ -137,7 +137,7 @@ def test_checkpoints_decide_resume(workdir: Path):
 
 
 def test_preflight_checks_registration_and_every_image(toy_dataset: Path):
-    from vlm.train import check_datasets
+    from vlm.training.train import check_datasets
 
     cfg = {"dataset": "cord_train", "eval_dataset": "cord_validation", "dataset_dir": str(toy_dataset)}
     assert check_datasets(cfg) == []
@@ -154,7 +154,7 @@ def test_preflight_checks_registration_and_every_image(toy_dataset: Path):
 
 @pytest.mark.slow
 def test_token_budget_refuses_truncation_unless_allowed(tiny_model: Path, toy_dataset: Path):
-    from vlm.train import check_token_budget
+    from vlm.training.train import check_token_budget
 
     cfg = {"model_name_or_path": str(tiny_model), "template": "qwen2_vl", "dataset": "cord_train",
            "dataset_dir": str(toy_dataset), "image_max_pixels": 65536, "cutoff_len": 64}

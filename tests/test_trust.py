@@ -12,9 +12,9 @@ import pytest
 from conftest import VLM
 from trust_fixtures import GTS, make_store
 
-from vlm.evaluate import evaluate_groups, groups_from_store
-from vlm.metrics import f1_counts
-from vlm.trust import coverage_curve, label_error_candidates
+from vlm.evaluation.compare import evaluate_groups, groups_from_store
+from vlm.evaluation.metrics import f1_counts
+from vlm.evaluation.trust import coverage_curve, label_error_candidates
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_label_error_candidates(result):
 
 
 def _result_for(preds_by_group: dict[str, list], gts: list) -> dict:
-    from vlm.evaluate import Group, read_answer
+    from vlm.evaluation.compare import Group, read_answer
 
     groups = [Group(name, [f"d{i}" for i in range(len(gts))], [read_answer(json.dumps(p)) for p in preds], gts)
               for name, preds in preds_by_group.items()]
@@ -135,8 +135,8 @@ def test_report_html_escapes_what_models_write(tmp_path):
     evil = '</script><script>alert(1)</script><img src=x onerror=alert(2)>'
     gt = {"menu": [{"nm": "Teh", "price": "8,000"}], "total": {"total_price": "8,000"}}
     pred = {"menu": [{"nm": evil, "price": "8,000"}], "total": {"total_price": "8,000"}}
-    from vlm.report import write_outputs as write_report
-    from vlm.trust import write_outputs
+    from vlm.evaluation.report import write_outputs as write_report
+    from vlm.evaluation.trust import write_outputs
 
     result = _result_for({"a": [pred], "b": [pred]}, [gt])
     write_report(result, tmp_path)
@@ -148,7 +148,7 @@ def test_report_html_escapes_what_models_write(tmp_path):
 
 def test_alignments_made_for_candidates_are_reused_by_the_report(result, tmp_path):
     """The HTML rows built from the candidates' alignments equal those aligned afresh; each is used once."""
-    from vlm.html_report import document_rows
+    from vlm.evaluation.html_report import document_rows
 
     aligned: dict = {}
     candidates = label_error_candidates(result, aligned)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from vlm.errors import VlmError
-from vlm.vllm_backend import PromptEncoder, choose_backend, lora_rank, vllm_installed
+from vlm.inference.vllm_backend import PromptEncoder, choose_backend, lora_rank, vllm_installed
 
 needs_no_vllm = pytest.mark.skipif(vllm_installed(), reason="checks the behaviour without vLLM")
 
@@ -133,7 +133,7 @@ def test_a_prompt_do_predict_would_cut_is_refused(tiny_model, awkward_data):
 
 
 def test_choose_backend(monkeypatch):
-    import vlm.vllm_backend as vb
+    import vlm.inference.vllm_backend as vb
 
     for installed, gpu, want in ((True, True, "vllm"), (True, False, "transformers"), (False, True, "transformers")):
         monkeypatch.setattr(vb, "vllm_installed", lambda installed=installed: installed)
@@ -176,7 +176,7 @@ def test_backend_vllm_without_vllm_is_a_clear_error(tiny_model, toy_dataset, tmp
 
 def test_a_group_keeps_one_backend(tmp_path):
     """The backend is part of the generation hash, so one group never mixes backends silently."""
-    from vlm.predict import PredictSpec, _digest, run_hashes
+    from vlm.inference.predict import PredictSpec, _digest, run_hashes
 
     settings = {"model_name_or_path": str(tmp_path), "adapter_name_or_path": None, "image_max_pixels": 262144}
     spec = PredictSpec(group="g")
@@ -196,8 +196,8 @@ def test_a_group_keeps_one_backend(tmp_path):
 
 def test_auto_keeps_a_groups_backend(tiny_model, toy_dataset, tmp_path, monkeypatch):
     """Installing vLLM later must not strand a group predicted with transformers: auto keeps its backend."""
-    import vlm.vllm_backend as vb
-    from vlm.predict import PredictSpec, run_predict
+    import vlm.inference.vllm_backend as vb
+    from vlm.inference.predict import PredictSpec, run_predict
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model), "template": "qwen2_vl",
@@ -221,8 +221,8 @@ def test_adapter_is_merged_once_for_vllm(tiny_model, tmp_path):
     from safetensors.torch import load_file
     from transformers import Qwen2VLForConditionalGeneration
 
-    from vlm.predict import _adapter_hash
-    from vlm.vllm_backend import MERGED_MARKER, merged_model
+    from vlm.inference.predict import _adapter_hash
+    from vlm.inference.vllm_backend import MERGED_MARKER, merged_model
 
     base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model)
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import ENV, VLM
 
-from vlm.vllm_backend import vllm_installed
+from vlm.inference.vllm_backend import vllm_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_ARGS = ["vllm_enforce_eager=true", "vllm_gpu_util=0.3"]

@@ -68,8 +68,8 @@ def make_store(root: Path, repeat: int = 1) -> Path:
     (doc ids doc0, doc1, ...). Returns the store's path."""
     from PIL import Image, ImageDraw
 
-    from vlm.parsing import parse_prediction
-    from vlm.store import Prediction, Store
+    from vlm.inference.parsing import parse_prediction
+    from vlm.inference.store import Prediction, Store
 
     data = root / "data"
     (data / "images").mkdir(parents=True, exist_ok=True)

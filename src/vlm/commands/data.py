@@ -10,7 +10,7 @@ import typer
 
 from vlm.commands.common import JsonOpt, add_examples
 
-CORD_HUB_ID = "naver-clova-ix/cord-v2"  # also in vlm.export; repeated to keep --help free of imports
+CORD_HUB_ID = "naver-clova-ix/cord-v2"  # also in vlm.data.export; repeated to keep --help free of imports
 
 
 class Split(str, Enum):
@@ -53,7 +53,7 @@ AugmentSeedOpt = Annotated[int, typer.Option("--seed", help="Augmentation seed: 
 def _augment(copies: int, policy: AugmentPolicy, seed: int):
     if not copies:
         return None
-    from vlm.augment import AugmentSpec
+    from vlm.data.augment import AugmentSpec
 
     return AugmentSpec(copies=copies, policy=policy.value, seed=seed)
 
@@ -131,7 +131,7 @@ def save_cord(
     Images keep their original bytes (no re-encoding). Bad records are skipped and
     reported (exit 0) unless --strict. A rerun after a kill finishes the job.
     """
-    from vlm.export import ExportSpec, run_export
+    from vlm.data.export import ExportSpec, run_export
     from vlm.schema import cord_prompt
 
     spec = ExportSpec(out_dir=out_dir, source=source, name="cord", prompt=_prompt(prompt_file, cord_prompt()),
@@ -179,8 +179,8 @@ def export_generic(
 
     With --question-column it exports a QA dataset (image, question, answers) for vlm evaluate --task qa.
     """
+    from vlm.data.export import ExportSpec, run_export
     from vlm.errors import VlmError
-    from vlm.export import ExportSpec, run_export
 
     if prompt and prompt_file:
         raise VlmError("cannot use both --prompt and --prompt-file", hint="use one of them.")
@@ -211,8 +211,8 @@ def register_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Register an exported dataset in a LLaMA-Factory dataset_info.json (idempotent, atomic, locked, backed up)."""
+    from vlm.data.registry import register_dataset
     from vlm.output import info, print_json
-    from vlm.registry import register_dataset
 
     reg = register_dataset(data_json, name, dataset_info, force=force)
     if as_json:

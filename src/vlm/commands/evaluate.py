@@ -14,7 +14,7 @@ SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents 
 
 
 class Backend(str, Enum):
-    """``--backend`` choices (vlm.vllm_backend.BACKENDS; tests/test_cli_help.py checks they agree)."""
+    """``--backend`` choices (vlm.inference.vllm_backend.BACKENDS; tests/test_cli_help.py checks they agree)."""
 
     auto = "auto"
     transformers = "transformers"
@@ -74,9 +74,9 @@ def predict(
     the missing documents;
     --overwrite redoes them. A group keeps one backend: switching needs --overwrite or a new group name.
     """
-    from vlm.config import parse_overrides
+    from vlm.inference.predict import PredictSpec, run_predict
     from vlm.output import info, print_json
-    from vlm.predict import PredictSpec, run_predict
+    from vlm.training.config import parse_overrides
 
     check_store(store, write=True)
     spec = PredictSpec(group=group, config=config, model=model, adapter=adapter, no_adapter=no_adapter,
@@ -143,9 +143,15 @@ def evaluate(
         _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json)
         return
     from vlm.errors import VlmError
-    from vlm.evaluate import evaluate_groups, fixed_and_broken, group_from_file, groups_from_store, worst_documents
+    from vlm.evaluation.compare import (
+        evaluate_groups,
+        fixed_and_broken,
+        group_from_file,
+        groups_from_store,
+        worst_documents,
+    )
+    from vlm.evaluation.report import print_tables, write_outputs
     from vlm.output import info, out, print_json
-    from vlm.report import print_tables, write_outputs
 
     if output:
         from vlm.fsutil import ensure_dir
@@ -165,7 +171,7 @@ def evaluate(
         extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
     if changes:
         extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
-    from vlm import trust
+    from vlm.evaluation import trust
 
     aligned: dict | None = {} if output else None  # alignments made for the candidates, reused by report.html
     # the candidates feed only --label-errors and the files: --json alone never prints them
@@ -191,8 +197,8 @@ def evaluate(
 
 
 def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json) -> None:
+    from vlm.evaluation.qa import evaluate_qa, forgetting_verdicts, load_groups, print_result, write_outputs
     from vlm.output import info, print_json
-    from vlm.qa_evaluate import evaluate_qa, forgetting_verdicts, load_groups, print_result, write_outputs
 
     result = evaluate_qa(load_groups(store, groups, predictions, split), resamples=resamples, seed=seed)
     if output:
@@ -228,11 +234,11 @@ def export_predictions(
     """
     import json
 
-    from vlm.consistency import flag_rows
     from vlm.errors import VlmError
+    from vlm.evaluation.consistency import flag_rows
     from vlm.fsutil import atomic_write_text
+    from vlm.inference.store import Store
     from vlm.output import info
-    from vlm.store import Store
 
     check_store(store)
     if not store.is_file():

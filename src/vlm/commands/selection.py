@@ -65,8 +65,8 @@ def select(
     import sys
 
     from vlm.output import print_json
-    from vlm.select import SelectOptions, select_runs, sweep_configs
-    from vlm.selection_report import print_selection
+    from vlm.selection.report import print_selection
+    from vlm.selection.select import SelectOptions, select_runs, sweep_configs
 
     check_store(store, write=True)
     paths = list(configs or [])

@@ -66,8 +66,8 @@ def stats(
     smallest cutoff_len that fit. Exits 0 even when some exceed, unless
     --fail-on-truncation.
     """
-    from vlm.config import load_config
-    from vlm.token_budget import check_config
+    from vlm.training.config import load_config
+    from vlm.training.token_budget import check_config
 
     cfg = load_config(config)
     if dataset:

@@ -1,6 +1,6 @@
 """Training commands: render-config, validate, train, merge, sweep.
 
-Each command checks its options, calls one function in ``vlm.config`` or ``vlm.train``
+Each command checks its options, calls one function in ``vlm.training.config`` or ``vlm.training.train``
 and prints the result. Nothing heavy is imported here, so ``vlm --help`` stays fast.
 """
 
@@ -83,12 +83,12 @@ def render_config(
     as_json: JsonOpt = False,
 ) -> None:
     """Render the CORD LoRA recipe (Qwen2-VL-2B) as a commented LLaMA-Factory YAML, validated before writing."""
-    from vlm.config import RenderOptions, config_header, render_recipe, render_yaml
     from vlm.errors import VlmError
     from vlm.fsutil import atomic_write_text
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.validation import validate_config
+    from vlm.training.config import RenderOptions, config_header, render_recipe, render_yaml
+    from vlm.training.validation import validate_config
 
     def _num(x):
         return int(x) if x is not None and float(x).is_integer() else x
@@ -123,11 +123,11 @@ def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt
 
     Every config problem is listed at once. Checks that depend on this machine (bf16 with no GPU,
     DeepSpeed outside torchrun) are relaxed and named."""
-    from vlm.config import load_config, parse_overrides
     from vlm.errors import ConfigError, VlmError
     from vlm.output import out as stdout
     from vlm.output import print_json
-    from vlm.train import check_config
+    from vlm.training.config import load_config, parse_overrides
+    from vlm.training.train import check_config
 
     cfg = load_config(config, parse_overrides(overrides or []))
     try:
@@ -171,12 +171,12 @@ def train(
 
     Writes OUTPUT_DIR/vlm_resolved_config.yaml, train.log and vlm_run.json. Ctrl-C stops
     the run (exit 130); --resume continues it. The child's exit code is vlm's exit code."""
-    from vlm.config import parse_overrides
     from vlm.lf.cli import ScaleOut
     from vlm.output import out as stdout
     from vlm.output import print_json
-    from vlm.train import TrainSpec
-    from vlm.train import train as run_train
+    from vlm.training.config import parse_overrides
+    from vlm.training.train import TrainSpec
+    from vlm.training.train import train as run_train
 
     scale = ScaleOut(nproc_per_node, nnodes, node_rank, master_addr, master_port, ray)
     spec = TrainSpec(config, parse_overrides(overrides or []), resume=resume, dry_run=dry_run,
@@ -213,10 +213,10 @@ def merge(
     as_json: JsonOpt = False,
 ) -> None:
     """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
-    from vlm.merge import MergeSpec
-    from vlm.merge import merge as run_merge
     from vlm.output import info, print_json
     from vlm.output import out as stdout
+    from vlm.training.merge import MergeSpec
+    from vlm.training.merge import merge as run_merge
 
     try:
         plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run, checkpoint))
@@ -233,8 +233,8 @@ def merge(
 
 
 def _methods(text: str | None) -> list[str]:
-    from vlm.config import METHODS
     from vlm.errors import VlmError
+    from vlm.training.config import METHODS
 
     if text is None:
         return []
@@ -297,8 +297,8 @@ def sweep(
     from vlm.errors import VlmError
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.sweep import AugmentAxis, train_commands, write_sweep
-    from vlm.sweep_run import sweep_lock
+    from vlm.sweep.grid import AugmentAxis, train_commands, write_sweep
+    from vlm.sweep.run import sweep_lock
 
     if run and print_commands:
         raise VlmError("--run and --print-commands are alternatives",
@@ -353,7 +353,7 @@ def _run_grid(points, out_dir: Path, command: str, select: bool, split: str, che
               allow_truncation: bool, as_json: bool) -> None:
     """sweep --run: train, then rank this grid's finished points; print, and exit 130 / 1 as the run ended."""
     from vlm.output import info, print_json
-    from vlm.sweep_run import STATUS_FILE, RunOptions, check_rank_options, rank, read_status, run_sweep, summary
+    from vlm.sweep.run import STATUS_FILE, RunOptions, check_rank_options, rank, read_status, run_sweep, summary
 
     read_status(out_dir)  # a damaged status file is refused before anything else
     if select:
@@ -365,7 +365,7 @@ def _run_grid(points, out_dir: Path, command: str, select: bool, split: str, che
         leaderboard = rank(status, len(points), out_dir, split, checkpoints, max_new_tokens,
                            show_progress=not as_json)
         if not as_json:
-            from vlm.selection_report import print_selection
+            from vlm.selection.report import print_selection
 
             print_selection(leaderboard)
     if as_json:

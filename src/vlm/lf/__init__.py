@@ -7,8 +7,8 @@
 * ``vlm.lf.cli``: finding ``llamafactory-cli``, its argv and launcher variables, running a plan, the merge
   (``export``) config.
 
-Elsewhere, by design: ``vlm.validation`` runs LLaMA-Factory's argument parser (``hparams.get_train_args``
-and the argument dataclasses, ``data.template.TEMPLATES`` for template names); ``vlm.transformers_backend``
+Elsewhere, by design: ``vlm.training.validation`` runs LLaMA-Factory's argument parser (``hparams.get_train_args``
+and the argument dataclasses, ``data.template.TEMPLATES`` for template names); ``vlm.inference.transformers_backend``
 loads the model with ``model.load_model`` (public API). Moving to another LLaMA-Factory version means
 re-checking the names below.
 
@@ -38,6 +38,6 @@ Private or undocumented LLaMA-Factory APIs vlm touches, and why:
 * ``extras.logging`` and ``LLAMAFACTORY_VERBOSITY`` (lf.data.quiet): LLaMA-Factory logs INFO to stdout;
   its loggers are configured on first use, so vlm configures them first, then raises their level.
 * Launcher variables ``FORCE_TORCHRUN``, ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``,
-  ``NPROC_PER_NODE``, ``USE_RAY`` (lf.cli.ScaleOut) and ``DISABLE_VERSION_CHECK`` (vlm.predict): read by
+  ``NPROC_PER_NODE``, ``USE_RAY`` (lf.cli.ScaleOut) and ``DISABLE_VERSION_CHECK`` (vlm.inference.predict): read by
   ``llamafactory-cli`` (``launcher.py``), not documented as an API.
 """

@@ -172,7 +172,7 @@ def run_plan(plan: LaunchPlan, trainer_log: Path | None = None, title: str = "tr
     """
     if trainer_log is None:
         return run_child(plan.argv, plan.log_path, env=plan.env(), cwd=plan.cwd)
-    from vlm.progress import LiveProgress
+    from vlm.lf.progress import LiveProgress
 
     with LiveProgress(trainer_log, title=title) as live:
         return run_child(plan.argv, plan.log_path, env=plan.env(), cwd=plan.cwd, poll=live.poll, poll_every_s=0.5)

@@ -4,8 +4,8 @@ Everything here answers "what does LLaMA-Factory 0.9.5 read, and how": the regis
 datasets up in, the record files it loads (a file or a folder, JSON or JSON lines), the
 template it fixes onto the tokenizer, the converter that turns a ShareGPT record into its
 ``_prompt``/``_response``/``_images`` columns, and the defaults of its argument dataclasses.
-The token budget (``vlm.token_budget``), the data checks of ``vlm train`` (``vlm.train``) and
-prediction (``vlm.predict``, ``vlm.lf.inputs``) all read through here, so they agree.
+The token budget (``vlm.training.token_budget``), the data checks of ``vlm train`` (``vlm.training.train``) and
+prediction (``vlm.inference.predict``, ``vlm.lf.inputs``) all read through here, so they agree.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model inputs for prediction, built exactly as LLaMA-Factory builds them for training.
 
-Both prediction engines (``vlm.transformers_backend`` and ``vlm.vllm_backend``) start here, so
+Both prediction engines (``vlm.inference.transformers_backend`` and ``vlm.inference.vllm_backend``) start here, so
 the prompt, the image resizing and the image positions a model sees at inference are the ones
 it was trained on:
 

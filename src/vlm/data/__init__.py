@@ -1,0 +1,1 @@
+"""Stage 1 of the pipeline: the data a fine-tune reads (export, registration, augmentation)."""

@@ -1,0 +1,1 @@
+"""Stage 4: scoring predictions (Donut's nTED and field F1, QA), trust checks, reports."""

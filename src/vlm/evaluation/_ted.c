@@ -1,0 +1,223 @@
+/* The Zhang-Shasha programme of vlm.evaluation.ted_fast._zs, in C: the same cells, band, costs and answers.
+ *
+ * Why C when numba already compiles the same loops: loading numba and its cached build costs about two
+ * seconds per process, more than scoring 1,000 receipts takes, so the numba path only pays from
+ * metrics.COMPILE_FROM documents on. This extension loads in a millisecond, so every evaluation, CORD's
+ * 100-receipt test split included, runs compiled. It is built by `pip install` (setup.py, optional: a
+ * machine with no C compiler falls back to numba, then to pure Python, with the same distances).
+ *
+ * zs(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dmax, imax) -> int
+ * Arguments as in ted_fast._zs: int64 arrays of each tree in postorder (1-based, index 0 padding), the
+ * leaf-by-leaf Levenshtein matrix lev, the leaves' number keys k1/k2 (or empty) and the band. Every index
+ * the loops read is checked against the array lengths first, so bad input raises ValueError, never reads
+ * out of bounds.
+ *
+ * The module also holds the two per-document steps around it that cost most in Python: normalize
+ * (metrics.normalize) and tree (ted.build_tree's walk, with the kernel's arrays). Both give exactly what the
+ * Python gives, and hand anything but plain data back to it (tests/test_c_walk.py); they live in _walk.c.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INF ((int64_t)1 << 60)
+#define NARR 13
+
+static const char *NAMES[NARR] = {"l1", "kr1", "c1", "lab1", "lp1", "l2", "kr2", "c2", "lab2", "lp2",
+                                  "lev", "k1", "k2"};
+
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (view->itemsize != 8 || (strcmp(f, "l") != 0 && strcmp(f, "q") != 0)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous int64 array (got format %s)", name,
+                     view->format ? view->format : "?");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks one tree's arrays: every index the programme reads from them lies inside its array. */
+static int check_tree(const int64_t *l, Py_ssize_t nl, const int64_t *kr, Py_ssize_t nkr, Py_ssize_t nc,
+                      Py_ssize_t nlab, const int64_t *lp, Py_ssize_t nlp, Py_ssize_t leaves, int side) {
+    if (nl < 1 || nc != nl || nlab != nl || nlp != nl) {
+        PyErr_Format(PyExc_ValueError, "tree %d: l, c, lab and lp must have one length of at least 1", side);
+        return -1;
+    }
+    for (Py_ssize_t x = 1; x < nl; x++) {
+        if (l[x] < 1 || l[x] > x || lp[x] < -1 || lp[x] >= leaves) {
+            PyErr_Format(PyExc_ValueError, "tree %d: node %zd has a bad leftmost leaf or leaf row", side, x);
+            return -1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < nkr; k++) {
+        if (kr[k] < 1 || kr[k] >= nl) {
+            PyErr_Format(PyExc_ValueError, "tree %d: keyroot %zd is out of range", side, k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int64_t run(const int64_t *l1, const int64_t *kr1, Py_ssize_t nkr1, const int64_t *c1,
+                   const int64_t *lab1, const int64_t *lp1, const int64_t *l2, const int64_t *kr2,
+                   Py_ssize_t nkr2, const int64_t *c2, const int64_t *lab2, const int64_t *lp2,
+                   const int64_t *lev, Py_ssize_t levc, const int64_t *k1, const int64_t *k2, int keys,
+                   Py_ssize_t n1, Py_ssize_t n2, int64_t dmax, int64_t imax, int64_t *td, int64_t *fd) {
+    const Py_ssize_t w = n2 + 1; /* row stride of td and fd */
+    for (Py_ssize_t k = 0; k < (n1 + 1) * w; k++) td[k] = INF;
+    for (Py_ssize_t a = 0; a < nkr1; a++) {
+        const int64_t i = kr1[a], li = l1[i];
+        for (Py_ssize_t b = 0; b < nkr2; b++) {
+            const int64_t j = kr2[b], lj = l2[j];
+            if (j < li - dmax || lj > i + imax) continue; /* no cell of this table lies in the band */
+            /* the boundary row: no cell of this table reads it past column i + imax */
+            const int64_t last = j < i + imax ? j : i + imax;
+            fd[(li - 1) * w + lj - 1] = 0;
+            for (int64_t y = lj; y <= last; y++) fd[(li - 1) * w + y] = fd[(li - 1) * w + y - 1] + c2[y];
+            for (int64_t x = li; x <= i; x++) {
+                if (x - dmax > j) break; /* this row and every later one lie past the band */
+                int64_t *row = fd + x * w, *trow = td + x * w;
+                const int64_t *above = row - w; /* row x - 1 */
+                const int64_t cx = c1[x], lx = l1[x], ax = x - 1;
+                row[lj - 1] = above[lj - 1] + cx;
+                const int64_t lo = lj > x - dmax ? lj : x - dmax;
+                const int64_t hi = j < x + imax ? j : x + imax;
+                /* the cell above is real on the boundary row, else in the band of row x - 1: y <= ax + imax */
+                const int64_t up_hi = ax == li - 1 ? hi : (hi < ax + imax ? hi : ax + imax);
+                int64_t left = lo == lj ? row[lj - 1] : INF; /* boundary column, or outside the band */
+                if (lx != li) { /* x's prefix is not a whole tree: only the generic cells */
+                    const int64_t a2 = lx - 1;
+                    const int64_t *arow = fd + a2 * w;
+                    for (int64_t y = lo; y <= hi; y++) {
+                        int64_t v = (y <= up_hi ? above[y] : INF) + cx, t = left + c2[y];
+                        if (t < v) v = t;
+                        const int64_t b2 = l2[y] - 1;
+                        if (b2 == lj - 1 || (a2 - b2 <= dmax && b2 - a2 <= imax)) {
+                            t = arow[b2] + trow[y];
+                            if (t < v) v = t;
+                        }
+                        if (v > INF) v = INF;
+                        row[y] = v;
+                        left = v;
+                    }
+                    continue;
+                }
+                for (int64_t y = lo; y <= hi; y++) {
+                    int64_t v = (y <= up_hi ? above[y] : INF) + cx, t = left + c2[y];
+                    if (t < v) v = t;
+                    const int64_t ly = l2[y];
+                    if (ly == lj) { /* both prefixes are whole trees */
+                        const int64_t by = y - 1;
+                        int64_t diag = (ax == li - 1 || by == lj - 1 || (ax - by <= dmax && by - ax <= imax))
+                                           ? above[by] : INF;
+                        const int64_t p = lp1[x], q = lp2[y];
+                        int64_t upd; /* Donut's update cost of x into y (see ted.update_matrix) */
+                        if (p >= 0 && q >= 0)
+                            upd = (keys && k1[p] == k2[q]) ? 0 : lev[p * levc + q];
+                        else if (p >= 0)
+                            upd = 1 + cx;
+                        else if (q >= 0)
+                            upd = 1 + c2[y];
+                        else
+                            upd = lab1[x] != lab2[y];
+                        t = diag + upd;
+                        if (t < v) v = t;
+                        if (v > INF) v = INF;
+                        trow[y] = v;
+                    } else { /* a2 = li - 1: the boundary row, always real */
+                        t = fd[(li - 1) * w + ly - 1] + trow[y];
+                        if (t < v) v = t;
+                        if (v > INF) v = INF;
+                    }
+                    row[y] = v;
+                    left = v;
+                }
+            }
+        }
+    }
+    return td[n1 * w + n2];
+}
+
+static PyObject *zs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != NARR + 2) {
+        PyErr_SetString(PyExc_TypeError, "zs() takes 13 arrays, dmax and imax");
+        return NULL;
+    }
+    Py_buffer v[NARR];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < NARR; got++)
+        if (get_buffer(args[got], &v[got], NAMES[got]) < 0) goto done;
+    int64_t dmax = PyLong_AsLongLong(args[NARR]), imax = PyLong_AsLongLong(args[NARR + 1]);
+    if (PyErr_Occurred()) goto done;
+    const int64_t *a[NARR];
+    Py_ssize_t n[NARR];
+    for (int k = 0; k < NARR; k++) {
+        a[k] = (const int64_t *)v[k].buf;
+        n[k] = v[k].len / 8;
+    }
+    Py_buffer *lev = &v[10];
+    if (lev->ndim != 2) {
+        PyErr_SetString(PyExc_ValueError, "lev must be a 2-D array");
+        goto done;
+    }
+    Py_ssize_t rows = lev->shape[0], cols = lev->shape[1];
+    int keys = n[11] > 0;
+    if (keys && (n[11] < rows || n[12] < cols)) {
+        PyErr_SetString(PyExc_ValueError, "k1 and k2 must have a key per leaf");
+        goto done;
+    }
+    /* a leaf row of -1 marks an inner node; a tree with no leaves may still index an empty lev */
+    if (check_tree(a[0], n[0], a[1], n[1], n[2], n[3], a[4], n[4], rows, 1) < 0 ||
+        check_tree(a[5], n[5], a[6], n[6], n[7], n[8], a[9], n[9], cols, 2) < 0)
+        goto done;
+    Py_ssize_t n1 = n[0] - 1, n2 = n[5] - 1;
+    /* a band wider than both trees is no band; clamping keeps x - dmax and x + imax far from overflow */
+    const int64_t wide = (int64_t)(n1 + n2 + 1);
+    dmax = dmax > wide ? wide : dmax < -wide ? -wide : dmax;
+    imax = imax > wide ? wide : imax < -wide ? -wide : imax;
+    int64_t *td = malloc(sizeof(int64_t) * (size_t)(n1 + 1) * (size_t)(n2 + 1));
+    /* fd zeroed: well-formed trees never read a cell before writing it (valgrind agrees), but malformed
+     * arrays that pass the index checks would, and then still get one, repeatable answer */
+    int64_t *fd = calloc((size_t)(n1 + 1) * (size_t)(n2 + 1), sizeof(int64_t));
+    if (!td || !fd) {
+        free(td);
+        free(fd);
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t d;
+    Py_BEGIN_ALLOW_THREADS
+    d = run(a[0], a[1], n[1], a[2], a[3], a[4], a[5], a[6], n[6], a[7], a[8], a[9], a[10], cols, a[11], a[12],
+            keys, n1, n2, dmax, imax, td, fd);
+    Py_END_ALLOW_THREADS
+    free(td);
+    free(fd);
+    result = PyLong_FromLongLong(d);
+done:
+    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    return result;
+}
+
+
+/* in _walk.c */
+PyObject *vlm_tree(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *vlm_normalize(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+static PyMethodDef methods[] = {
+    {"zs", (PyCFunction)(void (*)(void))zs, METH_FASTCALL, "Zhang-Shasha TED over postorder arrays, in a band."},
+    {"tree", (PyCFunction)(void (*)(void))vlm_tree, METH_FASTCALL, "ted.build_tree's arrays, for normalised data."},
+    {"normalize", (PyCFunction)(void (*)(void))vlm_normalize, METH_FASTCALL, "metrics.normalize, for plain data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ted", "vlm's compiled TED core.", -1, methods,
+                                   NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__ted(void) { return PyModule_Create(&module); }

@@ -1,0 +1,500 @@
+"""Donut's CORD metrics (clovaai/donut ``JSONParseEvaluator``), fast, plus a few diagnostic extras.
+
+Standard (as in Donut):
+
+* **nTED accuracy** per document: ``max(0, 1 - TED(pred, gt) / TED({}, gt))`` on
+  Donut's normalised trees (see ``vlm.evaluation.ted`` for the tree and the costs); the
+  summary is the mean over documents. ``TED({}, gt)`` is computed in closed form
+  (the insert costs of every non-root node of gt). Donut divides by zero when the
+  ground truth normalises to nothing; here such a document scores 1.0 when the
+  prediction's tree equals the ground truth's and 0.0 otherwise.
+* **field F1** (Donut ``cal_f1``): the flattened ``(key path, value)`` pairs of
+  prediction and ground truth matched as multisets; micro-averaged over documents
+  as ``tp / (tp + (fp + fn) / 2)``. With nothing predicted and nothing to find
+  (0/0) it is 1.0, mirroring the nTED rule.
+
+Extras, reported under their own keys and never replacing the standard ones:
+
+* ``*_numnorm``: numbers compared by value as printed (``"60.000"``, ``"60,000"``,
+  ``"Rp 60000"`` are equal; see ``number_key``). For F1 the values are replaced
+  by their key; for nTED two leaves with equal keys update at cost 0 (insert
+  and remove costs, hence the denominator, are unchanged).
+* ``header.<group.key>``: exact match of each of ``HEADER_FIELDS`` (stripped
+  strings equal; a group stored as a list uses its first dict) over the
+  documents whose ground truth has the field (``None`` where none has).
+* ``menu_precision`` / ``menu_recall`` / ``menu_f1``: whole ``menu`` rows matched
+  one to one (multiset of normalised rows). Precision is undefined (``None``)
+  without predicted rows, recall without gt rows; F1 over neither is 1.0.
+
+* ``field_breakdown``: per key path (``menu.nm``, ``total.total_price``) the
+  matched / predicted / gt pair counts behind F1, with P/R/F1.
+
+A ``None`` prediction (invalid JSON) is scored as ``{}``. ``score_documents``
+keeps every per-document count, so ``aggregate(scores, indices)`` recomputes
+the summary over any resample (a paired bootstrap draws the same indices for
+two groups).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, _count_elements  # the C helper behind Counter(iterable), since Python 3.2
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import repeat
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from vlm.evaluation import ted_fast
+from vlm.evaluation.ted import Tree, build_tree, tree_distances
+from vlm.inference.tolerant_json import Num
+from vlm.schema import HEADER_FIELDS
+
+# Donut keeps list items of these types (``Num`` is a parsed float that remembers its literal).
+_SCALARS = frozenset({str, int, float, Num})
+_STR = {str}
+
+Counts = tuple[int, int, int]  # (matched, predicted, ground truth)
+# From this many documents on, TED runs compiled by numba (vlm.evaluation.ted_fast) when the C build is missing: loading
+# numba's cached build costs about two seconds, the interpreted programme a few milliseconds per document.
+COMPILE_FROM = 200
+
+
+def use_compiled(n_docs: int) -> bool:
+    """Whether scoring ``n_docs`` documents should run the compiled TED (the C build loads for free)."""
+    return n_docs >= COMPILE_FROM or ted_fast.c_kernel() is not None
+
+
+def normalize(data: Any) -> Any:
+    """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts.
+
+    The C build (``vlm.evaluation._ted.normalize``) gives the same for plain data, and hands anything else back to the
+    Python below (``ted_fast.c_normalize``).
+    """
+    got = ted_fast.c_normalize(data, _SCALARS)
+    return _normalize(data) if got is None else got
+
+
+def _normalize(data: Any) -> Any:
+    if not data:
+        return {}
+    if isinstance(data, dict):
+        if set(map(type, data)) != _STR:  # only Python callers can pass other keys; match them as str
+            data = {str(k): v for k, v in data.items()}
+        out = {}
+        for key in sorted(sorted(data), key=len):  # by (length, key): Donut's order, with no Python call per key
+            value = data[key]
+            if type(value) is str:  # the commonest value, inline: what normalize(value) gives
+                if value:
+                    out[key] = [value.strip()]
+                continue
+            value = _normalize(value)
+            if value:
+                out[key] = value if isinstance(value, list) else [value]
+        return out
+    if isinstance(data, list):
+        if all(map(isinstance, data, repeat(dict))):
+            return [n for n in (_normalize(item) for item in data) if n]
+        return [str(item).strip() for item in data if type(item) in _SCALARS and str(item).strip()]
+    return [str(data).strip()]
+
+
+def literals(data: Any) -> dict[str, str]:
+    """The printed form of every unquoted decimal in ``data``: ``{"31.0": "31.000"}`` (Donut's metric sees "31.0").
+
+    The number-normalised variants read ``31.000`` as printed (31000 in CORD's receipts), not as 31.
+    """
+    out: dict[str, str] = {}
+    todo = [data]
+    while todo:
+        v = todo.pop()
+        if type(v) is dict:
+            todo.extend(v.values())
+        elif type(v) is list:
+            todo.extend(v)
+        elif type(v) is Num:
+            out[str(v).strip()] = v.literal
+    return out
+
+
+def flatten(data: Any) -> list[tuple[str, Any]]:
+    """Donut's ``flatten``: ``(dotted key path, leaf)`` pairs; list items share their parent's key."""
+    pairs: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:  # depth first, in document order
+        value, key = stack.pop()
+        if type(value) is dict:
+            stack.extend((v, f"{key}.{k}" if key else k) for k, v in reversed(list(value.items())))
+        elif type(value) is list:
+            stack.extend((v, key) for v in reversed(value))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+_CURRENCY = re.compile(r"^(?:rp\.?|idr|usd|us\$|rm|s\$|\$|€|£|¥|₩)|(?:rp\.?|idr|usd|rm|\$|€|£|¥|₩)$", re.IGNORECASE)
+_NUMBER = re.compile(r"([-+]?)(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,](\d{1,2}))?")
+
+
+@lru_cache(maxsize=65536)
+def number_key(text: str) -> str:
+    """``text``'s number, canonical (``"Rp 60.000"`` -> ``"60000"``, ``"12,50"`` -> ``"12.5"``); other text unchanged.
+
+    Currency marks and spaces are dropped; ``.`` or ``,`` before groups of three
+    digits separate thousands, before one or two final digits they mark decimals.
+    """
+    s = "".join(text.split())
+    s = _CURRENCY.sub("", _CURRENCY.sub("", s, count=1), count=1)
+    m = _NUMBER.fullmatch(s)
+    if not m:
+        return text
+    sign, whole, frac = m.groups()
+    frac = (frac or "").rstrip("0")
+    number = str(int(whole.replace(".", "").replace(",", ""))) + (f".{frac}" if frac else "")
+    return number if sign != "-" or number == "0" else f"-{number}"
+
+
+def ted_distances(pred: Any, gt: Any) -> tuple[int, int, int]:
+    """(TED(pred, gt), the same with numbers normalised, TED({}, gt)) on normalised trees."""
+    tp, tg = build_tree(normalize(pred)), build_tree(normalize(gt))
+    d, d_num = tree_distances(tp, tg, number_key)
+    return d, d_num, tg.closed_form_insert_all()
+
+
+def _accuracy(d: int, denom: int) -> float:
+    if denom == 0:
+        return 1.0 if d == 0 else 0.0
+    return max(0.0, 1.0 - d / denom)
+
+
+def ted_accuracy(pred: Any, gt: Any, numnorm: bool = False) -> float:
+    """Donut's nTED accuracy of one document."""
+    d, d_num, denom = ted_distances(pred, gt)
+    return _accuracy(d_num if numnorm else d, denom)
+
+
+def _pair_counts(p: list, g: list) -> Counts:
+    return sum((Counter(p) & Counter(g)).values()), len(p), len(g)
+
+
+def f1_counts(pred: Any, gt: Any, numnorm: bool = False) -> Counts:
+    """Donut ``cal_f1`` counts for one document: (matched pairs, predicted pairs, gt pairs)."""
+    p, g = flatten(normalize(pred)), flatten(normalize(gt))
+    if numnorm:
+        p, g = [(k, number_key(v)) for k, v in p], [(k, number_key(v)) for k, v in g]
+    return _pair_counts(p, g)
+
+
+def field_counts(pred: Any, gt: Any) -> dict[str, Counts]:
+    """Per key path (``menu.nm``, ``total.total_price``): (matched, predicted, gt) pairs."""
+    return _field_counts(flatten(normalize(pred)), flatten(normalize(gt)))
+
+
+def _field_counts(p: list, g: list) -> dict[str, Counts]:
+    cp, cg = Counter(p), Counter(g)
+    return _fields_of(cp, cg, cp & cg)
+
+
+def _fields_of(cp: dict, cg: dict, common: dict, gt_paths: dict[str, int] | None = None) -> dict[str, Counts]:
+    """``_field_counts`` from the pair counts and their intersection (``score_document`` has them at hand);
+    ``gt_paths``: ``_path_counts(cg)``, where the caller keeps it."""
+    out: dict[str, list[int]] = {}
+    for (path, _), n in cp.items():
+        out.setdefault(path, [0, 0, 0])[1] += n
+    for path, n in (_path_counts(cg) if gt_paths is None else gt_paths).items():
+        out.setdefault(path, [0, 0, 0])[2] += n
+    for pair, n in common.items():
+        out[pair[0]][0] += n
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def _path_counts(counts: dict) -> dict[str, int]:
+    """Pairs per key path, in the order the paths first occur."""
+    out: dict[str, int] = {}
+    for (path, _), n in counts.items():
+        out[path] = out.get(path, 0) + n
+    return out
+
+
+def _tally(items: list) -> dict:
+    """``Counter(items)`` as a plain dict (Counter's Python-level set-up cost more than the counting)."""
+    out: dict = {}
+    _count_elements(out, items)
+    return out
+
+
+def _common(a: dict, b: dict) -> dict:
+    """``Counter(a) & Counter(b)`` for counts above zero: the pairs both hold, each as often as both hold it."""
+    return {p: (n if n < m else m) for p, n in a.items() if (m := b.get(p))}
+
+
+def _header_value(doc: Any, path: str) -> str | None:
+    """The field's text as Donut's normalisation keeps it: a bare ``0`` (or ``0.0``) is dropped there, so here too."""
+    group, key = path.split(".", 1)
+    g = doc.get(group) if isinstance(doc, dict) else None
+    if isinstance(g, list):
+        g = next((item for item in g if isinstance(item, dict)), None)
+    v = g.get(key) if isinstance(g, dict) else None
+    if isinstance(v, list):  # Donut keeps a 0 inside a list
+        v = next((str(x).strip() for x in v if type(x) in _SCALARS and str(x).strip()), None)
+    elif not v:
+        return None
+    if type(v) not in _SCALARS:
+        return None
+    return str(v).strip() or None
+
+
+def header_matches(pred: Any, gt: Any) -> dict[str, bool | None]:
+    """Per header field: exact match of the stripped strings, ``None`` where gt lacks the field."""
+    out: dict[str, bool | None] = {}
+    for path in HEADER_FIELDS:
+        want = _header_value(gt, path)
+        out[path] = None if want is None else _header_value(pred, path) == want
+    return out
+
+
+# A normalised row's repr identifies it: normalize() orders every dict's keys by the key set alone, and
+# its values are only strings, lists and dicts. (It was sorted-key JSON, with the same equalities, slower.)
+_ROW_KEY = repr
+
+
+def _menu_rows(doc: Any, normalized: Any = None) -> list[str]:
+    """Each menu row, normalised, as sorted-key JSON; ``normalized``: ``normalize(doc)``, when at hand."""
+    menu = doc.get("menu") if isinstance(doc, dict) else None
+    if isinstance(normalized, dict) and (type(menu) is dict or (type(menu) is list and all(
+            type(r) is dict for r in menu))):
+        # the rows normalize(doc) kept are exactly these (a list of dicts keeps its non-empty ones)
+        return [_ROW_KEY(n) for n in normalized.get("menu", ())]
+    rows = [menu] if isinstance(menu, dict) else menu if isinstance(menu, list) else []
+    normed = (normalize(r) for r in rows if isinstance(r, dict))
+    return [_ROW_KEY(n) for n in normed if n]
+
+
+def menu_counts(pred: Any, gt: Any) -> Counts:
+    """(matched rows, predicted rows, gt rows); each row matches at most one row on the other side."""
+    return _pair_counts(_menu_rows(pred), _menu_rows(gt))
+
+
+@dataclass
+class DocScores:
+    """Per-document results, index-aligned with the inputs (resample them with ``aggregate(.., indices)``)."""
+
+    valid: list[bool]
+    ted_accuracy: list[float]
+    ted_accuracy_numnorm: list[float]
+    f1: list[Counts]
+    f1_numnorm: list[Counts]
+    header: dict[str, list[bool | None]]
+    menu: list[Counts]
+    fields: list[dict[str, Counts]]
+    _arrays: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-document values as numpy arrays (built once)."""
+        if self._arrays is None:
+            a = {
+                "valid": np.array(self.valid, dtype=float),
+                "ted": np.array(self.ted_accuracy, dtype=float),
+                "ted_num": np.array(self.ted_accuracy_numnorm, dtype=float),
+                "f1": np.array(self.f1, dtype=np.int64).reshape(-1, 3),
+                "f1_num": np.array(self.f1_numnorm, dtype=np.int64).reshape(-1, 3),
+                "menu": np.array(self.menu, dtype=np.int64).reshape(-1, 3),
+            }
+            for path, values in self.header.items():
+                a[f"applies:{path}"] = np.array([v is not None for v in values], dtype=np.int64)
+                a[f"correct:{path}"] = np.array([v is True for v in values], dtype=np.int64)
+            self._arrays = a
+        return self._arrays
+
+
+def _numnorm_key(lits: dict[str, str], gt_texts: set[str]):
+    """``number_key``, reading the prediction's unquoted decimals as printed (where no gt leaf has that text)."""
+    lits = {t: lit for t, lit in lits.items() if t not in gt_texts}
+    if not lits:
+        return number_key
+    return lambda text: number_key(lits.get(text, text))
+
+
+class Truth(NamedTuple):
+    """The ground-truth side of a document, prepared once (every group scored on it shares it)."""
+
+    tree: Tree
+    flat: list[tuple[str, Any]]  # flatten(normalize(gt))
+    flat_num: list[tuple[str, str]]  # the same with number_key values
+    texts: frozenset[str]  # its leaf texts
+    denom: int  # TED({}, gt)
+    header: dict[str, str | None]  # _header_value per HEADER_FIELDS path
+    menu: list[str]  # _menu_rows
+    counts: dict  # _tally(flat), shared by every group scored on this truth
+    counts_num: dict  # _tally(flat_num)
+    paths: dict[str, int]  # _path_counts(counts)
+
+
+def prepare_truth(gt: Any) -> Truth:
+    ng = normalize(gt)
+    flat: list[tuple[str, Any]] = []
+    tree = build_tree(ng, flat)  # flat == flatten(ng), from the same walk
+    flat_num = [(k, number_key(v)) for k, v in flat]
+    counts = _tally(flat)
+    return Truth(tree, flat, flat_num, frozenset(v for _, v in flat),
+                 tree.closed_form_insert_all(), {path: _header_value(gt, path) for path in HEADER_FIELDS},
+                 _menu_rows(gt, ng), counts, _tally(flat_num), _path_counts(counts))
+
+
+def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True,
+                   truth: Truth | None = None) -> dict[str, Any]:
+    """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
+
+    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``compiled``: TED by
+    the compiled build where available (the same distances, see ``ted_fast``); ``truth``: ``prepare_truth(gt)``
+    when the caller already has it.
+    """
+    p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
+    t = prepare_truth(gt) if truth is None else truth
+    fp: list[tuple[str, Any]] = []
+    try:
+        np_ = normalize(p)
+        tp = build_tree(np_, fp)  # fp == flatten(np_), from the same walk
+    except RecursionError:  # nested past Python's stack (parse_prediction caps depth; raw dicts may not be)
+        p, np_, tp, valid, fp = {}, {}, build_tree({}), False, []
+    lits = literals(p) if p else {}
+    key = _numnorm_key(lits, t.texts) if lits else number_key
+    d, d_num = tree_distances(tp, t.tree, key, compiled)
+    cp = _tally(fp)
+    common = _common(cp, t.counts)
+    return {
+        "valid": valid,
+        "ted_accuracy": _accuracy(d, t.denom),
+        "ted_accuracy_numnorm": _accuracy(d_num, t.denom),
+        "f1": (sum(common.values()), len(fp), len(t.flat)),
+        "f1_numnorm": (sum(_common(_tally([(k, key(v)) for k, v in fp]), t.counts_num).values()), len(fp),
+                       len(t.flat_num)),
+        "header": {path: None if want is None else _header_value(p, path) == want for path, want in t.header.items()},
+        "menu": _pair_counts(_menu_rows(p, np_), t.menu),
+        "fields": _fields_of(cp, t.counts, common, t.paths),
+    }
+
+
+def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] | None = None) -> DocScores:
+    """Score each prediction against its ground truth; ``valid`` overrides what counts as valid JSON."""
+    if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
+        raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
+    compiled = use_compiled(len(preds))
+    return doc_scores([score_document(p, g, None if valid is None else valid[k], compiled)
+                       for k, (p, g) in enumerate(zip(preds, gts))])
+
+
+def doc_scores(docs: list[dict[str, Any]]) -> DocScores:
+    """``score_document`` results, in order, as one ``DocScores``."""
+    return DocScores(
+        valid=[d["valid"] for d in docs],
+        ted_accuracy=[d["ted_accuracy"] for d in docs],
+        ted_accuracy_numnorm=[d["ted_accuracy_numnorm"] for d in docs],
+        f1=[d["f1"] for d in docs],
+        f1_numnorm=[d["f1_numnorm"] for d in docs],
+        header={path: [d["header"][path] for d in docs] for path in HEADER_FIELDS},
+        menu=[d["menu"] for d in docs],
+        fields=[d["fields"] for d in docs],
+    )
+
+
+def _f1(tp: int, n_pred: int, n_gt: int) -> float:
+    # tp / (tp + (fp + fn) / 2) == 2 tp / (n_pred + n_gt)
+    return 1.0 if n_pred + n_gt == 0 else 2.0 * tp / (n_pred + n_gt)
+
+
+def aggregate(scores: DocScores, indices: Any = None) -> dict[str, float | None]:
+    """Summary metrics, over all documents or over ``indices`` (a resample, repeats allowed)."""
+    a = scores.arrays()
+    idx = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+    n = len(scores) if indices is None else len(idx)
+    if n == 0:
+        raise ValueError("no documents to aggregate")
+    f1 = a["f1"][idx].sum(axis=0)
+    f1n = a["f1_num"][idx].sum(axis=0)
+    menu = a["menu"][idx].sum(axis=0)
+    out: dict[str, float | None] = {
+        "valid_json": float(a["valid"][idx].mean()),
+        "ted_accuracy": float(a["ted"][idx].mean()),
+        "f1": _f1(*f1.tolist()),
+        "ted_accuracy_numnorm": float(a["ted_num"][idx].mean()),
+        "f1_numnorm": _f1(*f1n.tolist()),
+    }
+    for path in scores.header:
+        applies = int(a[f"applies:{path}"][idx].sum())
+        out[f"header.{path}"] = float(a[f"correct:{path}"][idx].sum()) / applies if applies else None
+    matched, n_pred, n_gt = menu.tolist()
+    out["menu_precision"] = matched / n_pred if n_pred else None
+    out["menu_recall"] = matched / n_gt if n_gt else None
+    out["menu_f1"] = _f1(matched, n_pred, n_gt)
+    return out
+
+
+def draw_counts(indices: np.ndarray, n_docs: int) -> np.ndarray:
+    """How often each document is drawn in each resample: (resamples x n_docs) floats."""
+    rows = len(indices)
+    flat = (np.arange(rows)[:, None] * n_docs + indices).ravel()
+    return np.bincount(flat, minlength=rows * n_docs).reshape(rows, n_docs).astype(float)
+
+
+def resampled(scores: DocScores, indices: np.ndarray, counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``aggregate`` over every row of ``indices`` (resamples x documents) at once; NaN where it gives None.
+
+    ``counts`` (``draw_counts(indices)``) can be shared by groups scored on the same draws.
+
+    Bit for bit what ``aggregate`` gives row by row: the nTED means reduce each
+    gathered row as ``aggregate`` does, and every other metric is a ratio of
+    integer sums, which a float matrix product of the draw counts computes exactly.
+    """
+    a = scores.arrays()
+    n = indices.shape[1]
+    if n == 0:
+        raise ValueError("no documents to aggregate")
+    headers = list(scores.header)
+    columns = [a["valid"][:, None], a["f1"], a["f1_num"], a["menu"]]
+    columns += [np.stack([a[f"applies:{p}"], a[f"correct:{p}"]], axis=1) for p in headers]
+    if counts is None:
+        counts = draw_counts(indices, len(scores))
+    sums = counts @ np.concatenate(columns, axis=1).astype(float)
+
+    def f1(tp, n_pred, n_gt):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n_pred + n_gt == 0, 1.0, 2.0 * tp / (n_pred + n_gt))
+
+    def ratio(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+
+    out = {
+        "valid_json": sums[:, 0] / n,
+        "ted_accuracy": a["ted"][indices].mean(axis=1),
+        "f1": f1(sums[:, 1], sums[:, 2], sums[:, 3]),
+        "ted_accuracy_numnorm": a["ted_num"][indices].mean(axis=1),
+        "f1_numnorm": f1(sums[:, 4], sums[:, 5], sums[:, 6]),
+    }
+    for k, path in enumerate(headers):
+        out[f"header.{path}"] = ratio(sums[:, 11 + 2 * k], sums[:, 10 + 2 * k])
+    out["menu_precision"] = ratio(sums[:, 7], sums[:, 8])
+    out["menu_recall"] = ratio(sums[:, 7], sums[:, 9])
+    out["menu_f1"] = f1(sums[:, 7], sums[:, 8], sums[:, 9])
+    return out
+
+
+def field_breakdown(scores: DocScores, indices: Any = None) -> dict[str, dict[str, float | int]]:
+    """Per key path: tp, n_pred, n_gt, precision, recall, f1 (precision or recall 0.0 where undefined)."""
+    docs = range(len(scores)) if indices is None else [int(i) for i in indices]
+    totals: dict[str, list[int]] = {}
+    for k in docs:
+        for path, counts in scores.fields[k].items():
+            t = totals.setdefault(path, [0, 0, 0])
+            for m in range(3):
+                t[m] += counts[m]
+    return {
+        path: {"tp": tp, "n_pred": n_pred, "n_gt": n_gt, "precision": tp / n_pred if n_pred else 0.0,
+               "recall": tp / n_gt if n_gt else 0.0, "f1": _f1(tp, n_pred, n_gt)}
+        for path, (tp, n_pred, n_gt) in sorted(totals.items())
+    }

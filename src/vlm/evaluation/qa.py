@@ -1,0 +1,203 @@
+"""The forgetting check: compare groups on a short-answer QA set (DocVQA-style) with paired CIs.
+
+A fine-tune on receipts can lose what the base model knew. Predict the base and the
+fine-tuned model on a general held-out QA set; a negative ANLS delta whose 95% CI
+excludes 0 is forgetting. Groups, pairing by document id, the paired bootstrap and the
+metric table are the extraction evaluation's (``vlm.evaluation.compare``, ``vlm.evaluation.report``); only
+the scoring differs: the raw text answer against every accepted answer
+(``vlm.evaluation.qa_metrics``), not a parsed JSON object.
+
+A QA dataset exports with ``vlm export --question-column question --target-column answers``:
+each record's prompt is the instruction then the question, its target the first accepted
+answer, and the record keeps every accepted answer under ``answers``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from vlm.errors import VlmError
+from vlm.evaluation.compare import Group
+
+
+def qa_fields(row: dict[str, Any], question_column: str, answers_column: str) -> tuple[str, list[str]]:
+    """(question, accepted answers) of one dataset row; ValueError with a reason when unusable."""
+    from vlm.evaluation.qa_metrics import as_answers
+
+    question = row.get(question_column)
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"record has no question in column {question_column!r}")
+    value = row.get(answers_column)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:  # a list stored as a JSON string
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    answers = [a.strip() for a in as_answers(value)] if value is not None else []
+    if not answers or not all(answers):
+        raise ValueError(f"record has no answer in column {answers_column!r}")
+    return question.strip(), answers
+
+
+def ground_truth(doc: dict[str, Any]) -> Any:
+    """What a prediction is scored against: a QA record's accepted answers, else the JSON target."""
+    if "answers" in doc:
+        return doc["answers"]
+    return json.loads(doc["messages"][1]["content"])
+
+
+def group_from_file(path: Path, name: str | None = None) -> Group:
+    """QA predictions from JSONL: ``{"id", "prediction", "ground_truth"}`` (ground truth a string or a list
+    of accepted answers), or LLaMA-Factory's ``{"predict", "label"}``. Predictions are kept as raw text."""
+    from vlm.evaluation.qa_metrics import as_answers
+
+    if not path.is_file():
+        raise VlmError(f"prediction file not found: {path}")
+    ids, gts, raws, no_ids = [], [], [], False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VlmError(f"{path}:{n} is not valid JSON ({e.msg})") from None
+        if "predict" in row and "label" in row:
+            raw, gt, doc_id, no_ids = row["predict"], row["label"], str(len(ids)), True
+        elif "prediction" in row and "ground_truth" in row:
+            raw, gt, doc_id = row["prediction"], row["ground_truth"], str(row.get("id", len(ids)))
+        else:
+            raise VlmError(f"{path}:{n} has neither predict/label nor prediction/ground_truth fields",
+                           hint='use {"id", "prediction", "ground_truth"} lines (ground_truth: the accepted answers).')
+        try:
+            gts.append(as_answers(gt))
+        except ValueError as e:
+            raise VlmError(f"{path}:{n}: {e}", hint="a QA ground truth is an answer or a list of them.") from None
+        ids.append(doc_id)
+        raws.append(raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False))
+    if not ids:
+        raise VlmError(f"{path} holds no predictions")
+    if name is None:
+        name = path.parent.name if path.stem == "generated_predictions" else path.stem
+    # Only LLaMA-Factory's id-less file is paired by position; a file with ids is paired by them.
+    return Group(name, ids, [None] * len(ids), gts, positional=no_ids, raws=raws)
+
+
+def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """ANLS and exact match per group, with deltas and paired-bootstrap 95% CIs against the first group.
+
+    The result has the extraction evaluation's shape (documents, baseline, groups, per_document), so
+    ``vlm.evaluation.report.metric_rows`` renders it.
+    """
+    from vlm.evaluation.compare import align, bootstrap_delta
+    from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
+
+    if len({g.name for g in groups}) != len(groups):
+        raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
+    order, groups = align(groups)
+    for g in groups:
+        if any(isinstance(gt, dict) for gt in g.gts):
+            raise VlmError(f"group {g.name}: the ground truth is a JSON object, not short answers",
+                           hint="--task qa is for QA exports (vlm export --question-column); drop --task qa.")
+    scores = {g.name: score_qa(g.raws, g.gts) for g in groups}
+    base = groups[0].name
+    base_metrics = aggregate_qa(scores[base])
+    result: dict[str, Any] = {"task": "qa", "documents": len(order), "baseline": base, "groups": {}}
+    for g in groups:
+        metrics = aggregate_qa(scores[g.name])
+        entry: dict[str, Any] = {"documents": len(order), **metrics}
+        if g.name != base:
+            ci = bootstrap_delta(scores[base], scores[g.name], len(order), resamples, seed, aggregate=aggregate_qa)
+            entry["delta"] = {k: {"delta": metrics[k] - base_metrics[k], "ci95": list(ci[k])}
+                              for k in metrics if k in ci and metrics[k] is not None}
+        result["groups"][g.name] = entry
+    result["per_document"] = {
+        g.name: [{"id": d, "anls": float(scores[g.name].anls[k]), "exact_match": bool(scores[g.name].exact_match[k]),
+                  "prediction": g.raws[k], "answers": g.gts[k]} for k, d in enumerate(order)]
+        for g in groups
+    }
+    return result
+
+
+def forgetting_verdicts(result: dict[str, Any]) -> dict[str, str]:
+    """Per later group: "forgetting" when the ANLS delta's CI lies below 0, "gain" above, else "no change shown"."""
+    verdicts = {}
+    for name, g in list(result["groups"].items())[1:]:
+        d = g.get("delta", {}).get("anls")
+        if d is None:
+            continue
+        low, high = d["ci95"]
+        verdicts[name] = "forgetting" if high < 0 else "gain" if low > 0 else "no change shown (CI includes 0)"
+    return verdicts
+
+
+def worst(result: dict[str, Any], group: str, n: int) -> list[dict[str, Any]]:
+    return sorted(result["per_document"][group], key=lambda r: (r["anls"], r["id"]))[:n]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from vlm.evaluation.report import metric_rows
+
+    headers, rows = metric_rows(result)
+    lines = [f"| metric | {' | '.join(headers)} |", "|---" * (len(headers) + 1) + "|"]
+    lines += [f"| {label} | {' | '.join(cells)} |" for label, cells in rows]
+    verdicts = "".join(f"- `{g}`: {v}\n" for g, v in forgetting_verdicts(result).items())
+    return (f"# QA evaluation (forgetting check)\n\n{result['documents']} documents (one question each). Deltas are "
+            f"against `{result['baseline']}`, with 95% paired-bootstrap confidence intervals over documents. "
+            "A negative ANLS delta whose CI excludes 0 is forgetting.\n\n" + "\n".join(lines) + "\n\n"
+            + (f"## Verdict\n\n{verdicts}\n" if verdicts else "") + "![comparison](chart.png)\n")
+
+
+def per_document_csv(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["group", "id", "anls", "exact_match", "prediction", "answers"])
+    for group, rows in result["per_document"].items():
+        for r in rows:
+            writer.writerow([group, r["id"], f"{r['anls']:.6f}", int(r["exact_match"]), r["prediction"],
+                             " | ".join(r["answers"])])
+    return buf.getvalue()
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """report.md, metrics.json, per_document.csv and chart.png in ``out_dir``, each written atomically."""
+    from vlm.evaluation.report import chart_png
+    from vlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / n for n in ("report.md", "metrics.json", "per_document.csv", "chart.png")]
+    atomic_write_text(paths[0], markdown(result))
+    atomic_write_json(paths[1], {k: v for k, v in result.items() if k != "per_document"}
+                      | {"verdicts": forgetting_verdicts(result)})
+    atomic_write_text(paths[2], per_document_csv(result))
+    atomic_write_bytes(paths[3], chart_png(result, keys=("anls", "exact_match")))
+    return paths
+
+
+def load_groups(store: Path, names: list[str] | None, files: list[Path] | None, split: str) -> list[Group]:
+    """Stored groups (their ground truth is what predict stored: a QA record's answers), then file groups."""
+    from vlm.evaluation.compare import groups_from_store
+
+    loaded = groups_from_store(store, names, split) if names else []
+    loaded += [group_from_file(path) for path in files or []]
+    if not loaded:
+        raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
+    return loaded
+
+
+def print_result(result: dict[str, Any], n_worst: int = 0) -> None:
+    """The metric table with its CIs (the extraction report's renderer), the verdicts, and the worst documents."""
+    from vlm.evaluation.report import print_tables
+    from vlm.output import out
+
+    print_tables(result, show_fields=False)
+    for name, verdict in forgetting_verdicts(result).items():
+        colour = "red" if verdict == "forgetting" else "green" if verdict == "gain" else "yellow"
+        out.print(f"[bold]{name}[/bold] vs {result['baseline']} on ANLS: [{colour}]{verdict}[/{colour}]")
+    for name in result["groups"] if n_worst else ():
+        rows = worst(result, name, n_worst)
+        out.print(f"[bold]{n_worst} worst documents of {name}[/bold]: "
+                  + ", ".join(f"{r['id']} ({r['anls']:.2f}: {r['prediction'][:30]!r})" for r in rows), highlight=False)

@@ -1,0 +1,1 @@
+"""Stage 5: scoring and ranking a run's checkpoints."""

@@ -1,0 +1,1 @@
+"""Stage 6: hyperparameter grids, training them and ranking the results."""

@@ -1,0 +1,1 @@
+"""Stage 2: the recipe, its validation and token budget, training runs, checkpoints, merging."""
