@@ -17,8 +17,10 @@ setup-vllm: .venv-vllm/.setup-done
 demo: setup
 	HF_HUB_OFFLINE=1 bash scripts/demo.sh
 
+# ruff, then the architecture contracts in pyproject.toml (import-linter; custom types in lint/vlm_contracts.py).
 lint: setup
-	.venv/bin/ruff check src tests bench scripts
+	.venv/bin/ruff check src tests bench scripts lint
+	PYTHONPATH=lint .venv/bin/lint-imports --no-cache
 
 test: setup lint
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider

@@ -81,7 +81,7 @@ def test_qa_workflow_export_register_evaluate(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert "general_qa" in json.loads((out / "dataset_info.json").read_text())
 
-    from vlm.evaluation.qa import ground_truth
+    from vlm.data.records import ground_truth
 
     assert ground_truth(records[0]) == records[0]["answers"]  # what vlm predict stores for a QA record
     # Base model right everywhere; the fine-tune answers the total to every question (the forgetting).

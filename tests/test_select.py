@@ -61,7 +61,7 @@ def _adapter(folder: Path, weights: bytes, step: int | None) -> None:
 
 def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str], run: str = "saves/lora"):
     """Store a checkpoint's answers as `vlm select` would have predicted them (same group and hashes)."""
-    from vlm.evaluation.qa import ground_truth
+    from vlm.data.records import ground_truth
     from vlm.inference.predict import _prepare
     from vlm.inference.store import Prediction, Store
     from vlm.selection.select import Candidate, SelectOptions, _spec

@@ -15,7 +15,7 @@ import yaml
 from conftest import ENV, ROOT, VLM, invoke, make_toy_dataset, run_vlm
 from test_train import fake_cli, write_config
 
-from vlm.training.train import checkpoints
+from vlm.training.checkpoints import list_checkpoints
 
 CORD = str(ROOT / "configs" / "cord.yaml")
 
@@ -152,7 +152,7 @@ def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Pat
     first = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second_out = tmp_path / "saves" / "run_lr2e-4"
     deadline = time.monotonic() + 600
-    while not checkpoints(second_out) and first.poll() is None and time.monotonic() < deadline:
+    while not list_checkpoints(second_out) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     training = _children_training(second_out / "vlm_resolved_config.yaml")
     os.kill(first.pid, signal.SIGKILL)
@@ -166,7 +166,7 @@ def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Pat
     assert [p["status"] for p in status["points"]] == ["done", "running"]
     assert not (second_out / "adapter_model.safetensors").exists(), "the second point finished before the kill"
     first_manifest = (tmp_path / "saves" / "run_lr1e-4" / "vlm_run.json").read_text()
-    killed_at = checkpoints(second_out)[-1]
+    killed_at = list_checkpoints(second_out)[-1]
 
     r = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

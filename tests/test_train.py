@@ -31,7 +31,7 @@ from vlm.lf.progress import (
     progress_line,
     render_progress,
 )
-from vlm.training.train import checkpoints
+from vlm.training.checkpoints import list_checkpoints
 
 TOTAL_STEPS = 64  # write_config: 8 samples, batch 1, 8 epochs
 RECORDED_LOG = [
@@ -126,7 +126,7 @@ def test_checkpoints_decide_resume(workdir: Path):
     (out / "checkpoint-10").mkdir(parents=True)
     (out / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (out / "checkpoint-20").mkdir()  # cut short: no trainer_state.json
-    assert [p.name for p in checkpoints(out)] == ["checkpoint-10"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-10"]
     with pytest.raises(VlmError, match="already has checkpoints") as e:
         invoke("train", "run.yaml", "--dry-run")
     assert "--resume" in e.value.hint
@@ -213,7 +213,7 @@ def interrupted_and_resumed(tmp_path_factory: pytest.TempPathFactory, tiny_model
     _, first_err = child.communicate(timeout=120)
     first = {"code": child.returncode, "stderr": first_err, "seconds": time.monotonic() - t0,
              "manifest": json.loads((out / "vlm_run.json").read_text()),
-             "checkpoint": max(int(p.name.split("-")[1]) for p in checkpoints(out)),
+             "checkpoint": max(int(p.name.split("-")[1]) for p in list_checkpoints(out)),
              "steps_logged": progress_from_file(out / "trainer_log.jsonl").step}
     refused = subprocess.run([*VLM, "train", str(config)], cwd=root, env=ENV, capture_output=True, text=True)
     t1 = time.monotonic()

@@ -135,12 +135,10 @@ def test_report_html_escapes_what_models_write(tmp_path):
     evil = '</script><script>alert(1)</script><img src=x onerror=alert(2)>'
     gt = {"menu": [{"nm": "Teh", "price": "8,000"}], "total": {"total_price": "8,000"}}
     pred = {"menu": [{"nm": evil, "price": "8,000"}], "total": {"total_price": "8,000"}}
-    from vlm.evaluation.report import write_outputs as write_report
-    from vlm.evaluation.trust import write_outputs
+    from vlm.evaluation.outputs import write_extraction_report
 
     result = _result_for({"a": [pred], "b": [pred]}, [gt])
-    write_report(result, tmp_path)
-    write_outputs(result, tmp_path, label_error_candidates(result), 20)
+    write_extraction_report(result, tmp_path, label_error_candidates(result), 20)
     html = (tmp_path / "report.html").read_text()
     assert evil not in html and "<script>alert" not in html and "<img src=x" not in html
     assert html.count("<script") == 2  # the data block and the renderer, nothing injected

@@ -11,8 +11,11 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from vlm.errors import VlmError
 
 # Temp files of atomic writes are named ``.<name>.vlm-XXXXXXXX.tmp``: the marker lets a rerun delete the
 # leftovers of a killed run without touching anyone else's hidden ``.*.tmp`` files.
@@ -146,8 +149,6 @@ def ensure_dir(path: str | os.PathLike, what: str = "folder") -> list[Path]:
     Fails with one line naming the path and the reason (a file in the way, read-only storage,
     no permission), before any work is done that would then be lost.
     """
-    from vlm.errors import VlmError
-
     path = Path(path)
     missing, probe = [], path
     while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
@@ -166,8 +167,6 @@ def ensure_dir(path: str | os.PathLike, what: str = "folder") -> list[Path]:
 
 def check_writable(folder: str | os.PathLike, what: str = "folder") -> None:
     """Raise VlmError unless a file can be created in ``folder`` (tried for real: root and read-only mounts)."""
-    from vlm.errors import VlmError
-
     try:
         fd, probe = tempfile.mkstemp(prefix=f".write-probe{TEMP_MARK}", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -175,3 +174,8 @@ def check_writable(folder: str | os.PathLike, what: str = "folder") -> None:
                        hint="choose a path on writable storage, or fix its permissions.") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def now() -> str:
+    """The time now, in UTC, as ISO 8601 to the second: what run records and status files store."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -9,6 +9,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Piped or redirected output is not cut to 80 columns: comparison tables are wide.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # data
@@ -31,15 +39,6 @@ def warn(message: str) -> None:
 
 def progress(transient: bool = False):
     """A rich progress bar on stderr, shared by every long step."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=transient,

@@ -7,6 +7,7 @@ while CORD's data says ``sub_total``).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 
 # Group -> keys, in CORD-v2's own spelling. ``menu`` is a list of item rows
@@ -78,8 +79,6 @@ _ALIASES = {"subtotal": "sub_total", "qty": "cnt", "quantity": "cnt", "count": "
 
 def likely_key(key: str, allowed: tuple[str, ...] | set[str]) -> str | None:
     """The schema key ``key`` most likely means, among ``allowed`` (``subtotal`` -> ``sub_total``), or None."""
-    import difflib
-
     alias = _ALIASES.get(key.lower())
     if alias in allowed:
         return alias

@@ -150,7 +150,8 @@ def evaluate(
         groups_from_store,
         worst_documents,
     )
-    from vlm.evaluation.report import print_tables, write_outputs
+    from vlm.evaluation.outputs import write_extraction_report
+    from vlm.evaluation.report import print_tables
     from vlm.output import info, out, print_json
 
     if output:
@@ -179,9 +180,8 @@ def evaluate(
     if label_errors is not None:
         extra["label_errors"] = candidates[:label_errors]
     if output:
-        paths = write_outputs(result, output)
-        paths += trust.write_outputs(result, output, candidates, 20 if label_errors is None else label_errors,
-                                     store=store if groups else None, split=split, aligned=aligned)
+        paths = write_extraction_report(result, output, candidates, 20 if label_errors is None else label_errors,
+                                        store=store if groups else None, split=split, aligned=aligned)
         info("wrote " + ", ".join(str(p) for p in paths))
     if as_json:
         print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
@@ -197,12 +197,13 @@ def evaluate(
 
 
 def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json) -> None:
-    from vlm.evaluation.qa import evaluate_qa, forgetting_verdicts, load_groups, print_result, write_outputs
+    from vlm.evaluation.outputs import write_qa_report
+    from vlm.evaluation.qa import evaluate_qa, forgetting_verdicts, load_groups, print_result
     from vlm.output import info, print_json
 
     result = evaluate_qa(load_groups(store, groups, predictions, split), resamples=resamples, seed=seed)
     if output:
-        info("wrote " + ", ".join(str(p) for p in write_outputs(result, output)))
+        info("wrote " + ", ".join(str(p) for p in write_qa_report(result, output)))
     if as_json:
         print_json(dict(result["groups"]) | {"verdicts": forgetting_verdicts(result)})
     else:

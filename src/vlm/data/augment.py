@@ -21,13 +21,20 @@ per worker, so the bytes do not depend on how many workers ran.
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter
+
+from vlm.data.images import image_info
 from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_bytes, sha256_file
 
 # Bump when a transform's code changes what it makes: old copies then stop matching by name.
 AUGMENT_VERSION = 1
@@ -107,8 +114,6 @@ def plan_copy(policy: Policy, key: str, width: int, height: int) -> list[dict[st
 
 def _warp(img, step: dict[str, Any], fill: list[int]):
     """Rotation and perspective in one resampling: each corner moves inward, then all turn about the centre."""
-    import math
-
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
@@ -131,11 +136,6 @@ def _shadow(img, step: dict[str, Any]):
 
     The ramp is smooth, so it is drawn at 1/8 scale and resized: same look, a tenth of the work.
     """
-    import math
-
-    import numpy as np
-    from PIL import Image, ImageChops
-
     w, h = img.size
     sw, sh = max(2, w // 8), max(2, h // 8)
     t = math.radians(step["angle_deg"])
@@ -152,9 +152,6 @@ def _shadow(img, step: dict[str, Any]):
 
 def _noise(img, step: dict[str, Any]):
     """Gaussian luma noise, as phone sensors show, from its own seeded generator."""
-    import numpy as np
-    from PIL import Image, ImageChops
-
     w, h = img.size
     gen = np.random.default_rng(step["seed"])
     grain = gen.standard_normal((h, w), dtype=np.float32) * step["std"] + 128.5
@@ -164,9 +161,6 @@ def _noise(img, step: dict[str, Any]):
 
 def apply_plan(data: bytes, steps: list[dict[str, Any]]) -> bytes:
     """The JPEG bytes of ``data`` (any image) after ``steps``. Same input and steps, same bytes."""
-    import io
-
-    from PIL import Image, ImageFilter
     from torchvision.transforms.v2 import functional as F
 
     with Image.open(io.BytesIO(data)) as src:
@@ -197,8 +191,6 @@ def _init_worker() -> None:
 
 
 def _make_copy(task: tuple[str, str, list[dict[str, Any]]]) -> None:
-    from vlm.fsutil import atomic_write_bytes
-
     source, target, steps = task
     atomic_write_bytes(target, apply_plan(Path(source).read_bytes(), steps), fsync=False)
 
@@ -211,9 +203,6 @@ def augment_split(out_dir: Path, split: str, spec: AugmentSpec, exported: list[d
     copy to ``images`` (file, sha256, source, transforms) and returns the copies' records, in
     source order then copy order, and a summary (made, reused).
     """
-    from vlm.data.export import _image_info
-    from vlm.fsutil import sha256_file
-
     policy = POLICIES[spec.policy]
     planned = []
     for r in exported:
@@ -236,7 +225,7 @@ def augment_split(out_dir: Path, split: str, spec: AugmentSpec, exported: list[d
     records = []
     for r, k, copy_id, rel, key, steps in planned:
         path = out_dir / rel
-        ext, width, height = _image_info(path.read_bytes())
+        ext, width, height = image_info(path.read_bytes())
         if (width, height) != (r["image"]["width"], r["image"]["height"]):
             raise VlmError(f"augmented copy {path} is {width}x{height}, its source {r['image']['file']} is "
                            f"{r['image']['width']}x{r['image']['height']}", hint="delete the copy and rerun.")

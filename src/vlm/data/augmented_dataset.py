@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm.data.augment import AugmentSpec, augment_split
+from vlm.data.images import image_info
+from vlm.data.manifest import MANIFEST, read_manifest
+from vlm.data.registry import iter_json_list, register_dataset
 from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_json, dumps_json, file_lock, remove_own_temps, sha256_bytes
+from vlm.lf.data import dataset_names, read_dataset_info
 
 DEFAULT_POLICY, DEFAULT_SEED = "medium", 0
 # cord_train_aug2, cord_train_aug2_heavy_s1: what derived_name writes.
@@ -74,11 +80,6 @@ def split_dataset_name(train: str, split: str) -> str:
 
 def read_base(cfg: dict[str, Any]) -> BaseTrain:
     """The config's train dataset, checked to be the train split of a vlm export whose images are all there."""
-    from vlm.data.manifest import MANIFEST, read_manifest
-    from vlm.data.registry import iter_json_list
-    from vlm.lf.data import read_dataset_info
-    from vlm.training.validation import dataset_names
-
     dataset_dir = Path(cfg.get("dataset_dir") or "data")  # LLaMA-Factory's default
     names = dataset_names(cfg.get("dataset"))
     if len(names) != 1:
@@ -141,10 +142,6 @@ def make_derived(base: BaseTrain, copies: int, policy: str = DEFAULT_POLICY, see
                  workers: int | None = None, progress=None) -> dict[str, Any]:
     """Make (or confirm) the derived dataset for ``copies``, register it and record it; returns a summary
     (``name``, ``records``, ``originals``, ``copies``, ``made``, ``reused``, ``changed``)."""
-    from vlm.data.augment import AugmentSpec, augment_split
-    from vlm.data.export import _image_info
-    from vlm.fsutil import atomic_write_json, dumps_json, file_lock, remove_own_temps, sha256_bytes
-
     spec = AugmentSpec(copies, policy, seed)
     name = derived_name(base, copies, policy, seed)
     summary = {"name": name, "base": base.name, "copies_per_image": copies, "originals": len(base.originals),
@@ -157,7 +154,7 @@ def make_derived(base: BaseTrain, copies: int, policy: str = DEFAULT_POLICY, see
         path = _image_path(dataset_dir, r)
         try:
             data = path.read_bytes()
-            ext, width, height = _image_info(data)
+            ext, width, height = image_info(data)
         except (OSError, ValueError) as e:
             raise VlmError(f"{path} (the image of {r['id']} in {base.file}) cannot be read: {e}",
                            hint="restore it, or re-export the data.") from None
@@ -189,8 +186,6 @@ def make_derived(base: BaseTrain, copies: int, policy: str = DEFAULT_POLICY, see
 
 def _register(out_file: Path, name: str, dataset_dir: Path) -> bool:
     """Register the derived file; an entry of that name for another file is someone else's: refuse."""
-    from vlm.data.registry import register_dataset
-
     try:
         return register_dataset(out_file, name, dataset_dir / "dataset_info.json").changed
     except VlmError as e:
@@ -204,9 +199,6 @@ def _register(out_file: Path, name: str, dataset_dir: Path) -> bool:
 def _record(dataset_dir: Path, name: str, entry: dict[str, Any]) -> bool:
     """Put the derived dataset into ``manifest.json`` under ``derived``, under the lock every manifest writer
     holds; unchanged bytes stay unwritten."""
-    from vlm.data.manifest import MANIFEST, read_manifest
-    from vlm.fsutil import atomic_write_json, file_lock
-
     path = dataset_dir / MANIFEST
     entry = json.loads(json.dumps(entry))  # as read back (tuples become lists), so an unchanged entry compares equal
     with file_lock(path):

@@ -16,11 +16,14 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.data.manifest import MANIFEST, merge_manifest, read_manifest, trusted_images
+from vlm import __version__
+from vlm.data.images import decode_fully, image_info
+from vlm.data.manifest import MANIFEST, SPLITS, VERIFIED, read_manifest, trusted_images
 from vlm.errors import VlmError
 from vlm.fsutil import (
     atomic_write_bytes,
@@ -31,32 +34,12 @@ from vlm.fsutil import (
     sha256_bytes,
     sha256_file,
 )
+from vlm.output import progress as make_progress
+from vlm.output import warn
+from vlm.schema import prompt_hash
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-# Leading bytes -> file extension. The extension comes from the bytes, not from a name.
-_MAGIC = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tif"),
-    (b"MM\x00*", "tif"),
-)
-
-
-def sniff_extension(data: bytes | memoryview) -> str | None:
-    """The image type named by the leading bytes, or None if they name none we know."""
-    data = bytes(data[:16])
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    return None
-
 
 @dataclass
 class ExportSpec:
@@ -194,43 +177,6 @@ def _target(value: Any, target_field: str | None) -> Any:
     return value
 
 
-def _image_info(data: bytes) -> tuple[str, int, int]:
-    """Format and size from the image header only (PIL opens lazily: no pixel decode)."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    ext = sniff_extension(data)
-    if ext is None:
-        raise ValueError("image bytes are not a known image format")
-    try:
-        with Image.open(BytesIO(data)) as im:
-            width, height = im.size
-    except Exception as e:
-        raise ValueError(f"image header unreadable: {e}") from None
-    return ext, width, height
-
-
-def decode_fully(data: bytes | memoryview | str | os.PathLike) -> None:
-    """Raise ValueError unless every byte of the image decodes (a cut file has a good header but no tail).
-
-    JPEGs decode in draft mode (1/8 scale): the whole entropy-coded stream is still read,
-    so truncation is caught, at a fraction of the cost. PIL releases the GIL while decoding,
-    so the export's worker threads verify in parallel.
-    """
-    from io import BytesIO
-
-    from PIL import Image
-
-    try:
-        with Image.open(data if isinstance(data, (str, os.PathLike)) else BytesIO(data)) as im:
-            if im.format == "JPEG":
-                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-    except Exception as e:  # OSError "image file is truncated", SyntaxError, DecompressionBombError...
-        raise ValueError(f"image does not decode: {e}") from None
-
-
 def _on_disk(path: Path, size: int, digest: str) -> bool:
     """An identical file is already there (a rerun after a kill): same size and sha256."""
     return path.is_file() and path.stat().st_size == size and sha256_file(path) == digest
@@ -259,9 +205,9 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
         data = _image_bytes(row[spec.image_column])
         if not data:
             raise ValueError("record has no image bytes")
-        ext, width, height = _image_info(data)
+        ext, width, height = image_info(data)
         if spec.question_column:  # QA: a question per record and plain-text answers, not a JSON target
-            from vlm.evaluation.qa import qa_fields
+            from vlm.data.records import qa_fields
 
             question, answers = qa_fields(row, spec.question_column, spec.target_column)
         else:
@@ -362,10 +308,6 @@ def _remove_if_empty(created: list[Path]) -> None:
 
 def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = True) -> dict[str, Any]:
     """Export every requested split, merge the manifest, and register the splits in ``dataset_info.json``."""
-    from contextlib import nullcontext
-
-    from vlm.output import progress as make_progress
-
     spec.out_dir = spec.out_dir.resolve()
     # Load every split before creating anything: a bad source leaves no trace.
     sources = {split: load_split(spec.source, split, spec.image_column) for split in spec.splits}
@@ -410,3 +352,48 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
         "already_registered": unchanged,
         "dataset_info": str(spec.out_dir / "dataset_info.json") if register else None,
     }
+
+
+def merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult],
+                   images: dict[str, Any]) -> dict[str, Any]:
+    """Read the manifest (under its lock), replace the splits just exported, keep the others, write it back."""
+    with file_lock(path):
+        remove_own_temps(path.parent, path.name)  # a killed run's temp; writers hold this lock
+        old = read_manifest(path)
+        if old == {}:
+            warn(f"{path} was not a readable manifest; it now describes only the splits exported now")
+        old = old or {}
+        done = {r.split for r in results}
+        splits = {k: v for k, v in (old.get("splits") or {}).items() if k not in done}
+        for r in results:
+            splits[r.split] = {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
+                               "file_sha256": sha256_file(r.file), "source": spec.source, "limit": spec.limit,
+                               "prompt_sha256": prompt_hash(spec.prompt), "images_verified": VERIFIED}
+        order = {name: i for i, name in enumerate(SPLITS)}
+        splits = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.split("-", 1)[0] not in done}
+        kept_skipped = [s for s in old.get("skipped") or [] if isinstance(s, dict) and s.get("split") not in done]
+        manifest = {
+            "tool": "vlm",
+            "version": __version__,
+            "source": spec.source,
+            "name": spec.name,
+            "image_column": spec.image_column,
+            "target_column": spec.target_column,
+            "target_field": spec.target_field,
+            "limit": spec.limit,
+            "prompt": spec.prompt,
+            "prompt_sha256": prompt_hash(spec.prompt),
+            "splits": splits,
+            "skipped": sorted(kept_skipped + [s for r in results for s in r.skipped],
+                              key=lambda s: (order.get(s["split"], len(order)), s["index"])),
+            "images": dict(sorted({**kept_images, **images}.items())),
+        }
+        augment = next((spec.augment.describe() for r in results if r.augmented), None) or (
+            old.get("augment") if "train" not in done else None)
+        if augment:
+            manifest["augment"] = augment  # the policy of the train split's augmented copies
+        if old.get("derived"):
+            manifest["derived"] = old["derived"]  # vlm sweep --augment's datasets (vlm.data.augmented_dataset)
+        atomic_write_json(path, manifest)
+    return manifest

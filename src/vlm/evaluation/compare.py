@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import gc
 import json
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlm.errors import VlmError
+from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
+from vlm.evaluation.scoring import heap_frozen, score_groups
+from vlm.evaluation.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
 from vlm.inference.parsing import DECODER, MAX_NODES, ParseResult, api_envelope, count_nodes, parse_prediction
+from vlm.inference.store import Store
+from vlm.output import warn
+from vlm.schema import unknown_keys
 
 MAIN_METRICS = ("valid_json", "ted_accuracy", "f1")
 
@@ -79,8 +88,6 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
 
     The stored raw text is parsed again here, so every group is read by the same (current) parser.
     """
-    from vlm.inference.store import Store
-
     if not store_path.is_file():
         raise VlmError(f"prediction store not found: {store_path}", hint="run vlm predict --group NAME first.")
     with Store(store_path) as store:
@@ -111,8 +118,6 @@ _DEFAULTS = {"backend": "llamafactory", "runtime LoRA": False}
 
 
 def _warn_on_mixed_settings(runs: dict[str, dict[str, Any] | None]) -> None:
-    from vlm.output import warn
-
     for label, path in _COMPARED:
         seen = {}
         for name, run in runs.items():
@@ -219,8 +224,6 @@ def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
     Groups with ids are paired by id. A group without (LLaMA-Factory's file) is paired by position, and
     its ground truths must then equal the other groups' line by line, or the files are in different orders.
     """
-    from vlm.output import warn
-
     if any(g.positional for g in groups):
         if len({len(g.ids) for g in groups}) != 1:
             raise VlmError("prediction files without ids are paired by line, but the groups have "
@@ -260,10 +263,6 @@ def bootstrap_delta(base, other, n_docs: int, resamples: int = 1000, seed: int =
     ``vlm.evaluation.metrics.aggregate``. Another task passes its own per-resample ``aggregate``
     (``vlm.evaluation.qa_metrics.aggregate_qa`` for QA), which is called once per resample.
     """
-    import numpy as np
-
-    from vlm.evaluation.metrics import draw_counts, resampled
-
     rng = np.random.default_rng(seed)
     block = max(1, min(resamples, 2_000_000 // max(1, n_docs)))  # bounds the draw matrices to ~16 MB each
     draws: dict[str, list] = {}
@@ -297,10 +296,6 @@ _PLACEMENT = {"code_fence", "surrounding_text"}  # valid JSON once these are str
 def answer_summary(g: Group) -> dict[str, Any]:
     """How a group's answers read: valid JSON, recovered by repairs (which, how often), not scored and why,
     API envelopes, truncation, and keys outside the CORD schema (with the key each likely means)."""
-    from collections import Counter
-
-    from vlm.schema import unknown_keys
-
     n = len(g.answers)
     repairs: Counter = Counter()
     unknown: Counter = Counter()
@@ -334,8 +329,6 @@ def answer_summary(g: Group) -> dict[str, Any]:
 
 
 def _warn_about_answers(name: str, n: int, s: dict[str, Any]) -> None:
-    from vlm.output import warn
-
     keys = s["out_of_schema"]["keys"]
     if keys:
         shown = ", ".join(f"{p} x{k['count']}" + (f" (likely {k['likely']})" if k["likely"] else "")
@@ -351,8 +344,6 @@ def _warn_about_answers(name: str, n: int, s: dict[str, Any]) -> None:
 
 def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score every group, with deltas and bootstrap intervals against the first group."""
-    from vlm.evaluation.scoring import heap_frozen
-
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
     with heap_frozen():  # the groups just read: no collection walks them again
@@ -360,9 +351,6 @@ def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -
 
 
 def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
-    from vlm.evaluation.metrics import aggregate, field_breakdown
-    from vlm.evaluation.scoring import score_groups
-
     order, groups = align(groups)
     scored = score_groups([g.preds for g in groups], [g.gts for g in groups],
                           [[a.valid for a in g.answers] for g in groups], [g.keys for g in groups])
@@ -387,7 +375,6 @@ def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
                  for k, d in enumerate(order)]
         for g in groups
     }
-    from vlm.evaluation.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
 
     add_trust(result, groups, scores)
     return result

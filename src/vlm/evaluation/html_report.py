@@ -19,7 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from vlm.data.records import load_documents
 from vlm.evaluation.docdiff import align
+from vlm.evaluation.report import metric_rows
+from vlm.evaluation.trust import trust_tables
+from vlm.inference.store import Store
 
 THUMB_SIZE = (120, 220)
 THUMB_QUALITY = 60
@@ -29,9 +35,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 def image_paths(store_path: Path, names: list[str], split: str) -> dict[str, Path]:
     """Document id -> image file, from the dataset each group's latest ``vlm predict`` run read."""
-    from vlm.inference.predict import load_documents
-    from vlm.inference.store import Store
-
     found: dict[str, Path] = {}
     with Store(store_path) as store:
         runs = [store.last_run(name, split) for name in names]
@@ -51,8 +54,6 @@ def image_paths(store_path: Path, names: list[str], split: str) -> dict[str, Pat
 
 def thumbnail(path: Path) -> str | None:
     """A small JPEG of the image as a data URI, or None when the file cannot be read."""
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -110,9 +111,6 @@ def render_html(result: dict[str, Any], candidates: list[dict[str, Any]], images
                 charts: dict[str, bytes | None], aligned: dict | None = None) -> str:
     """The report as one HTML string, rendered by the Jinja2 template with autoescaping on."""
     import jinja2
-
-    from vlm.evaluation.report import metric_rows
-    from vlm.evaluation.trust import trust_tables
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

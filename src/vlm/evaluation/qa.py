@@ -20,41 +20,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlm.data.records import as_answers
 from vlm.errors import VlmError
-from vlm.evaluation.compare import Group
-
-
-def qa_fields(row: dict[str, Any], question_column: str, answers_column: str) -> tuple[str, list[str]]:
-    """(question, accepted answers) of one dataset row; ValueError with a reason when unusable."""
-    from vlm.evaluation.qa_metrics import as_answers
-
-    question = row.get(question_column)
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"record has no question in column {question_column!r}")
-    value = row.get(answers_column)
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:  # a list stored as a JSON string
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    answers = [a.strip() for a in as_answers(value)] if value is not None else []
-    if not answers or not all(answers):
-        raise ValueError(f"record has no answer in column {answers_column!r}")
-    return question.strip(), answers
-
-
-def ground_truth(doc: dict[str, Any]) -> Any:
-    """What a prediction is scored against: a QA record's accepted answers, else the JSON target."""
-    if "answers" in doc:
-        return doc["answers"]
-    return json.loads(doc["messages"][1]["content"])
+from vlm.evaluation.compare import Group, align, bootstrap_delta, groups_from_store
+from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
+from vlm.evaluation.report import metric_rows, print_tables
+from vlm.output import out
 
 
 def group_from_file(path: Path, name: str | None = None) -> Group:
     """QA predictions from JSONL: ``{"id", "prediction", "ground_truth"}`` (ground truth a string or a list
     of accepted answers), or LLaMA-Factory's ``{"predict", "label"}``. Predictions are kept as raw text."""
-    from vlm.evaluation.qa_metrics import as_answers
-
     if not path.is_file():
         raise VlmError(f"prediction file not found: {path}")
     ids, gts, raws, no_ids = [], [], [], False
@@ -92,9 +68,6 @@ def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> di
     The result has the extraction evaluation's shape (documents, baseline, groups, per_document), so
     ``vlm.evaluation.report.metric_rows`` renders it.
     """
-    from vlm.evaluation.compare import align, bootstrap_delta
-    from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
-
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
     order, groups = align(groups)
@@ -139,8 +112,6 @@ def worst(result: dict[str, Any], group: str, n: int) -> list[dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from vlm.evaluation.report import metric_rows
-
     headers, rows = metric_rows(result)
     lines = [f"| metric | {' | '.join(headers)} |", "|---" * (len(headers) + 1) + "|"]
     lines += [f"| {label} | {' | '.join(cells)} |" for label, cells in rows]
@@ -162,25 +133,8 @@ def per_document_csv(result: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """report.md, metrics.json, per_document.csv and chart.png in ``out_dir``, each written atomically."""
-    from vlm.evaluation.report import chart_png
-    from vlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("report.md", "metrics.json", "per_document.csv", "chart.png")]
-    atomic_write_text(paths[0], markdown(result))
-    atomic_write_json(paths[1], {k: v for k, v in result.items() if k != "per_document"}
-                      | {"verdicts": forgetting_verdicts(result)})
-    atomic_write_text(paths[2], per_document_csv(result))
-    atomic_write_bytes(paths[3], chart_png(result, keys=("anls", "exact_match")))
-    return paths
-
-
 def load_groups(store: Path, names: list[str] | None, files: list[Path] | None, split: str) -> list[Group]:
     """Stored groups (their ground truth is what predict stored: a QA record's answers), then file groups."""
-    from vlm.evaluation.compare import groups_from_store
-
     loaded = groups_from_store(store, names, split) if names else []
     loaded += [group_from_file(path) for path in files or []]
     if not loaded:
@@ -190,9 +144,6 @@ def load_groups(store: Path, names: list[str] | None, files: list[Path] | None, 
 
 def print_result(result: dict[str, Any], n_worst: int = 0) -> None:
     """The metric table with its CIs (the extraction report's renderer), the verdicts, and the worst documents."""
-    from vlm.evaluation.report import print_tables
-    from vlm.output import out
-
     print_tables(result, show_fields=False)
     for name, verdict in forgetting_verdicts(result).items():
         colour = "red" if verdict == "forgetting" else "green" if verdict == "gain" else "yellow"

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from vlm.data.records import as_answers
+
 ANLS_THRESHOLD = 0.5
 
 
@@ -52,15 +54,6 @@ def similarity(answer: str, prediction: str, threshold: float = ANLS_THRESHOLD) 
         return 1.0
     nl = levenshtein(a, p) / longest
     return 0.0 if nl >= threshold else 1.0 - nl
-
-
-def as_answers(value: Any) -> list[str]:
-    """Accepted answers as a list of strings: one string, or a list of them."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int, float)) for v in value):
-        return [str(v) for v in value]
-    raise ValueError(f"accepted answers must be a string or a non-empty list of strings, not {value!r:.60}")
 
 
 def anls(answers: Any, prediction: str | None, threshold: float = ANLS_THRESHOLD) -> float:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
-from vlm.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from rich.table import Table
+
+from vlm.output import out
 
 LABELS = {
     "valid_json": "valid JSON",
@@ -80,10 +81,6 @@ def answer_lines(result: dict[str, Any]) -> list[str]:
 
 
 def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
-    from rich.table import Table
-
-    from vlm.output import out
-
     groups = list(result["groups"])
     headers, rows = metric_rows(result)
     table = Table(title=f"{result['documents']} documents; deltas with 95% paired-bootstrap CIs")
@@ -161,14 +158,3 @@ def chart_png(result: dict[str, Any], keys: tuple[str, ...] = ("valid_json", "te
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """report.md, metrics.json, per_document.csv and chart.png in ``out_dir``, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("report.md", "metrics.json", "per_document.csv", "chart.png")]
-    atomic_write_text(paths[0], markdown(result))
-    atomic_write_json(paths[1], {k: v for k, v in result.items() if k != "per_document"})
-    atomic_write_text(paths[2], per_document_csv(result))
-    atomic_write_bytes(paths[3], chart_png(result))
-    return paths

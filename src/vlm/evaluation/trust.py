@@ -25,9 +25,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from rich.table import Table
+
 from vlm.evaluation.consistency import CORD_RULES, check_document, verdict
 from vlm.evaluation.docdiff import CORRECT, EXTRA, align
 from vlm.evaluation.scoring import run_split
+from vlm.output import out
 
 VERDICTS = ("consistent", "inconsistent", "unchecked")
 
@@ -246,10 +249,6 @@ def coverage_png(result: dict[str, Any]) -> bytes:
 
 def print_trust(result: dict[str, Any], candidates: list[dict[str, Any]] | None) -> None:
     """The consistency tables (and label-error candidates, when asked for) on the console."""
-    from rich.table import Table
-
-    from vlm.output import out
-
     t = trust_tables(result)
     for title, key in (("consistency checks (ground truth's pass rate beside each)", "checks"),
                        ("accuracy of consistent vs inconsistent predictions", "accuracy")):
@@ -264,29 +263,3 @@ def print_trust(result: dict[str, Any], candidates: list[dict[str, Any]] | None)
         for c in candidates:
             out.print(f"  {c['id']} {c['field']}: truth {c['ground_truth']!r}, all groups {c['predicted']!r}",
                       highlight=False)
-
-
-def write_outputs(result: dict[str, Any], out_dir, candidates: list[dict[str, Any]], limit: int,
-                  store=None, split: str = "test", aligned: dict | None = None) -> list:
-    """Add the consistency and label-error sections to report.md, and write coverage.png and report.html.
-
-    Runs after ``vlm.evaluation.report.write_outputs`` (which wrote report.md and chart.png). ``store``: the
-    prediction store the groups came from, to find each document's image (none: no thumbnails). ``aligned``:
-    what ``label_error_candidates`` aligned, reused (and emptied) by the HTML report.
-    """
-    from pathlib import Path
-
-    from vlm.evaluation.html_report import image_paths, render_html
-    from vlm.fsutil import atomic_write_bytes, atomic_write_text
-
-    out_dir = Path(out_dir)
-    report_md, coverage, html = out_dir / "report.md", out_dir / "coverage.png", out_dir / "report.html"
-    md = report_md.read_text(encoding="utf-8") if report_md.is_file() else ""
-    atomic_write_text(report_md, md + markdown(result, candidates, limit))
-    png = coverage_png(result)
-    atomic_write_bytes(coverage, png)
-    images = image_paths(Path(store), list(result["groups"]), split) if store else {}
-    chart = out_dir / "chart.png"
-    charts = {"comparison": chart.read_bytes() if chart.is_file() else None, "coverage": png}
-    atomic_write_text(html, render_html(result, candidates, images, out_dir.resolve(), charts, aligned))
-    return [coverage, html]

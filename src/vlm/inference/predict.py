@@ -17,15 +17,30 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vlm.data.augmented_dataset import split_dataset_name
+from vlm.data.records import (
+    ground_truth,  # a QA record's accepted answers, else the JSON target
+    load_documents,
+)
+from vlm.data.registry import sharegpt_entry
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from vlm.inference.parsing import parse_prediction
 from vlm.inference.store import Prediction, Store
+from vlm.inference.vllm_backend import VLLM_KEYS, VllmGenerator, as_bool, choose_backend, merged_model
+from vlm.lf.cli import find_llamafactory_cli
+from vlm.lf.data import lf_default, read_dataset_info
+from vlm.lf.inputs import model_type, mrope_model_types
+from vlm.output import progress, warn
+from vlm.procs import log_tail, run_child
+from vlm.training.config import load_config
 
 # Settings that must match between training and inference (train/inference skew).
 SKEW_KEYS = ("template", "image_max_pixels", "image_min_pixels", "cutoff_len")
@@ -58,10 +73,6 @@ class PredictSpec:
 
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
     """Merge the training config, the run manifest and the command line; warn about skew."""
-    from vlm.lf.data import lf_default
-    from vlm.output import warn
-    from vlm.training.config import load_config
-
     cfg = load_config(spec.config) if spec.config else {}
     trained = {}
     if cfg.get("output_dir"):
@@ -120,24 +131,9 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
         settings.pop("image_min_pixels")
     base_ds = cfg.get("dataset", "cord_train")
     base_ds = base_ds.split(",")[0].strip() if isinstance(base_ds, str) else base_ds[0]
-    from vlm.data.augmented_dataset import split_dataset_name
 
     settings["dataset"] = spec.dataset or split_dataset_name(base_ds, spec.split)
     return settings
-
-
-def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
-    """The exported ShareGPT records of one registered dataset."""
-    from vlm.lf.data import read_dataset_info, read_records
-
-    info_path, info = read_dataset_info(dataset_dir)
-    if dataset not in info:
-        raise VlmError(f"dataset {dataset!r} is not registered in {info_path}",
-                       hint=f"registered: {', '.join(info) or 'none'}; pass --dataset NAME.")
-    records = read_records(Path(dataset_dir) / info[dataset]["file_name"])
-    for i, rec in enumerate(records):
-        rec.setdefault("id", f"{dataset}-{i:05d}")
-    return records
 
 
 def _digest(obj: Any) -> str:
@@ -157,8 +153,6 @@ def _adapter_hash(adapter: str | None) -> str | None:
 
 
 def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) -> dict[str, Any]:
-    from vlm.inference.vllm_backend import VLLM_KEYS
-
     cfg = {k: v for k, v in settings.items()
            if k not in ("dataset", "dataset_dir", *VLLM_KEYS) and v is not None}
     cfg.update(
@@ -173,10 +167,6 @@ def _chunk_yaml(settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path) ->
 def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: PredictSpec,
                chunk_dir: Path) -> list[str]:
     """Predict one chunk with the real ``llamafactory-cli``; return the raw generations in order."""
-    from vlm.data.registry import sharegpt_entry
-    from vlm.lf.cli import find_llamafactory_cli
-    from vlm.procs import log_tail, run_child
-
     chunk_dir.mkdir(parents=True, exist_ok=True)
     data = chunk_dir / "chunk.json"
     atomic_write_json(data, [{"messages": r["messages"], "images": r["images"]} for r in records])
@@ -202,8 +192,6 @@ def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: Pr
 def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
                backend: str) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Generation settings and the hashes that tell one group's runs apart (mixing them is refused)."""
-    from vlm.inference.vllm_backend import as_bool
-
     gen: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "do_sample": False}
     if backend == "llamafactory":  # the same keys as before the other backends, so stored groups stay resumable
         gen["batch_size"] = spec.batch_size
@@ -226,14 +214,12 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
     """A function from a chunk of records to their raw generations, for the chosen backend."""
     if backend == "llamafactory":
         return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
-    from vlm.lf.data import read_dataset_info
 
     _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
         from vlm.inference.transformers_backend import TransformersGenerator
 
         return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size).generate
-    from vlm.inference.vllm_backend import VllmGenerator, as_bool, merged_model
 
     merged = None
     if settings.get("adapter_name_or_path") and not as_bool(settings.get("vllm_lora", False)):
@@ -284,8 +270,6 @@ def _plan(spec: PredictSpec, docs: list[dict[str, Any]], hashes: dict[str, str |
 
 def _prepare(spec: PredictSpec) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The backend, settings, documents, generation settings and hashes of a run; writes nothing."""
-    from vlm.inference.vllm_backend import choose_backend
-
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
     stored = _stored_backend(spec) if spec.backend == "auto" else None
     backend = choose_backend(stored or spec.backend)
@@ -321,12 +305,6 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     Nothing is written until the inputs, the store and the generator are known to be good; then each
     chunk is committed in one transaction as it finishes.
     """
-    from contextlib import nullcontext
-
-    from vlm.evaluation.qa import ground_truth  # a QA record's accepted answers, else the JSON target
-    from vlm.inference.parsing import parse_prediction
-    from vlm.output import progress
-
     backend, settings, docs, gen, hashes = _prepare(spec)
     pending = _plan(spec, docs, hashes, backend)
     for doc in pending:  # before the model loads and anything is written
@@ -376,7 +354,6 @@ def check_backend(backend: str, model: str, stored: bool = False) -> None:
     ``mm_token_type_ids``, so image tokens get 1-D text positions instead of the 3-D ones training used."""
     if backend != "llamafactory":
         return
-    from vlm.lf.inputs import model_type, mrope_model_types
 
     kind = model_type(model)
     if kind in mrope_model_types() or kind is None:

@@ -7,7 +7,9 @@ every finished chunk and loses nothing that was committed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +195,6 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
 
 def _create(path: Path) -> None:
     """Build an empty store beside ``path`` with its tables, then link it into place whole."""
-    import os
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -22,6 +22,7 @@ training collator builds them. The model is loaded once per run, not once per ch
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from vlm.errors import VlmError
@@ -69,8 +70,6 @@ class TransformersGenerator:
 
 def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
     """The model (with the adapter merged in, if any) as LLaMA-Factory loads it for inference."""
-    import copy
-
     from llamafactory.hparams import FinetuningArguments
     from llamafactory.model import load_model
 

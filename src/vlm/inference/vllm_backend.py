@@ -24,13 +24,19 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_json, atomic_write_text
+from vlm.lf.cli import find_llamafactory_cli, merge_config
 from vlm.lf.inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
+from vlm.procs import log_tail, run_child
+from vlm.training.config import render_yaml
 
 BACKENDS = ("auto", "transformers", "vllm", "llamafactory")
 # Settings that belong to the vLLM engine, not to LLaMA-Factory's do_predict.
@@ -81,14 +87,6 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
     ``adapter_hash`` (which should cover the base model too) is unchanged. Written to a temp folder and
     renamed into place, so a killed merge never leaves a half-written model; its temp folder is removed
     by the next merge of the same adapter."""
-    import shutil
-    import tempfile
-
-    from vlm.fsutil import atomic_write_json, atomic_write_text
-    from vlm.lf.cli import find_llamafactory_cli, merge_config
-    from vlm.procs import log_tail, run_child
-    from vlm.training.config import render_yaml
-
     out = cache_dir / adapter_hash
     source = {"model": settings["model_name_or_path"], "adapter": str(settings["adapter_name_or_path"]),
               "adapter_hash": adapter_hash}

@@ -14,11 +14,12 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.lf.progress import LiveProgress
+from vlm.output import err
 from vlm.procs import log_tail, run_child
 
 MERGE_CONFIG = "vlm_merge_config.yaml"
@@ -172,7 +173,6 @@ def run_plan(plan: LaunchPlan, trainer_log: Path | None = None, title: str = "tr
     """
     if trainer_log is None:
         return run_child(plan.argv, plan.log_path, env=plan.env(), cwd=plan.cwd)
-    from vlm.lf.progress import LiveProgress
 
     with LiveProgress(trainer_log, title=title) as live:
         return run_child(plan.argv, plan.log_path, env=plan.env(), cwd=plan.cwd, poll=live.poll, poll_every_s=0.5)
@@ -180,18 +180,12 @@ def run_plan(plan: LaunchPlan, trainer_log: Path | None = None, title: str = "tr
 
 def report_failure(plan: LaunchPlan, code: int, lines: int = 20) -> None:
     """Print the end of the log and where the whole log is."""
-    from vlm.output import err
-
     tail = log_tail(plan.log_path, lines)
     err.print(f"[bold red]{Path(plan.argv[0]).name} {plan.argv[1]} exited with code {code}[/bold red]; "
               f"last {lines} lines of {plan.log_path}:", highlight=False)
     if tail:
         err.print(tail, markup=False, highlight=False)
     err.print(f"full log: {plan.log_path}", highlight=False)
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:

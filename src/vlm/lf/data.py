@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from vlm.errors import VlmError
 
@@ -36,8 +40,6 @@ DATA_KEYS = ("default_system", "enable_thinking", "preserve_thinking", "tool_for
 def lf_defaults() -> dict[str, Any]:
     """The defaults of LLaMA-Factory's ``ModelArguments`` and ``DataArguments`` (e.g. ``cutoff_len``,
     ``image_max_pixels``), read from its own dataclasses so vlm never carries a stale copy."""
-    import dataclasses
-
     from llamafactory.hparams import DataArguments, ModelArguments
 
     return {f.name: f.default for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)
@@ -141,7 +143,6 @@ def encode_example(processor: Any, ex: dict[str, Any], media: bool = True) -> tu
 def image_placeholder_tokens(plugin: Any, processor: Any, size: tuple[int, int]) -> int:
     """Image tokens the template's plugin expands one (width, height) image into with ``processor``'s resize."""
     from llamafactory.extras.constants import IMAGE_PLACEHOLDER
-    from PIL import Image
 
     blank = Image.new("1", size)  # only the size matters to the resize and to the grid; a 1-bit image is cheap
     messages = plugin.process_messages([{"role": "user", "content": IMAGE_PLACEHOLDER}], [blank], [], [], processor)
@@ -155,8 +156,6 @@ def quiet():
     Both libraries set their logger levels when first used, so they are configured first; the
     levels, the environment and the warning filters are restored afterwards.
     """
-    import warnings
-
     old_env = os.environ.get("LLAMAFACTORY_VERBOSITY")
     os.environ["LLAMAFACTORY_VERBOSITY"] = "ERROR"
     import llamafactory.extras.logging as lf_logging
@@ -182,3 +181,12 @@ def quiet():
         os.environ.pop("LLAMAFACTORY_VERBOSITY", None)
         if old_env is not None:
             os.environ["LLAMAFACTORY_VERBOSITY"] = old_env
+
+
+def dataset_names(value: Any) -> list[str]:
+    """The names in a ``dataset`` or ``eval_dataset`` value (comma-separated text or a list); blanks dropped."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    return []

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
 TRAINER_LOG = "trainer_log.jsonl"
 
 
@@ -139,9 +142,6 @@ def progress_line(p: TrainProgress) -> str:
 
 def render_progress(p: TrainProgress, title: str = "training"):
     """A rich renderable: a bar plus step/total, loss, lr, eval loss, epoch and ETA."""
-    from rich.progress_bar import ProgressBar
-    from rich.table import Table
-
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(width=30)

@@ -7,8 +7,16 @@ checkpoint chosen on the task metric can be seen against the one eval loss would
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from rich.table import Table
+
+from vlm.fsutil import atomic_write_bytes
+from vlm.lf.progress import TRAINER_LOG, parse_lines
+from vlm.output import info
+from vlm.output import out as stdout
 
 SELECTION_PLOT = "selection.png"
 NAMES = {"f1": "field F1", "ted_accuracy": "nTED accuracy", "valid_json": "valid JSON"}
@@ -29,8 +37,6 @@ def _num(value: float | None) -> str:
 
 def table(rows: list[dict[str, Any]], metric: str, several: bool):
     """The ranking as a rich table: the chosen metric first, then the others and the gap to the best."""
-    from rich.table import Table
-
     name, other = NAMES[metric], _other(metric)
     t = Table(title=f"{rows[0]['documents']} documents; ranked by {name}; "
                     "gaps to the best with 95% paired-bootstrap CIs")
@@ -70,8 +76,6 @@ def verdict(rows: list[dict[str, Any]], metric: str, several: bool) -> list[str]
 
 
 def _trainer_log(output_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    from vlm.lf.progress import TRAINER_LOG, parse_lines
-
     path = output_dir / TRAINER_LOG
     records = parse_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
     loss = [(int(r["current_steps"]), float(r["loss"])) for r in records
@@ -83,14 +87,10 @@ def _trainer_log(output_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[
 
 def plot_run(output_dir: Path, rows: list[dict[str, Any]], metric: str, split: str) -> Path:
     """F1 and nTED by checkpoint step over the loss curve, one PNG, written atomically to output_dir."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vlm.fsutil import atomic_write_bytes
 
     points = sorted((r for r in rows if r["step"] is not None), key=lambda r: r["step"])
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 6.5), gridspec_kw={"height_ratios": [3, 2]})
@@ -136,9 +136,6 @@ def plot_run(output_dir: Path, rows: list[dict[str, Any]], metric: str, split: s
 
 def print_selection(result: dict[str, Any]) -> None:
     """The ranked table and the tie verdict on stdout; the files written on stderr (vlm select, sweep --run)."""
-    from vlm.output import info
-    from vlm.output import out as stdout
-
     metric, several = result["metric"], len(result["runs"]) > 1
     stdout.print(table(result["leaderboard"], metric, several))
     for line in verdict(result["leaderboard"], metric, several):

@@ -20,14 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.evaluation.compare import Group, align, bootstrap_delta, groups_from_store
+from vlm.evaluation.metrics import aggregate, score_documents
+from vlm.fsutil import LockedError, atomic_write_json, now, try_lock
+from vlm.inference.predict import PredictSpec, prediction_status, run_predict
+from vlm.output import info, warn
 from vlm.training.checkpoints import (
     SELECTION_FILE,
     SELECTION_VERSION,
     final_model,
     final_step,
+    list_checkpoints,
     model_kind,
     output_dir_of,
+    training_holder,
+    weights_hash,
 )
+from vlm.training.config import load_config
 
 METRICS = ("f1", "ted_accuracy")
 SWEEP_STATUS = "sweep_status.json"
@@ -102,8 +111,6 @@ class Run:
 
 def sweep_configs(folder: Path) -> list[Path]:
     """The configs of the finished points of a ``vlm sweep --run`` (``folder/sweep_status.json``)."""
-    from vlm.output import info
-
     path = Path(folder) / SWEEP_STATUS
     if not Path(folder).is_dir():
         raise VlmError(f"sweep folder not found: {folder}", hint="pass the --out-dir of vlm sweep CONFIG ... --run.")
@@ -144,14 +151,10 @@ def _display(output_dir: Path) -> str:
 
 def load_run(config: Path, opts: SelectOptions) -> Run:
     """A run's models to score, oldest first; models with the same weights are one candidate."""
-    from vlm.training.checkpoints import weights_hash
-    from vlm.training.config import load_config
-    from vlm.training.train import checkpoints
-
     cfg = load_config(config)
     output_dir = output_dir_of(cfg, config)
     kind = model_kind(cfg)
-    saved = checkpoints(output_dir)
+    saved = list_checkpoints(output_dir)
     keep = opts.keep()
     steps = [int(p.name.split("-")[1]) for p in saved]
     chosen = list(zip(saved, steps)) if keep is None else list(zip(saved, steps))[-keep:] if keep else []
@@ -181,8 +184,6 @@ def load_run(config: Path, opts: SelectOptions) -> Run:
 
 
 def _spec(c: Candidate, opts: SelectOptions):
-    from vlm.inference.predict import PredictSpec
-
     common = dict(group=c.group, config=c.config, split=opts.split, store=opts.store, work_dir=opts.work_dir,
                   batch_size=opts.batch_size, max_new_tokens=opts.max_new_tokens, limit=opts.limit,
                   backend=opts.backend)
@@ -193,8 +194,6 @@ def _spec(c: Candidate, opts: SelectOptions):
 
 def _plan(candidates: list[Candidate], opts: SelectOptions) -> tuple[list[str], dict[str, Any]]:
     """Read what the store already holds for each model; refuse groups made from other weights at once."""
-    from vlm.inference.predict import prediction_status
-
     statuses, stale, ids = {}, [], None
     for c in candidates:
         if c.reuse:
@@ -214,9 +213,6 @@ def _plan(candidates: list[Candidate], opts: SelectOptions) -> tuple[list[str], 
 
 
 def _predict(candidates: list[Candidate], statuses: dict[str, Any], opts: SelectOptions, show: bool) -> None:
-    from vlm.inference.predict import run_predict
-    from vlm.output import info
-
     for i, c in enumerate(candidates, 1):
         where = f"[{i}/{len(candidates)}] {c.run} {c.name}"
         if c.reuse:
@@ -237,9 +233,6 @@ def _predict(candidates: list[Candidate], statuses: dict[str, Any], opts: Select
 
 def _score(candidates: list[Candidate], ids: list[str], opts: SelectOptions):
     """Per group: the documents' scores and their aggregate metrics, read as vlm evaluate reads store groups."""
-    from vlm.evaluation.compare import Group, align, groups_from_store
-    from vlm.evaluation.metrics import aggregate, score_documents
-
     names = list(dict.fromkeys(c.group for c in candidates if not c.reuse))
     wanted = set(ids)
     groups = []
@@ -270,8 +263,6 @@ def _ranked(candidates: list[Candidate], metrics: dict[str, dict], metric: str) 
 
 def _rows(ranked: list[Candidate], scores, metrics, n_docs: int, opts: SelectOptions) -> list[dict[str, Any]]:
     """Table rows, best first, each with its gap to the best and that gap's paired-bootstrap 95% CI."""
-    from vlm.evaluation.compare import bootstrap_delta
-
     best, rows = ranked[0], []
     for rank, c in enumerate(ranked, 1):
         m = metrics[_group(c)]
@@ -300,8 +291,6 @@ def leaderboard_path(runs: list[Run], opts: SelectOptions) -> Path:
 
 
 def _record(rows: list[dict[str, Any]], opts: SelectOptions, run: Run | None, extra: dict[str, Any]) -> dict[str, Any]:
-    from vlm.lf.cli import now
-
     tied = [r["label"] if run else f"{r['run']} {r['label']}" for r in rows if r["tied"]]
     return {
         "version": SELECTION_VERSION, "created_at": now(), "command": opts.command,
@@ -338,10 +327,6 @@ def select_runs(configs: list[Path], opts: SelectOptions, show_progress: bool = 
 def _claim(run: Run, locks: contextlib.ExitStack) -> None:
     """Hold the run's selection lock (two selections of one run would predict everything twice and race to write
     its selection.json), and say so when training still writes checkpoints there."""
-    from vlm.fsutil import LockedError, try_lock
-    from vlm.output import warn
-    from vlm.training.checkpoints import training_holder
-
     try:
         locks.enter_context(try_lock(run.output_dir / "vlm_select", note=f"pid {os.getpid()}"))
     except LockedError as e:
@@ -354,9 +339,6 @@ def _claim(run: Run, locks: contextlib.ExitStack) -> None:
 
 
 def _select_locked(runs: list[Run], opts: SelectOptions, show_progress: bool) -> dict[str, Any]:
-    from vlm.fsutil import atomic_write_json
-    from vlm.output import info
-
     candidates = [c for run in runs for c in run.candidates]
     first: dict[str, Candidate] = {}
     for c in candidates:  # the same weights in two runs (e.g. a point trained twice): predicted once

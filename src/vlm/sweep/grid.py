@@ -10,13 +10,17 @@ from __future__ import annotations
 import itertools
 import shlex
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm.data.augmented_dataset import make_derived
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_text, sha256_bytes
-from vlm.training.config import apply_method, config_header, render_yaml
+from vlm.output import progress
+from vlm.training.config import apply_method, config_header, load_config, render_yaml
+from vlm.training.validation import validate_config
 
 # Grid keys (LLaMA-Factory names, plus "method" and "augment") and the tags they get in point names, in name order.
 TAGS = {"method": "", "augment": "aug", "learning_rate": "lr", "lora_rank": "r", "num_train_epochs": "e"}
@@ -103,8 +107,6 @@ def write_points(points: list[SweepPoint], command: str, out_dir: Path, force: b
     """Validate and write every point's config; a file holding something else (a hand edit) is replaced
     only with ``force``, and nothing is written unless every file can be. ``before_write`` runs once every
     check has passed (it makes the data the configs name). Returns the files that changed."""
-    from vlm.training.validation import validate_config
-
     for point in points:
         validate_config(point.config)
         header = config_header(f"{command} --out-dir {out_dir}", str(point.path))
@@ -147,10 +149,6 @@ def write_sweep(config: Path, grid: dict[str, list[Any]], out_dir: Path, command
     """Render, validate and write the grid's configs; with ``augment``, first make the derived train datasets
     they name (after every refusal check, before any config is written, so each config can run anywhere).
     Returns the points and, per ``--augment`` value, its dataset's summary."""
-    from contextlib import nullcontext
-
-    from vlm.training.config import load_config
-
     base = load_config(config)
     datasets, made, train = {}, [], None
     if augment:
@@ -166,8 +164,6 @@ def write_sweep(config: Path, grid: dict[str, list[Any]], out_dir: Path, command
     def make_datasets() -> None:
         if not augment:
             return
-        from vlm.data.augmented_dataset import make_derived
-        from vlm.output import progress
 
         with progress() if show_progress else nullcontext() as bar:
             for n in augment.copies:

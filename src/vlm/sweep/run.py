@@ -17,15 +17,23 @@ while one runs. Rows of other grids in the same folder are kept but neither coun
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm.data.augmented_dataset import split_dataset_name
 from vlm.errors import VlmError
-from vlm.fsutil import LockedError, atomic_write_json, try_lock
+from vlm.fsutil import LockedError, atomic_write_json, now, try_lock
+from vlm.lf.data import dataset_names, read_dataset_info
+from vlm.output import info, warn
+from vlm.selection.select import SelectOptions, select_runs
 from vlm.sweep.grid import SweepPoint
+from vlm.training.checkpoints import list_checkpoints
+from vlm.training.train import MODEL_FILES, RUN_MANIFEST, TRAIN_LOG, TrainSpec, train
 
 STATUS_FILE = "sweep_status.json"
 
@@ -55,8 +63,6 @@ class RunOptions:
 
 def read_status(out_dir: Path) -> dict[str, Any]:
     """``OUT_DIR/sweep_status.json``, or an empty one; a damaged file is an error, never silently replaced."""
-    import json
-
     path = out_dir / STATUS_FILE
     if not path.is_file():
         return {"version": 1, "command": None, "points": []}
@@ -71,8 +77,6 @@ def read_status(out_dir: Path) -> dict[str, Any]:
 
 
 def _row(point: SweepPoint) -> dict[str, Any]:
-    from vlm.training.train import TRAIN_LOG
-
     return {"name": point.name, "config": str(point.path), "output_dir": str(point.config["output_dir"]),
             "settings": point.settings, "config_sha256": point.sha256, "status": "pending", "attempts": 0,
             "exit_code": None, "error": None, "log": str(Path(point.config["output_dir"]).resolve() / TRAIN_LOG),
@@ -93,17 +97,11 @@ def _merge_rows(status: dict[str, Any], points: list[SweepPoint]) -> list[dict[s
 
 
 def _has_model(row: dict[str, Any]) -> bool:
-    from vlm.training.train import MODEL_FILES
-
     return any((Path(row["output_dir"]) / name).is_file() for name in MODEL_FILES)
 
 
 def _finished_earlier(row: dict[str, Any]) -> bool:
     """A point whose training ended well but whose sweep was killed before it could say so."""
-    import json
-
-    from vlm.training.train import RUN_MANIFEST
-
     manifest = Path(row["output_dir"]) / RUN_MANIFEST
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
@@ -114,11 +112,8 @@ def _finished_earlier(row: dict[str, Any]) -> bool:
 
 def _train_point(row: dict[str, Any], options: RunOptions) -> None:
     """Train one point (continuing from its newest checkpoint if it has one) and record how it ended."""
-    from vlm.lf.cli import now
-    from vlm.training.train import TrainSpec, checkpoints, train
-
     output_dir = Path(row["output_dir"]).resolve()  # relative to the working directory, as vlm train reads it
-    found = checkpoints(output_dir)
+    found = list_checkpoints(output_dir)
     if found and row["attempts"] == 1:
         row.update(status="failed", error=f"{output_dir} already has checkpoints that this sweep did not write "
                                           f"(newest: {found[-1].name}); move them away or use another --out-dir",
@@ -142,15 +137,11 @@ def run_sweep(points: list[SweepPoint], out_dir: Path, command: str, options: Ru
     """Train every point that is not done yet, one after another, keeping the status file current; the caller
     holds ``sweep_lock(out_dir)``. Returns the status (``interrupted`` is set when Ctrl-C or SIGTERM stopped
     it). Points are trained in this process's working directory, as ``vlm train`` would be."""
-    from vlm.lf.cli import now
-
     return _run_locked(points, out_dir, command, options, now)
 
 
 def _run_locked(points: list[SweepPoint], out_dir: Path, command: str, options: RunOptions,
                 now: Callable[[], str]) -> dict[str, Any]:
-    from vlm.output import info, warn
-
     status = read_status(out_dir)
     rows = _merge_rows(status, points)
     status.update(version=1, command=command, points=rows, interrupted=False)
@@ -201,11 +192,6 @@ def summary(status: dict[str, Any], n_points: int) -> dict[str, int]:
 def check_rank_options(points: list[SweepPoint], split: str, checkpoints: str) -> None:
     """What the final ranking will need, checked before hours of training: the --checkpoints form and a
     registered split for every point's dataset."""
-    from vlm.data.augmented_dataset import split_dataset_name
-    from vlm.lf.data import read_dataset_info
-    from vlm.selection.select import SelectOptions
-    from vlm.training.validation import dataset_names
-
     SelectOptions(checkpoints=checkpoints).keep()
     for point in points:
         names = dataset_names(point.config.get("dataset"))
@@ -223,10 +209,6 @@ def rank(status: dict[str, Any], n_points: int, out_dir: Path, split: str, check
          show_progress: bool) -> dict[str, Any]:
     """``vlm select`` over this grid's finished points: every run's checkpoints on one leaderboard, written to
     ``OUT_DIR/leaderboard.json``; each run's selection.json names its own best."""
-    import shlex
-
-    from vlm.selection.select import SelectOptions, select_runs
-
     configs = [Path(row["config"]) for row in status["points"][:n_points] if row.get("status") == "done"]
     command = shlex.join(["vlm", "select", *map(str, configs), "--split", split, "--checkpoints", checkpoints,
                           "--max-new-tokens", str(max_new_tokens), "--out", str(out_dir / "leaderboard.json")])

@@ -8,21 +8,35 @@ final adapter (LoRA) or the whole model (full or freeze). ``vlm select`` writes 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.fsutil import sha256_file
+from vlm.output import warn
 
 SELECTION_FILE = "selection.json"
 SELECTION_VERSION = 1
 # The files that make a model what it is: an adapter's weights and its rank/alpha, or a whole model's weights.
 _WEIGHTS = re.compile(r"^(adapter_model\.(safetensors|bin)|adapter_config\.json|model(-\d+-of-\d+)?\.safetensors"
                       r"|pytorch_model(-\d+-of-\d+)?\.bin)$")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WHICH = re.compile(r"^(?:checkpoint-)?(\d+)$")
 CHOICES = "best, final, N or checkpoint-N"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete ``checkpoint-N`` dirs, oldest first. The trainer writes trainer_state.json last, so a
+    checkpoint without it was cut short (e.g. by Ctrl-C) and cannot be resumed from."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
 
 
 def model_kind(cfg: dict[str, Any]) -> str:
@@ -33,8 +47,6 @@ def model_kind(cfg: dict[str, Any]) -> str:
 def check_weights(folder: Path) -> None:
     """Refuse a saved model whose safetensors files are cut short (a checkpoint being written, a full disk, a copy
     that stopped): loading it would fail deep in safetensors. Reads only each file's header, so it is cheap."""
-    import struct
-
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         size, need = path.stat().st_size, None
         try:
@@ -55,8 +67,6 @@ def check_weights(folder: Path) -> None:
 def weights_hash(folder: Path) -> str:
     """sha256 over the weight files of a saved model (name and content), so two dirs that hold the same
     weights, e.g. the final adapter and the last checkpoint, hash alike wherever they lie."""
-    from vlm.fsutil import sha256_file
-
     files = sorted(p for p in folder.iterdir() if _WEIGHTS.match(p.name) and p.is_file()) if folder.is_dir() else []
     if not any(p.name != "adapter_config.json" for p in files):
         raise VlmError(f"no model weights in {folder}",
@@ -119,8 +129,6 @@ def _winner_dir(output_dir: Path, label: str) -> Path:
 def training_holder(output_dir: Path) -> str | None:
     """The note (e.g. "pid 123") of a ``vlm train`` running on ``output_dir`` now, else None. Probes the lock
     ``vlm train`` holds with a shared, non-blocking lock that is released at once; creates no file."""
-    import fcntl
-
     for path in sorted(output_dir.glob(".vlm_train*.lock")) if output_dir.is_dir() else []:
         try:
             with path.open() as f:
@@ -138,9 +146,6 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str, split: str
     """The folder of one of a run's saved models: ``best`` (the winner of ``vlm select``, checked against the
     weights it scored), ``final``, ``N`` or ``checkpoint-N``. ``split``: the one about to be predicted, to warn
     when the winner was chosen on it."""
-    from vlm.output import warn
-    from vlm.training.train import checkpoints
-
     output_dir = output_dir_of(cfg, config)
     kind = model_kind(cfg)
     if which == "best":
@@ -159,7 +164,7 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str, split: str
             raise VlmError(f"{stale}: the weights in {chosen} changed since it was scored (retrained?)",
                            hint=f"{fix}; it reuses what is already predicted.")
         scored = set(selection.get("checkpoints_seen") or [])
-        newer = [p.name for p in checkpoints(output_dir) if p.name not in scored]
+        newer = [p.name for p in list_checkpoints(output_dir) if p.name not in scored]
         if split and selection.get("split") == split:
             warn(f"the winner {label} was chosen on the {split} split: its scores there are optimistic (the choice "
                  "saw them); report the tuned model on a split the selection did not see, e.g. --split test")
@@ -177,7 +182,7 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str, split: str
     match = _WHICH.match(which)
     if not match:
         raise VlmError(f"--checkpoint {which!r} is not one of: {CHOICES}", hint="e.g. --checkpoint best")
-    saved = checkpoints(output_dir)
+    saved = list_checkpoints(output_dir)
     chosen = output_dir / f"checkpoint-{int(match.group(1))}"
     if chosen not in saved:
         have = ", ".join(p.name for p in saved) or "none"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.fsutil import atomic_write_text, now
 from vlm.lf.cli import (
     MERGE_CONFIG,
     LaunchPlan,
@@ -19,11 +20,12 @@ from vlm.lf.cli import (
     log_banner,
     make_plan,
     merge_config,
-    now,
     report_failure,
     resolve_paths,
     run_plan,
 )
+from vlm.output import info
+from vlm.training.config import load_config, render_yaml
 
 
 @dataclass
@@ -40,10 +42,6 @@ class MergeSpec:
 
 def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     """Write the merge config into the export dir and run ``llamafactory-cli export`` on it."""
-    from vlm.fsutil import atomic_write_text
-    from vlm.output import info
-    from vlm.training.config import load_config, render_yaml
-
     cfg = resolve_paths(load_config(spec.config))
     missing = [k for k in ("model_name_or_path", "template") if not cfg.get(k)]
     if missing:

@@ -13,29 +13,33 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vlm.data.images import decode_fully
 from vlm.errors import VlmError
-from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, ensure_dir, sha256_file, try_lock
+from vlm.fsutil import LockedError, atomic_write_json, atomic_write_text, ensure_dir, now, sha256_file, try_lock
 from vlm.lf.cli import (
     LaunchPlan,
     ScaleOut,
     find_llamafactory_cli,
     log_banner,
     make_plan,
-    now,
     report_failure,
     resolve_paths,
     run_plan,
 )
-from vlm.lf.data import read_dataset_info
+from vlm.lf.data import dataset_names, read_dataset_info
+from vlm.lf.progress import TRAINER_LOG, progress_from_file
+from vlm.output import info, warn
+from vlm.training.checkpoints import list_checkpoints
 from vlm.training.config import deepspeed_preset, load_config, render_yaml
-from vlm.training.validation import Validation, dataset_names, validate_config
+from vlm.training.validation import Validation, validate_config
 
 RESOLVED_CONFIG = "vlm_resolved_config.yaml"
 RUN_MANIFEST = "vlm_run.json"
@@ -44,7 +48,6 @@ TRAIN_LOG = "train.log"
 MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                "pytorch_model.bin", "pytorch_model.bin.index.json")
 PACKAGES = ("vlm", "llamafactory", "transformers", "torch", "peft", "datasets")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -84,18 +87,9 @@ class TrainResult:
     resumed_from: str | None = None
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete ``checkpoint-N`` dirs, oldest first. The trainer writes trainer_state.json last, so a
-    checkpoint without it was cut short (e.g. by Ctrl-C) and cannot be resumed from."""
-    if not output_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
-
-
 def plan_resume(cfg: dict[str, Any], output_dir: Path, resume: bool) -> str | None:
     """Set ``resume_from_checkpoint`` for ``--resume``, or refuse to silently continue or overwrite a run."""
-    found = checkpoints(output_dir)
+    found = list_checkpoints(output_dir)
     if resume:
         if not found:
             raise VlmError(f"--resume: no complete checkpoint-N in {output_dir}",
@@ -171,10 +165,6 @@ def check_datasets(cfg: dict[str, Any]) -> list[str]:
 def _check_images_decode(name: str, paths: list[Path], export_hint: str) -> None:
     """Every image decodes to its last byte; else name the files. A cut file has a good header, and
     LLaMA-Factory would fail on it mid-run with an error that names no file."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from vlm.data.export import decode_fully
-
     def problem(path: Path) -> str | None:
         try:
             decode_fully(path)
@@ -201,8 +191,6 @@ def check_config(cfg: dict[str, Any]) -> Validation:
 
 def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any] | None:
     """Refuse samples longer than cutoff_len (LLaMA-Factory would truncate them) unless allowed."""
-    from vlm.output import warn
-
     try:
         from vlm.training import token_budget
     except ImportError:
@@ -226,8 +214,6 @@ def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool) -> di
     checked before spending GPU time; raises VlmError on the first failing step."""
     import torch
 
-    from vlm.output import info, warn
-
     validation = validate_config(cfg)
     for line in validation.relaxed + validation.notes:
         info(f"[dim]config:[/dim] {line}")
@@ -247,8 +233,6 @@ def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool) -> di
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     """Installed versions of the packages that shape a run (None: not installed)."""
-    from importlib import metadata
-
     found = {}
     for name in packages:
         try:
@@ -315,9 +299,6 @@ def train(spec: TrainSpec) -> TrainResult:
 
 def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
     """``train`` once this process holds the output_dir's lock: no other run writes its checkpoints."""
-    from vlm.lf.progress import TRAINER_LOG, progress_from_file
-    from vlm.output import info, warn
-
     cfg, plan = result.config, result.plan
     checks = check_config_gpu_and_data(cfg, spec.allow_truncation)
     header = [f"Resolved by vlm train from {spec.config} at {now()}; LLaMA-Factory reads this file.",

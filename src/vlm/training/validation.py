@@ -19,6 +19,8 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from vlm.lf.data import dataset_names, quiet
+
 PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
 
 
@@ -57,15 +59,6 @@ def _type_problem(key: str, value: Any, hint: Any) -> str | None:
         choices = [m.value for m in hint]
         return None if value in choices else f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
     return None
-
-
-def dataset_names(value: Any) -> list[str]:
-    """The names in a ``dataset`` or ``eval_dataset`` value (comma-separated text or a list); blanks dropped."""
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if v is not None and str(v).strip()]
-    return []
 
 
 def _accepts_bool(hint: Any) -> bool:
@@ -128,8 +121,6 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
     Checks that depend on this machine (bf16 without a GPU, DeepSpeed without torchrun)
     are relaxed on a copy of the config and named in the result.
     """
-    from vlm.lf.data import quiet
-
     with quiet():
         import torch
         from llamafactory.data.template import TEMPLATES
