@@ -63,7 +63,7 @@ def test_groups_take_several_values():
 
 def test_backend_choices_match_the_library():
     """--backend offers exactly the engines predict knows (the option is an enum; the library keeps a tuple)."""
-    from vlm.commands.evaluate import Backend
+    from vlm.commands.common import Backend
     from vlm.inference.vllm_backend import BACKENDS
 
     assert tuple(b.value for b in Backend) == BACKENDS

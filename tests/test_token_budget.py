@@ -16,7 +16,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from vlm.commands import stats as stats_cmd
+from vlm.cli import app
 from vlm.errors import VlmError
 from vlm.training.token_budget import (
     LF_CUTOFF_LEN,
@@ -171,10 +171,7 @@ def test_missing_files(tiny_model, data_dir, tmp_path):
 
 
 def _app() -> typer.Typer:
-    """A local app with only ``stats``: cli.py may be mid-edit by others."""
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.callback()(lambda: None)
-    stats_cmd.register(app)
+    """The vlm app, as ``vlm stats`` runs it."""
     return app
 
 

@@ -1,6 +1,6 @@
 """The ``vlm`` console script: builds the Typer app and turns known errors into one line.
 
-Every command lives in ``vlm.commands.<group>`` and calls one library function.
+Every command lives in ``vlm.commands.<stage>`` (one module per pipeline stage) and calls one library function.
 Nothing heavy (torch, transformers, datasets, llamafactory) is imported here, so
 ``vlm --help`` stays fast.
 """
@@ -12,7 +12,8 @@ import sys
 
 import typer
 
-from vlm.commands import data, evaluate, selection, stats, training
+from vlm.commands import data, evaluation, inference, selection, sweep, training
+from vlm.commands.common import register
 
 app = typer.Typer(
     name="vlm",
@@ -35,8 +36,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (data, stats, training, evaluate, selection):
-    module.register(app)
+for stage in (data, training, inference, evaluation, selection, sweep):
+    register(app, stage)
 
 
 # Options that take several values after one flag: `--groups a b` means `--groups a --groups b`.

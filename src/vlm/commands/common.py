@@ -1,9 +1,10 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands, defined once, and the one way a command is registered."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,22 @@ StoreOpt = Annotated[
     Path, typer.Option("--store", help="SQLite prediction store.", envvar="VLM_STORE"),
 ]
 DEFAULT_STORE = Path("runs/predictions.sqlite")
+SplitOpt = Annotated[str, typer.Option("--split", help="Which split's documents (train, validation or test).")]
+
+
+class AugmentPolicy(str, Enum):
+    light = "light"
+    medium = "medium"
+    heavy = "heavy"
+
+
+class Backend(str, Enum):
+    """``--backend`` choices (vlm.inference.vllm_backend.BACKENDS; a test checks they agree)."""
+
+    auto = "auto"
+    transformers = "transformers"
+    vllm = "vllm"
+    llamafactory = "llamafactory"
 
 
 def examples(*lines: str) -> str:
@@ -30,9 +47,22 @@ def help_text(command: Callable) -> str:
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
-def add_examples(command: Callable, *lines: str) -> None:
-    """End a command's help with examples."""
-    command.__doc__ = help_text(command) + examples(*lines)
+def command(name: str, *example_lines: str) -> Callable[[Callable], Callable]:
+    """Mark a function as the command ``vlm NAME``, with the examples that end its help (kept beside it)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.vlm_command = (name, example_lines)
+        return fn
+
+    return mark
+
+
+def register(app: typer.Typer, module) -> None:
+    """Add each command that ``module`` marks with ``@command`` to ``app``, in the order they are defined."""
+    for fn in vars(module).values():
+        if callable(fn) and hasattr(fn, "vlm_command"):
+            name, lines = fn.vlm_command
+            app.command(name, help=help_text(fn) + examples(*lines))(fn)
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import JsonOpt, add_examples
+from vlm.commands.common import AugmentPolicy, JsonOpt, command
 
 CORD_HUB_ID = "naver-clova-ix/cord-v2"  # also in vlm.data.export; repeated to keep --help free of imports
 
@@ -21,32 +21,40 @@ class Split(str, Enum):
 
 
 SplitOpt = Annotated[Split, typer.Option("--split", help="Which split to export, or all three.")]
+
+
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Export at most this many records per split.")]
+
+
 PromptFileOpt = Annotated[
     Path | None, typer.Option(
         "--prompt-file", exists=True, dir_okay=False, help="Use this prompt instead of the built-in one.")
 ]
+
+
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=1, help="Parallel image writers (default: one per CPU core).")
 ]
+
+
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail on the first split with a bad record instead of skipping it.")]
+
+
 NoRegisterOpt = Annotated[
     bool, typer.Option("--no-register", help="Do not register the splits in DIR/dataset_info.json.")
 ]
-
-
-class AugmentPolicy(str, Enum):
-    light = "light"
-    medium = "medium"
-    heavy = "heavy"
 
 
 AugmentOpt = Annotated[int, typer.Option(
     "--augment", min=0, metavar="N",
     help="Add N augmented copies of each train image (rotation, perspective, blur, light, shadow, noise, JPEG); "
          "never of validation or test. A rerun reuses the copies on disk.")]
+
+
 AugmentPolicyOpt = Annotated[AugmentPolicy, typer.Option("--augment-policy", help="How strong the augmentations are.")]
+
+
 AugmentSeedOpt = Annotated[int, typer.Option("--seed", help="Augmentation seed: the same seed makes the same bytes.")]
 
 
@@ -111,6 +119,13 @@ def _report(result: dict, as_json: bool) -> None:
                   f"{result['dataset_info']}", highlight=False)
 
 
+@command(
+    "save-cord-dataset-in-sharegpt-format",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --source ./cord-v2-local --split test --limit 10",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --json",
+    "vlm save-cord-dataset-in-sharegpt-format data/cord --augment 2 --augment-policy medium --seed 0",
+)
 def save_cord(
     out_dir: Annotated[Path, typer.Argument(help="Output directory for the JSON files, images and manifest.")],
     source: Annotated[str, typer.Option(
@@ -140,14 +155,13 @@ def save_cord(
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
-add_examples(save_cord, 
-    "vlm save-cord-dataset-in-sharegpt-format data/cord",
-    "vlm save-cord-dataset-in-sharegpt-format data/cord --source ./cord-v2-local --split test --limit 10",
-    "vlm save-cord-dataset-in-sharegpt-format data/cord --json",
-    "vlm save-cord-dataset-in-sharegpt-format data/cord --augment 2 --augment-policy medium --seed 0",
+@command(
+    "export",
+    "vlm export data/invoices --source ./my-invoices --name invoices --prompt-file prompt.txt --target-column label",
+    "vlm export data/sroie --source some-org/sroie --name sroie --prompt 'Extract the fields as JSON.' --split train",
+    "vlm export data/docvqa --source ./docvqa-sample --name docvqa --prompt 'Answer in a few words.' "
+    "--question-column question --target-column answers --split test",
 )
-
-
 def export_generic(
     out_dir: Annotated[Path, typer.Argument(help="Output directory.")],
     source: Annotated[str, typer.Option("--source", help="Hub id, or a local directory in the hub layout.")],
@@ -193,14 +207,12 @@ def export_generic(
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
-add_examples(export_generic, 
-    "vlm export data/invoices --source ./my-invoices --name invoices --prompt-file prompt.txt --target-column label",
-    "vlm export data/sroie --source some-org/sroie --name sroie --prompt 'Extract the fields as JSON.' --split train",
-    "vlm export data/docvqa --source ./docvqa-sample --name docvqa --prompt 'Answer in a few words.' "
-    "--question-column question --target-column answers --split test",
+@command(
+    "register-dataset",
+    "vlm register-dataset data/cord/cord_train.json --name cord_train",
+    "vlm register-dataset data/cord/cord_train.json --name cord_train "
+    "--dataset-info ~/LLaMA-Factory/data/dataset_info.json",
 )
-
-
 def register_cmd(
     data_json: Annotated[Path, typer.Argument(help="An exported ShareGPT JSON file, e.g. data/cord/cord_train.json.")],
     name: Annotated[str, typer.Option("--name", help="Entry name, used as `dataset:` in the training YAML.")],
@@ -221,22 +233,3 @@ def register_cmd(
     else:
         verb = "registered" if reg.changed else "already registered (file unchanged):"
         info(f"{verb} {reg.name} in {reg.dataset_info}")
-
-
-add_examples(register_cmd, 
-    "vlm register-dataset data/cord/cord_train.json --name cord_train",
-    "vlm register-dataset data/cord/cord_train.json --name cord_train "
-    "--dataset-info ~/LLaMA-Factory/data/dataset_info.json",
-)
-
-
-COMMANDS = {
-    "save-cord-dataset-in-sharegpt-format": save_cord,
-    "export": export_generic,
-    "register-dataset": register_cmd,
-}
-
-
-def register(app: typer.Typer) -> None:
-    for name, fn in COMMANDS.items():
-        app.command(name)(fn)

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, add_examples, check_store
-from vlm.commands.evaluate import Backend
+from vlm.commands.common import DEFAULT_STORE, Backend, JsonOpt, StoreOpt, check_store, command
 
 
 class Metric(str, Enum):
@@ -17,6 +16,14 @@ class Metric(str, Enum):
     ted_accuracy = "ted_accuracy"
 
 
+@command(
+    "select",
+    "vlm select configs/cord.yaml",
+    "vlm select configs/cord.yaml --checkpoints last-3 --metric ted_accuracy --limit 100",
+    "vlm select configs/sweep/cord_lr1e-4.yaml configs/sweep/cord_lr5e-5.yaml --out reports/leaderboard.json",
+    "vlm select --sweep configs/sweep --sweep configs/sweep-full --json",
+    "vlm predict --group best --config configs/cord.yaml --checkpoint best",
+)
 def select(
     configs: Annotated[list[Path] | None, typer.Argument(
         help="Training configs of the runs (their output_dir holds checkpoint-N and the final model).",
@@ -81,17 +88,3 @@ def select(
         print_json(result)
         return
     print_selection(result)
-
-
-add_examples(
-    select,
-    "vlm select configs/cord.yaml",
-    "vlm select configs/cord.yaml --checkpoints last-3 --metric ted_accuracy --limit 100",
-    "vlm select configs/sweep/cord_lr1e-4.yaml configs/sweep/cord_lr5e-5.yaml --out reports/leaderboard.json",
-    "vlm select --sweep configs/sweep --sweep configs/sweep-full --json",
-    "vlm predict --group best --config configs/cord.yaml --checkpoint best",
-)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("select")(select)

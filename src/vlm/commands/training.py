@@ -1,7 +1,7 @@
-"""Training commands: render-config, validate, train, merge, sweep.
+"""Training commands: render-config, validate, stats, train, merge.
 
-Each command checks its options, calls one function in ``vlm.training.config`` or ``vlm.training.train``
-and prints the result. Nothing heavy is imported here, so ``vlm --help`` stays fast.
+Each command checks its options, calls one function in ``vlm.training`` and prints the result. Nothing heavy
+is imported here, so ``vlm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, examples, help_text
-from vlm.commands.data import AugmentPolicy
+from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, command
 
 OverridesArg = Annotated[
     list[str] | None,
@@ -34,22 +33,6 @@ class DeepSpeed(str, Enum):
     z3 = "z3"
 
 
-def _grid(text: str | None, kind: type, flag: str) -> list:
-    """``"1e-4,5e-5"`` as a list of distinct numbers."""
-    from vlm.errors import VlmError
-
-    if text is None:
-        return []
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        values = [kind(float(t)) if kind is int and float(t).is_integer() else kind(t) for t in items]
-    except ValueError:
-        raise VlmError(f"{flag} takes comma-separated numbers, got {text!r}", hint=f"e.g. {flag} 1e-4,5e-5") from None
-    if not values or len(set(values)) != len(values):
-        raise VlmError(f"{flag} needs distinct values, got {text!r}")
-    return values
-
-
 def _print_relaxed(validation) -> None:
     from vlm.output import info
 
@@ -59,6 +42,14 @@ def _print_relaxed(validation) -> None:
         info(f"  [dim]note:[/dim] {line}")
 
 
+@command(
+    "render-config",
+    "vlm render-config configs/cord.yaml",
+    "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
+    "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
+    "vlm render-config - learning_rate=5e-5 num_train_epochs=3",
+    "vlm render-config configs/cord_es.yaml --early-stopping 3",
+)
 def render_config(
     out: Annotated[str, typer.Argument(help="Where to write the YAML ('-' for stdout).")] = "configs/cord.yaml",
     overrides: OverridesArg = None,
@@ -117,6 +108,11 @@ def render_config(
     _print_relaxed(validation)
 
 
+@command(
+    "validate",
+    "vlm validate configs/cord.yaml",
+    "vlm validate configs/cord.yaml learning_rate=5e-5 --json",
+)
 def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
     """Check a training config with LLaMA-Factory's own parser, in-process and without loading a model,
     and its data as vlm train does: dataset_dir, the registered datasets, their files and images.
@@ -145,6 +141,105 @@ def validate(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt
     _print_relaxed(validation)
 
 
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dataset", help="Dataset name from dataset_info.json (repeatable); replaces the config's dataset."),
+]
+
+
+ImageMaxPixelsOpt = Annotated[
+    int | None, typer.Option("--image-max-pixels", min=1, help="Override image_max_pixels (e.g. 262144 = 512*512).")
+]
+
+
+CutoffLenOpt = Annotated[int | None, typer.Option("--cutoff-len", min=1, help="Override cutoff_len.")]
+
+
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Count only the first N examples.")]
+
+
+FailOpt = Annotated[
+    bool, typer.Option("--fail-on-truncation", help="Exit 1 when any example exceeds cutoff_len (for CI and scripts).")
+]
+
+
+def _print_report(report, as_json: bool) -> None:
+    from rich.table import Table
+
+    from vlm.output import out, print_json
+
+    if as_json:
+        print_json(report.to_dict())
+        return
+    table = Table(title=f"tokens per example ({report.n_total} examples, {', '.join(report.datasets)}, "
+                        f"image_max_pixels={report.image_max_pixels})")
+    table.add_column("tokens")
+    for col in ("p50", "p90", "p99", "max"):
+        table.add_column(col, justify="right")
+    for kind, row in report.percentiles().items():
+        table.add_row(kind, *(str(row[c]) for c in ("p50", "p90", "p99", "max")))
+    out.print(table)
+    first, *rest = report.recommendation.splitlines()
+    style = "red" if report.n_over else "green"
+    out.print(f"[{style}]{first}[/{style}]", highlight=False)
+    if report.dropped:
+        out.print(f"{len(report.dropped)} malformed examples are dropped by LLaMA-Factory and not counted",
+                  highlight=False)
+    for line in rest:
+        out.print(line, highlight=False)
+    best = report.recommended_image_max_pixels
+    out.print(f"recommended image_max_pixels: {best if best is not None else 'none fits'}", highlight=False)
+    out.print(f"recommended cutoff_len: {report.recommended_cutoff_len}", highlight=False)
+
+
+@command(
+    "stats",
+    "vlm stats configs/cord.yaml",
+    "vlm stats configs/cord.yaml --image-max-pixels 262144 --cutoff-len 1024",
+    "vlm stats configs/cord.yaml --dataset cord_validation --limit 50 --json",
+    "vlm stats configs/cord.yaml --fail-on-truncation",
+)
+def stats(
+    config: ConfigArg,
+    dataset: DatasetOpt = None,
+    image_max_pixels: ImageMaxPixelsOpt = None,
+    cutoff_len: CutoffLenOpt = None,
+    limit: LimitOpt = None,
+    fail_on_truncation: FailOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count image, prompt, answer and total tokens of every training example, exactly as LLaMA-Factory does.
+
+    Shows p50/p90/p99/max per kind, how many examples exceed cutoff_len (they would
+    be truncated, which breaks image tokens), and the largest image_max_pixels and
+    smallest cutoff_len that fit. Exits 0 even when some exceed, unless
+    --fail-on-truncation.
+    """
+    from vlm.training.config import load_config
+    from vlm.training.token_budget import check_config
+
+    cfg = load_config(config)
+    if dataset:
+        cfg["dataset"] = list(dataset)
+    if image_max_pixels is not None:
+        cfg["image_max_pixels"] = image_max_pixels
+    if cutoff_len is not None:
+        cfg["cutoff_len"] = cutoff_len
+    report = check_config(cfg, limit=limit, show_progress=not as_json)
+    _print_report(report, as_json)
+    if fail_on_truncation and report.n_over:
+        raise typer.Exit(1)
+
+
+@command(
+    "train",
+    "vlm train configs/cord.yaml",
+    "vlm train configs/cord.yaml --resume",
+    "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
+    "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
+    "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8",
+    "vlm train configs/cord.yaml --nproc-per-node 8 --deepspeed z2",
+)
 def train(
     config: ConfigArg,
     overrides: OverridesArg = None,
@@ -199,6 +294,13 @@ def train(
         raise typer.Exit(result.exit_code)
 
 
+@command(
+    "merge",
+    "vlm merge configs/cord.yaml",
+    "vlm merge configs/cord.yaml --checkpoint best --export-dir saves/cord-best-merged",
+    "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
+    "--export-dir saves/merged",
+)
 def merge(
     config: ConfigArg,
     adapter: Annotated[Path | None, typer.Option(
@@ -230,182 +332,3 @@ def merge(
         info(f"merged model in {merged['export_dir']}")
     if code:
         raise typer.Exit(code)
-
-
-def _methods(text: str | None) -> list[str]:
-    from vlm.errors import VlmError
-    from vlm.training.config import METHODS
-
-    if text is None:
-        return []
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [m for m in items if m not in METHODS]
-    if bad or not items or len(set(items)) != len(items):
-        raise VlmError(f"--method takes distinct methods from {', '.join(METHODS)}, got {text!r}",
-                       hint="e.g. --method lora,full")
-    return items
-
-
-def sweep(
-    config: ConfigArg,
-    lr: Annotated[str | None, typer.Option("--lr", help="Learning rates, comma-separated.")] = None,
-    lora_rank: Annotated[str | None, typer.Option("--lora-rank", help="LoRA ranks, comma-separated.")] = None,
-    epochs: Annotated[str | None, typer.Option("--epochs", help="Epoch counts, comma-separated.")] = None,
-    method: Annotated[str | None, typer.Option(
-        "--method", help="Fine-tuning methods, comma-separated (lora, qlora, full, freeze): LoRA or full?")] = None,
-    augment: Annotated[str | None, typer.Option(
-        "--augment", help="Augmented copies per train image, comma-separated (0 = none): does augmentation help? "
-                          "Each value trains on a derived dataset, e.g. cord_train_aug2, made beside the export.")
-    ] = None,
-    augment_policy: Annotated[AugmentPolicy, typer.Option(
-        "--augment-policy", help="How strong --augment's augmentations are (as vlm export).")] = AugmentPolicy.medium,
-    seed: Annotated[int, typer.Option("--seed", help="--augment's seed: the same seed makes the same bytes.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the configs and sweep_status.json go.")] = Path(
-        "configs/sweep"),
-    run: Annotated[bool, typer.Option(
-        "--run", help="Train the points one after another (a rerun continues where it stopped), then rank them.")
-    ] = False,
-    print_commands: Annotated[bool, typer.Option(
-        "--print-commands", help="Print one `vlm train` command per point, for a scheduler or many GPUs.")] = False,
-    select: Annotated[bool, typer.Option(
-        "--select/--no-select", help="After --run, rank the runs' checkpoints with vlm select.")] = True,
-    split: Annotated[str, typer.Option("--split", help="Split that --run's ranking predicts.")] = "validation",
-    checkpoints: Annotated[str, typer.Option(
-        "--checkpoints", help="Checkpoints --run's ranking scores per run: all or last-N (as vlm select).")] = "all",
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", min=1, help="Generation length for --run's ranking (as vlm predict).")] = 1024,
-    allow_truncation: Annotated[bool, typer.Option(
-        "--allow-truncation", help="Train even when samples exceed cutoff_len.")] = False,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Overwrite configs in --out-dir that hold something else (e.g. hand edits).")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Render one validated config per grid point, each with its own output_dir; --run trains them.
-
-    A config already in --out-dir with other content (a hand edit) is never overwritten
-    without --force; nothing is written unless every file can be. With --run the points are
-    trained in order and OUT_DIR/sweep_status.json records each one as pending, running, done
-    or failed: a killed sweep continues where it stopped when rerun, and a failed point does
-    not stop the others. At the end vlm select ranks every run's checkpoints on one leaderboard.
-
-    --augment 0,2 makes augmentation an axis: a point trains on the export's original train
-    records plus that many augmented copies of each (a dataset derived beside the export before
-    the configs are written; copies on disk are reused), so the leaderboard says, with a CI,
-    whether augmentation helps."""
-    from contextlib import nullcontext
-
-    from vlm.errors import VlmError
-    from vlm.output import info, print_json
-    from vlm.output import out as stdout
-    from vlm.sweep.grid import AugmentAxis, train_commands, write_sweep
-    from vlm.sweep.run import sweep_lock
-
-    if run and print_commands:
-        raise VlmError("--run and --print-commands are alternatives",
-                       hint="--run trains here, one point after another; --print-commands hands them to a scheduler.")
-    grid = {"method": _methods(method), "learning_rate": _grid(lr, float, "--lr"),
-            "lora_rank": _grid(lora_rank, int, "--lora-rank"), "num_train_epochs": _grid(epochs, float, "--epochs")}
-    grid["num_train_epochs"] = [int(e) if e.is_integer() else e for e in grid["num_train_epochs"]]
-    copies = _grid(augment, int, "--augment")
-    if any(c < 0 or not isinstance(c, int) for c in copies):
-        raise VlmError(f"--augment takes whole numbers of copies, 0 or more, got {augment!r}",
-                       hint="e.g. --augment 0,2")
-    if not any(grid.values()) and not copies:
-        raise VlmError("nothing to sweep",
-                       hint="pass at least one of --lr, --lora-rank, --epochs, --method, --augment, "
-                            "e.g. --lr 1e-4,5e-5")
-    flags = (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs), ("method", method), ("augment", augment))
-    command = f"vlm sweep {config} " + " ".join(f"--{flag} {text}" for flag, text in flags if text)
-    if copies and (augment_policy != AugmentPolicy.medium or seed):
-        command += f" --augment-policy {augment_policy.value} --seed {seed}"
-    axis = AugmentAxis(copies, augment_policy.value, seed) if copies else None
-    # With --run, OUT_DIR is held from before its configs are written: a second sweep there cannot
-    # rewrite the files of points this one has yet to train.
-    with sweep_lock(out_dir) if run else nullcontext():
-        points, datasets = write_sweep(config, grid, out_dir, command, force, axis, show_progress=not as_json)
-        for d in datasets:
-            info(f"aug{d['copies_per_image']}: " + (
-                f"{d['name']}, the export's train dataset, unchanged" if not d["file"]
-                else f"{d['name']}: {d['originals']} originals + {d['copies']} copies ({d['made']} made, "
-                     f"{d['reused']} reused){'' if d['changed'] else ', unchanged'}"))
-        if run:
-            _run_grid(points, out_dir, f"{command} --out-dir {out_dir} --run", select, split, checkpoints,
-                      max_new_tokens, allow_truncation, as_json)
-            return
-    rows = [{"config": str(p.path), **p.settings, "dataset": p.config.get("dataset"),
-             "output_dir": p.config["output_dir"]} for p in points]
-    if print_commands:
-        lines = train_commands(points)
-        if as_json:
-            print_json([{**row, "command": line} for row, line in zip(rows, lines)])
-        else:
-            stdout.print("\n".join(lines), markup=False, highlight=False)
-        return
-    if as_json:
-        print_json(rows)
-        return
-    for row in rows:
-        stdout.print(row["config"], highlight=False)
-    info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, or all of them with --run")
-
-
-def _run_grid(points, out_dir: Path, command: str, select: bool, split: str, checkpoints: str, max_new_tokens: int,
-              allow_truncation: bool, as_json: bool) -> None:
-    """sweep --run: train, then rank this grid's finished points; print, and exit 130 / 1 as the run ended."""
-    from vlm.output import info, print_json
-    from vlm.sweep.run import STATUS_FILE, RunOptions, check_rank_options, rank, read_status, run_sweep, summary
-
-    read_status(out_dir)  # a damaged status file is refused before anything else
-    if select:
-        check_rank_options(points, split, checkpoints)
-    status = run_sweep(points, out_dir, command, RunOptions(allow_truncation))
-    counts = summary(status, len(points))
-    leaderboard = None
-    if select and not status.get("interrupted") and counts["done"]:
-        leaderboard = rank(status, len(points), out_dir, split, checkpoints, max_new_tokens,
-                           show_progress=not as_json)
-        if not as_json:
-            from vlm.selection.report import print_selection
-
-            print_selection(leaderboard)
-    if as_json:
-        print_json({"status_file": str(out_dir / STATUS_FILE), **counts, "points": status["points"][: len(points)],
-                    "interrupted": status.get("interrupted", False), "leaderboard": leaderboard})
-    else:
-        info(f"sweep: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
-             f"({out_dir / STATUS_FILE})")
-    if status.get("interrupted"):
-        raise typer.Exit(130)
-    if counts["failed"]:
-        raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the training commands to ``app``."""
-    app.command("render-config", help=help_text(render_config) + examples(
-        "vlm render-config configs/cord.yaml",
-        "vlm render-config configs/cord_qlora.yaml --method qlora --lora-rank 16",
-        "vlm render-config configs/cord_z3.yaml --deepspeed z3 --output-dir saves/cord_z3",
-        "vlm render-config - learning_rate=5e-5 num_train_epochs=3",
-        "vlm render-config configs/cord_es.yaml --early-stopping 3"))(render_config)
-    app.command("validate", help=help_text(validate) + examples(
-        "vlm validate configs/cord.yaml",
-        "vlm validate configs/cord.yaml learning_rate=5e-5 --json"))(validate)
-    app.command("train", help=help_text(train) + examples(
-        "vlm train configs/cord.yaml",
-        "vlm train configs/cord.yaml --resume",
-        "vlm train configs/cord.yaml num_train_epochs=3 output_dir=saves/cord_e3",
-        "vlm train configs/cord.yaml --nproc-per-node 8 --dry-run",
-        "vlm train configs/cord.yaml --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8",
-        "vlm train configs/cord.yaml --nproc-per-node 8 --deepspeed z2"))(train)
-    app.command("merge", help=help_text(merge) + examples(
-        "vlm merge configs/cord.yaml",
-        "vlm merge configs/cord.yaml --checkpoint best --export-dir saves/cord-best-merged",
-        "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
-        "--export-dir saves/merged"))(merge)
-    app.command("sweep", help=help_text(sweep) + examples(
-        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
-        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --out-dir configs/sweep --json",
-        "vlm sweep configs/cord.yaml --method lora,full --lr 1e-4,1e-5 --run",
-        "vlm sweep configs/cord.yaml --augment 0,2 --run",
-        "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --print-commands"))(sweep)

@@ -1,0 +1,132 @@
+"""``vlm evaluate``: compare groups of predictions with the CORD metrics (or, --task qa, ANLS)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlm.commands.common import DEFAULT_STORE, JsonOpt, SplitOpt, StoreOpt, check_store, command
+
+
+class Task(str, Enum):
+    extraction = "extraction"
+    qa = "qa"
+
+
+@command(
+    "evaluate",
+    "vlm evaluate --groups vanilla-model finetuned-model",
+    "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --worst 5 --changes",
+    "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
+    "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --label-errors 50",
+    "vlm evaluate --task qa --groups vanilla-docvqa finetuned-docvqa --split test --output reports/forgetting",
+)
+def evaluate(
+    groups: Annotated[list[str] | None, typer.Option(
+        "--groups", help="Stored groups to compare; the first is the baseline.")] = None,
+    predictions: Annotated[list[Path] | None, typer.Option(
+        "--predictions", help="Prediction JSONL files, one group each.")] = None,
+    split: SplitOpt = "test",
+    store: StoreOpt = DEFAULT_STORE,
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="Write report.md, report.html, metrics.json, per_document.csv, chart.png, "
+                         "coverage.png here.")] = None,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="Show the N worst documents of each group.")] = 0,
+    changes: Annotated[bool, typer.Option(
+        "--changes", help="List documents each group fixed or broke against the baseline.")] = False,
+    resamples: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    fields: Annotated[bool, typer.Option("--fields/--no-fields", help="Show the per-field table.")] = True,
+    label_errors: Annotated[int | None, typer.Option(
+        "--label-errors", min=0, help="List N label-error candidates (fields where all groups agree and the "
+                                      "ground truth differs); report.md lists 20 by default.")] = None,
+    task: Annotated[Task, typer.Option(
+        "--task", help="extraction: JSON fields (CORD metrics); qa: short text answers scored by "
+                       "ANLS and exact match (the forgetting check).")] = Task.extraction,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
+
+    Also checks that each prediction adds up (menu prices to the subtotal, subtotal plus tax to the total, cash
+    minus total to the change, count times unit price to the price) and reports the accuracy of the
+    predictions that pass against those that fail. --output also writes coverage.png and report.html.
+
+    Groups come from the store (--groups) or from files (--predictions): LLaMA-Factory's
+    generated_predictions.jsonl, or JSONL lines of {"id", "prediction", "ground_truth"}.
+
+    --task qa scores short text answers (a QA export) with ANLS and exact match instead, with the same paired
+    CIs: predict the base and the fine-tuned model on a general QA set; a negative ANLS delta whose CI excludes
+    0 is forgetting.
+    """
+    if task is Task.qa:
+        _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json)
+        return
+    from vlm.errors import VlmError
+    from vlm.evaluation.compare import (
+        evaluate_groups,
+        fixed_and_broken,
+        group_from_file,
+        groups_from_store,
+        worst_documents,
+    )
+    from vlm.evaluation.outputs import write_extraction_report
+    from vlm.evaluation.report import print_tables
+    from vlm.output import info, out, print_json
+
+    if output:
+        from vlm.fsutil import ensure_dir
+
+        ensure_dir(output, "--output folder")  # before the work, not after it
+    loaded = []
+    if groups:
+        check_store(store)
+        loaded += groups_from_store(store, groups, split)
+    for path in predictions or []:
+        loaded.append(group_from_file(path))
+    if not loaded:
+        raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
+    result = evaluate_groups(loaded, resamples=resamples, seed=seed)
+    extra = {}
+    if worst:
+        extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
+    if changes:
+        extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
+    from vlm.evaluation import trust
+
+    aligned: dict | None = {} if output else None  # alignments made for the candidates, reused by report.html
+    # the candidates feed only --label-errors and the files: --json alone never prints them
+    candidates = trust.label_error_candidates(result, aligned) if output or label_errors is not None else []
+    if label_errors is not None:
+        extra["label_errors"] = candidates[:label_errors]
+    if output:
+        paths = write_extraction_report(result, output, candidates, 20 if label_errors is None else label_errors,
+                                        store=store if groups else None, split=split, aligned=aligned)
+        info("wrote " + ", ".join(str(p) for p in paths))
+    if as_json:
+        print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
+        return
+    print_tables(result, show_fields=fields)
+    trust.print_trust(result, extra.get("label_errors"))
+    for g, rows in extra.get("worst", {}).items():
+        out.print(f"[bold]{worst} worst documents of {g}[/bold]: "
+                  + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
+    for g, ch in extra.get("changes", {}).items():
+        out.print(f"[bold]{g}[/bold] fixed {len(ch['fixed'])}: " + ", ".join(r["id"] for r in ch["fixed"][:20]))
+        out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
+
+
+def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json) -> None:
+    from vlm.evaluation.outputs import write_qa_report
+    from vlm.evaluation.qa import evaluate_qa, forgetting_verdicts, load_groups, print_result
+    from vlm.output import info, print_json
+
+    result = evaluate_qa(load_groups(store, groups, predictions, split), resamples=resamples, seed=seed)
+    if output:
+        info("wrote " + ", ".join(str(p) for p in write_qa_report(result, output)))
+    if as_json:
+        print_json(dict(result["groups"]) | {"verdicts": forgetting_verdicts(result)})
+    else:
+        print_result(result, worst)
