@@ -69,38 +69,79 @@ def describe_os_error(e: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}"
 
 
+def empty_argument(argv: list[str]) -> str | None:
+    """The option (or argument) given an empty value, e.g. ``--output ""`` from an unset shell variable."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return None
+        if arg.startswith("--") and arg.endswith("="):
+            return arg[:-1]
+        if arg == "":
+            previous = argv[i - 1] if i else ""
+            return previous if previous.startswith("-") else f"argument {i} of {argv[0]}" if i else "the command"
+    return None
+
+
+def fail(message: str, hint: str | None, code: int, as_json: bool) -> None:
+    """One line plus a hint on stderr; with --json also ``{"ok": false, "error", "hint"}`` on stdout; exit."""
+    from vlm.output import err, print_json
+
+    if as_json:
+        print_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    if hint:
+        err.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: run the app; known errors become one line plus a hint and a non-zero exit."""
+    """Entry point: run the app; known errors become one line plus a hint and a non-zero exit.
+
+    With --json, every failure also prints one JSON object on stdout, so a script reading stdout always gets
+    JSON: ``{"ok": false, "error": ..., "hint": ..., "exit_code": N}``.
+    """
     from vlm.errors import VlmError
 
+    argv = expand_multi_value_options(sys.argv[1:])
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    debug = bool(os.environ.get("VLM_DEBUG"))
     try:
-        app(args=expand_multi_value_options(sys.argv[1:]), prog_name="vlm")
+        empty = empty_argument(argv)
+        if empty:
+            raise VlmError(f"{empty} is empty (an unset shell variable?)",
+                           hint="give it a value, or leave it out to use its default.")
+        # standalone_mode=False: click hands usage errors back, so --json can report them as JSON too
+        code = app(args=argv, prog_name="vlm", standalone_mode=False)
     except VlmError as e:
-        if os.environ.get("VLM_DEBUG"):
+        if debug:
             raise
-        from vlm.output import err
+        fail(e.message, e.hint, e.exit_code, as_json)
+    except typer.TyperException as e:  # a usage error: what click would print, and its exit code (2)
+        if not hasattr(e, "show"):
+            raise
+        if as_json and not isinstance(e.__cause__, KeyboardInterrupt):
+            from vlm.output import print_json
 
-        err.print(f"[bold red]error:[/bold red] {e.message}", highlight=False)
-        if e.hint:
-            err.print(f"[dim]hint:[/dim] {e.hint}", highlight=False)
+            print_json({"ok": False, "error": e.format_message(), "hint": "see vlm COMMAND --help",
+                        "exit_code": e.exit_code})
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(e)  # the panel Typer prints in its standalone mode
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: the shell's convention
         sys.exit(130)
     except OSError as e:  # a file-system problem (no space, read-only, a folder where a file goes...)
-        if os.environ.get("VLM_DEBUG"):
+        if debug:
             raise
-        from vlm.output import err
-
-        err.print(f"[bold red]error:[/bold red] {describe_os_error(e)}", highlight=False)
-        err.print("[dim]hint:[/dim] check the path: it must be writable (or readable) and of the right kind; "
-                  "rerun with VLM_DEBUG=1 for the traceback.", highlight=False)
-        sys.exit(2)
+        fail(describe_os_error(e), "check the path: it must be writable (or readable) and of the right kind; "
+             "rerun with VLM_DEBUG=1 for the traceback.", 2, as_json)
     except Exception as e:  # an unexpected failure: one line unless debugging
-        if os.environ.get("VLM_DEBUG"):
+        if debug:
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        print("hint: this is a bug or an unhandled case; rerun with VLM_DEBUG=1 for the traceback.", file=sys.stderr)
-        sys.exit(1)
+        fail(f"{type(e).__name__}: {e}", "this is a bug or an unhandled case; rerun with VLM_DEBUG=1 for the "
+             "traceback.", 1, as_json)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
