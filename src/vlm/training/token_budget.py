@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.errors import VlmError
+from vlm.errors import ConfigError, VlmError
 from vlm.lf.data import (
     DATA_KEYS,
     MODEL_KEYS,
@@ -47,6 +47,7 @@ from vlm.lf.data import (
     read_records,
     record_converter,
 )
+from vlm.training.validation import value_problems
 
 # LLaMA-Factory's defaults (hparams.ProcessorArguments / hparams.DataArguments), read from its dataclasses
 # on first use: importing them loads transformers, which this module's importers must not pay for.
@@ -154,6 +155,9 @@ def nice_pixel_values(lo: int, hi: int) -> list[int]:
 
 def check_config(cfg: Mapping[str, Any], limit: int | None = None, show_progress: bool = True) -> BudgetReport:
     """Run ``token_budget`` on a LLaMA-Factory training config (missing keys take LLaMA-Factory's defaults)."""
+    problems = value_problems(dict(cfg))
+    if problems:  # the same value checks as vlm validate and vlm train
+        raise ConfigError(problems, hint="fix these keys and rerun (vlm validate checks the whole config).")
     missing = [k for k in ("model_name_or_path", "template", "dataset") if not cfg.get(k)]
     if missing:
         raise VlmError(f"config has no {', '.join(missing)}", hint="token counts need the model, template and dataset.")

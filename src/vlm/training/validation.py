@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import importlib.util
 import json
+import math
 import tempfile
 import types
 import typing
@@ -166,6 +167,7 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
         if relaxed.get("quantization_bit") and importlib.util.find_spec("bitsandbytes") is None:
             validation.notes.append("quantization_bit needs bitsandbytes (and a CUDA GPU) at train time; "
                                     "not installed here")
+        problems += value_problems({k: v for k, v in cfg.items() if k not in bad})
         problems += early_stopping_problems(relaxed)
         with tempfile.TemporaryDirectory(prefix="vlm-validate-") as tmp:
             relaxed["output_dir"] = str(Path(tmp) / "out")  # vlm train checks the real output_dir's checkpoints
@@ -191,6 +193,52 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
         raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
                                          "and rerun vlm validate.")
     return validation
+
+
+def _number(cfg: dict[str, Any], key: str) -> float | None:
+    """``cfg[key]`` as a number (YAML reads ``1e-4`` as text; LLaMA-Factory converts it), None when absent or not one
+    (the type check reports that)."""
+    value = cfg.get(key)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _whole(x: float) -> bool:
+    return math.isfinite(x) and x == int(x)
+
+
+def value_problems(cfg: dict[str, Any]) -> list[str]:
+    """Values LLaMA-Factory's parser accepts that fail later (in ``vlm stats``, ``vlm train`` or inside
+    llamafactory-cli) or train nothing. ``vlm validate``, ``render-config``, ``sweep``, ``stats`` and ``train``
+    all refuse them here, so none of them says OK to what another refuses."""
+    problems = []
+    cutoff = _number(cfg, "cutoff_len")
+    if cutoff is not None and not (_whole(cutoff) and cutoff >= 1):
+        problems.append(f"cutoff_len: {cfg['cutoff_len']!r} must be a whole number of tokens, 1 or more "
+                        "(the recipe uses 1024; vlm stats recommends one)")
+    lr = _number(cfg, "learning_rate")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        problems.append(f"learning_rate: {cfg['learning_rate']!r} must be a finite number above 0 (e.g. 1e-4)")
+    steps, epochs = _number(cfg, "max_steps"), _number(cfg, "num_train_epochs")
+    if cfg.get("do_train", False) and (steps is None or steps <= 0) and epochs is not None \
+            and not (math.isfinite(epochs) and epochs > 0):
+        problems.append(f"num_train_epochs: {cfg['num_train_epochs']!r} trains nothing: it must be above 0 (or set "
+                        "max_steps); a run of 0 steps would leave the base model in output_dir as if fine-tuned")
+    if "output_dir" in cfg and not str(cfg["output_dir"] or "").strip():
+        problems.append("output_dir: empty; name the folder the run writes (e.g. saves/qwen2_vl-2b/lora/cord)")
+    if (cfg.get("finetuning_type") or "lora") == "lora":
+        rank = _number(cfg, "lora_rank")
+        if rank is not None and not (_whole(rank) and rank >= 1):
+            problems.append(f"lora_rank: {cfg['lora_rank']!r} must be a whole number, 1 or more (the recipe uses 8)")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        n = _number(cfg, key)
+        if n is not None and not (_whole(n) and n >= 1):
+            problems.append(f"{key}: {cfg[key]!r} must be a whole number, 1 or more")
+    return problems
 
 
 def early_stopping_problems(cfg: dict[str, Any]) -> list[str]:
