@@ -231,15 +231,23 @@ def render_recipe(opts: RenderOptions) -> dict[str, Any]:
         cfg.update(metric_for_best_model="eval_loss", load_best_model_at_end=True)
     if opts.deepspeed:
         cfg["deepspeed"] = deepspeed_preset(opts.deepspeed)
-    cfg.update(parse_overrides(opts.overrides))
+    overrides = parse_overrides(opts.overrides)
+    cfg.update(overrides)
+    if str(cfg.get("eval_strategy")) == "no" and "eval_steps" not in overrides:
+        cfg.pop("eval_steps", None)  # the recipe's eval_steps would read as if evaluation still ran
     return normalize_numbers(cfg)
 
 
-# Comments that state the recipe's own value; dropped when an override changes it.
+# Comments that state the recipe's own values: key -> the keys whose recipe values the comment describes. The
+# comment is dropped when an override changes any of them, so it never contradicts the value beside it.
 VALUE_COMMENTS = {
     "image_max_pixels": ("image_max_pixels",),
     "image_min_pixels": ("image_min_pixels",),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", "per_device_train_batch_size"),
+    "val_size": ("val_size", "dataset"),
+    "dataset_dir": ("dataset_dir",),
+    "lora_target": ("lora_target",),
+    "max_samples": ("dataset",),
 }
 
 
