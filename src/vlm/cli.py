@@ -14,6 +14,8 @@ import typer
 
 from vlm.commands import data, evaluation, inference, selection, sweep, training
 from vlm.commands.common import register
+from vlm.errors import VlmError
+from vlm.output import err, print_json
 
 app = typer.Typer(
     name="vlm",
@@ -84,8 +86,6 @@ def empty_argument(argv: list[str]) -> str | None:
 
 def fail(message: str, hint: str | None, code: int, as_json: bool) -> None:
     """One line plus a hint on stderr; with --json also ``{"ok": false, "error", "hint"}`` on stdout; exit."""
-    from vlm.output import err, print_json
-
     if as_json:
         print_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
     err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
@@ -100,8 +100,6 @@ def main() -> None:
     With --json, every failure also prints one JSON object on stdout, so a script reading stdout always gets
     JSON: ``{"ok": false, "error": ..., "hint": ..., "exit_code": N}``.
     """
-    from vlm.errors import VlmError
-
     argv = expand_multi_value_options(sys.argv[1:])
     as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     debug = bool(os.environ.get("VLM_DEBUG"))
@@ -120,8 +118,6 @@ def main() -> None:
         if not hasattr(e, "show"):
             raise
         if as_json and not isinstance(e.__cause__, KeyboardInterrupt):
-            from vlm.output import print_json
-
             print_json({"ok": False, "error": e.format_message(), "hint": "see vlm COMMAND --help",
                         "exit_code": e.exit_code})
         from typer import rich_utils

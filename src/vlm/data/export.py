@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from vlm import __version__
+from vlm.data.augment import augment_split
 from vlm.data.images import decode_fully, image_info
 from vlm.data.manifest import MANIFEST, SPLITS, VERIFIED, read_manifest, trusted_images
+from vlm.data.records import qa_fields
+from vlm.data.registry import register_dataset
 from vlm.errors import VlmError
 from vlm.fsutil import (
     atomic_write_bytes,
@@ -207,7 +210,6 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
             raise ValueError("record has no image bytes")
         ext, width, height = image_info(data)
         if spec.question_column:  # QA: a question per record and plain-text answers, not a JSON target
-            from vlm.data.records import qa_fields
 
             question, answers = qa_fields(row, spec.question_column, spec.target_column)
         else:
@@ -284,7 +286,6 @@ def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=
         images[r["id"]] = r["image"]
     records, augmented = [r["record"] for r in good], None
     if spec.augment is not None and spec.augment.copies and split == "train":  # never validation/test
-        from vlm.data.augment import augment_split
 
         extra, augmented = augment_split(spec.out_dir, split, spec.augment, good, images, spec.workers, progress)
         records += extra
@@ -335,8 +336,6 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
     manifest = merge_manifest(manifest_path, spec, results, images)
     registered, unchanged = [], []
     if register:
-        from vlm.data.registry import register_dataset
-
         for r in results:
             entry_name = f"{spec.name}_{r.split}"
             reg = register_dataset(r.file, entry_name, spec.out_dir / "dataset_info.json")

@@ -34,12 +34,14 @@ from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from vlm.inference.parsing import parse_prediction
 from vlm.inference.store import Prediction, Store
+from vlm.inference.transformers_backend import TransformersGenerator
 from vlm.inference.vllm_backend import VLLM_KEYS, VllmGenerator, as_bool, choose_backend, merged_model
 from vlm.lf.cli import find_llamafactory_cli
 from vlm.lf.data import lf_default, read_dataset_info
 from vlm.lf.inputs import model_type, mrope_model_types
 from vlm.output import progress, warn
 from vlm.procs import log_tail, run_child
+from vlm.training.checkpoints import resolve_checkpoint, weights_hash
 from vlm.training.config import load_config
 
 # Settings that must match between training and inference (train/inference skew).
@@ -99,15 +101,11 @@ def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
         settings[key] = value
     adapter = None if spec.no_adapter else (spec.adapter or (cfg.get("output_dir") if spec.config else None))
     if spec.checkpoint:
-        from vlm.training.checkpoints import resolve_checkpoint
-
         if not spec.config or spec.adapter or spec.model or spec.no_adapter:
             raise VlmError("--checkpoint picks one of the saved models of the --config run",
                            hint="pass --config TRAIN_YAML, and drop --adapter, --model and --no-adapter.")
         adapter = str(resolve_checkpoint(cfg, spec.config, spec.checkpoint, spec.split))
         if cfg.get("finetuning_type") in ("full", "freeze") and not spec.weights_hash:
-            from vlm.training.checkpoints import weights_hash
-
             # A whole model's hash is its path and config.json, which a run retrained in place keeps: name the
             # weights too, or the group's old predictions would be taken for this checkpoint's.
             spec.weights_hash = weights_hash(Path(adapter))
@@ -217,8 +215,6 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
 
     _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
-        from vlm.inference.transformers_backend import TransformersGenerator
-
         return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size).generate
 
     merged = None

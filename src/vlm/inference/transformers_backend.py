@@ -26,6 +26,8 @@ import copy
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.lf.data import quiet
+from vlm.lf.inputs import PromptEncoder
 
 # LLaMA-Factory's infer_dtype choices; "auto" lets LLaMA-Factory pick (bf16 on a GPU that has it).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -36,9 +38,6 @@ class TransformersGenerator:
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
                  batch_size: int):
-        from vlm.lf.data import quiet
-        from vlm.lf.inputs import PromptEncoder
-
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.repetition_penalty = float(settings.get("repetition_penalty", 1.0))
         with quiet():

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.lf.data import encode_example
+from vlm.lf.data import (
+    DATA_KEYS,
+    MODEL_KEYS,
+    dataset_attrs,
+    encode_example,
+    lf_default,
+    load_template,
+    one_placeholder_per_image,
+    record_converter,
+)
 
 
 class PromptEncoder:
@@ -38,16 +47,6 @@ class PromptEncoder:
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], expand_images: bool = False):
         from llamafactory.data.processor import UnsupervisedDatasetProcessor
         from llamafactory.hparams import DataArguments, ModelArguments
-
-        from vlm.lf.data import (
-            DATA_KEYS,
-            MODEL_KEYS,
-            dataset_attrs,
-            lf_default,
-            load_template,
-            one_placeholder_per_image,
-            record_converter,
-        )
 
         given = {k: v for k, v in settings.items() if v is not None}
         try:

@@ -18,8 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+
+from vlm.output import err
 
 TRAINER_LOG = "trainer_log.jsonl"
 
@@ -157,8 +160,6 @@ class LiveProgress:
     """Show a run's progress on stderr while it trains: a live view on a terminal, plain lines otherwise."""
 
     def __init__(self, log_path: Path, console=None, plain_every_s: float = 10.0, title: str = "training"):
-        from vlm.output import err
-
         self.tail = TrainerLogTail.from_end(log_path)
         self.state = TrainProgress()
         self.console = console or err
@@ -170,8 +171,6 @@ class LiveProgress:
 
     def __enter__(self) -> LiveProgress:
         if self.console.is_terminal:
-            from rich.live import Live
-
             self._live = Live(render_progress(self.state, self.title), console=self.console,
                               refresh_per_second=4, transient=False)
             self._live.__enter__()

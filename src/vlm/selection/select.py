@@ -25,6 +25,7 @@ from vlm.evaluation.metrics import aggregate, score_documents
 from vlm.fsutil import LockedError, atomic_write_json, now, try_lock
 from vlm.inference.predict import PredictSpec, prediction_status, run_predict
 from vlm.output import info, warn
+from vlm.selection.report import plot_run
 from vlm.training.checkpoints import (
     SELECTION_FILE,
     SELECTION_VERSION,
@@ -354,8 +355,6 @@ def _select_locked(runs: list[Run], opts: SelectOptions, show_progress: bool) ->
         rows = _rows(_ranked(run.candidates, metrics, opts.metric), scores, metrics, n_docs, opts)
         plot = None
         if opts.plot:
-            from vlm.selection.report import plot_run
-
             plot = str(plot_run(run.output_dir, rows, opts.metric, opts.split))
         record = _record(rows, opts, run, {"plot": plot})
         atomic_write_json(run.output_dir / SELECTION_FILE, record)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.data.augmented_dataset import make_derived
+from vlm.data.augment import AugmentSpec
+from vlm.data.augmented_dataset import describe, make_derived, read_base
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_text, sha256_bytes
 from vlm.output import progress
@@ -152,9 +153,6 @@ def write_sweep(config: Path, grid: dict[str, list[Any]], out_dir: Path, command
     base = load_config(config)
     datasets, made, train = {}, [], None
     if augment:
-        from vlm.data.augment import AugmentSpec
-        from vlm.data.augmented_dataset import describe, read_base
-
         AugmentSpec(0, augment.policy, augment.seed)  # an unknown policy is refused before anything is read
         train = read_base(base)
         grid = {**grid, "augment": augment.copies}

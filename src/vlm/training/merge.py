@@ -25,6 +25,7 @@ from vlm.lf.cli import (
     run_plan,
 )
 from vlm.output import info
+from vlm.training.checkpoints import resolve_checkpoint
 from vlm.training.config import load_config, render_yaml
 
 
@@ -51,8 +52,6 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
                        hint="a full or freeze run's output_dir already holds the whole model.")
     adapter = (spec.adapter or Path(cfg.get("output_dir") or "")).resolve()
     if spec.checkpoint:
-        from vlm.training.checkpoints import resolve_checkpoint
-
         if spec.adapter:
             raise VlmError("--checkpoint and --adapter both name the adapter", hint="pass one of them.")
         adapter = resolve_checkpoint(cfg, spec.config, spec.checkpoint).resolve()

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vlm.errors import ConfigError, VlmError
 from vlm.lf.data import (
     DATA_KEYS,
@@ -47,6 +49,7 @@ from vlm.lf.data import (
     read_records,
     record_converter,
 )
+from vlm.output import counting, warn
 from vlm.training.validation import value_problems
 
 # LLaMA-Factory's defaults (hparams.ProcessorArguments / hparams.DataArguments), read from its dataclasses
@@ -315,8 +318,6 @@ class _Counter:
     def image_size(self, path: str) -> tuple[int, int]:
         """(width, height) from the file header; PIL opens lazily, so no pixels are decoded."""
         if path not in self._sizes:
-            from PIL import Image
-
             try:
                 with Image.open(path) as im:
                     self._sizes[path] = im.size
@@ -366,7 +367,6 @@ class _Counter:
         budgets: list[ExampleBudget] = []
         dropped: list[dict[str, Any]] = []
         checked = False
-        from vlm.output import counting
 
         with counting(show_progress, len(rows), "counting tokens") as advance:
             for name, index, ex in rows:
@@ -380,7 +380,6 @@ class _Counter:
                     if not checked and self.method == "fast" and ex["_images"]:
                         checked = True
                         if budget != self.count(name, index, ex, "full"):  # never expected; stay exact regardless
-                            from vlm.output import warn
 
                             warn("header-based image token counts disagree with LLaMA-Factory; decoding every image")
                             self.method = "full"

@@ -34,9 +34,10 @@ from vlm.lf.cli import (
     resolve_paths,
     run_plan,
 )
-from vlm.lf.data import dataset_names, read_dataset_info
+from vlm.lf.data import dataset_names, lf_default, read_dataset_info
 from vlm.lf.progress import TRAINER_LOG, progress_from_file
 from vlm.output import info, warn
+from vlm.training import token_budget
 from vlm.training.checkpoints import list_checkpoints
 from vlm.training.config import deepspeed_preset, load_config, render_yaml
 from vlm.training.validation import Validation, validate_config
@@ -191,15 +192,8 @@ def check_config(cfg: dict[str, Any]) -> Validation:
 
 def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any] | None:
     """Refuse samples longer than cutoff_len (LLaMA-Factory would truncate them) unless allowed."""
-    try:
-        from vlm.training import token_budget
-    except ImportError:
-        warn("token budget not checked: vlm.training.token_budget is not available")
-        return None
     report = token_budget.check_config(cfg)
     if report.n_over:
-        from vlm.lf.data import lf_default
-
         cutoff = cfg.get("cutoff_len", lf_default("cutoff_len"))
         message = (f"{report.n_over} of {report.n_total} samples exceed cutoff_len={cutoff} "
                    f"(longest: {report.max_total_tokens} tokens) and would be truncated")

@@ -20,6 +20,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from vlm.errors import ConfigError
 from vlm.lf.data import dataset_names, quiet
 
 PRECISION_KEYS = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval", "pure_bf16", "tf32")
@@ -186,8 +187,6 @@ def validate_config(cfg: dict[str, Any]) -> Validation:
                     else:
                         problems.append(_message(e))
     if problems:
-        from vlm.errors import ConfigError
-
         problems = list(dict.fromkeys(problems))  # a class and get_train_args can report one missing key twice
 
         raise ConfigError(problems, hint="fix these keys (names and values are LLaMA-Factory arguments) "
