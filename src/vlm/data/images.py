@@ -7,6 +7,7 @@ image is what it claims to be before LLaMA-Factory reads it.
 from __future__ import annotations
 
 import os
+import re
 from io import BytesIO
 
 from PIL import Image
@@ -35,6 +36,15 @@ def sniff_extension(data: bytes | memoryview) -> str | None:
 
 
 
+# PIL names the file object it read in some messages ("cannot identify image file <_io.BytesIO object at
+# 0x7f...>"): an address that differs on every run, and that would make two exports' skip lists differ.
+_OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _reason(e: Exception) -> str:
+    return _OBJECT_REPR.sub("", str(e)).strip() or type(e).__name__
+
+
 def image_info(data: bytes) -> tuple[str, int, int]:
     """Format and size from the image header only (PIL opens lazily: no pixel decode)."""
     ext = sniff_extension(data)
@@ -44,7 +54,7 @@ def image_info(data: bytes) -> tuple[str, int, int]:
         with Image.open(BytesIO(data)) as im:
             width, height = im.size
     except Exception as e:
-        raise ValueError(f"image header unreadable: {e}") from None
+        raise ValueError(f"image header unreadable: {_reason(e)}") from None
     return ext, width, height
 
 
@@ -61,4 +71,4 @@ def decode_fully(data: bytes | memoryview | str | os.PathLike) -> None:
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except Exception as e:  # OSError "image file is truncated", SyntaxError, DecompressionBombError...
-        raise ValueError(f"image does not decode: {e}") from None
+        raise ValueError(f"image does not decode: {_reason(e)}") from None
