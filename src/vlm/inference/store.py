@@ -6,6 +6,7 @@ every finished chunk and loses nothing that was committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -147,18 +148,43 @@ def _uri(path: Path, mode: str) -> str:
     return f"file:{quote(str(path.resolve()))}?{mode}"
 
 
-def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+SIDE_FILES = ("-wal", "-shm")  # what SQLite makes beside a WAL-mode file when it is opened
+
+
+def _side_files(path: Path) -> set[Path]:
+    return {p for p in (Path(f"{path}{s}") for s in SIDE_FILES) if p.exists()}
+
+
+def _refuse(db: sqlite3.Connection, path: Path, before: set[Path], error: VlmError | None) -> VlmError | None:
+    """Close ``db`` and remove the side files opening it made, so a refused file is left as it was. Only files
+    that were not there before, and only while the write-ahead log holds nothing."""
+    db.close()
+    made = _side_files(path) - before
+    wal = Path(f"{path}-wal")
+    if not (wal.exists() and wal.stat().st_size):
+        for side in made:
+            with contextlib.suppress(OSError):
+                side.unlink()
+    return error
+
+
+def _check_schema(db: sqlite3.Connection, path: Path, before: set[Path]) -> None:
     """Refuse a file that is not a vlm store (not SQLite, or SQLite without our tables)."""
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.OperationalError as e:  # a full disk, an I/O error, a lock: the file may be a good store
+        raise _refuse(db, path, before, VlmError(
+            f"cannot read the prediction store {path}: {e}",
+            hint="check free disk space, permissions and that no other program holds it; it was left unchanged.")) \
+            from None
     except sqlite3.DatabaseError as e:
-        db.close()
-        raise VlmError(f"{path} is not a vlm prediction store: {e}",
-                       hint="pass --store with a file written by vlm predict, or a new path.") from None
+        raise _refuse(db, path, before, VlmError(
+            f"{path} is not a vlm prediction store: {e}",
+            hint="pass --store with a file written by vlm predict, or a new path.")) from None
     if not {"predictions", "runs"} <= tables:
-        db.close()
-        raise VlmError(f"{path} is not a vlm prediction store (its tables: {', '.join(sorted(tables)) or 'none'})",
-                       hint="pass --store with a file written by vlm predict, or a new path; it was left unchanged.")
+        raise _refuse(db, path, before, VlmError(
+            f"{path} is not a vlm prediction store (its tables: {', '.join(sorted(tables)) or 'none'})",
+            hint="pass --store with a file written by vlm predict, or a new path; it was left unchanged."))
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -166,16 +192,21 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise VlmError(f"prediction store not found: {path}", hint="run vlm predict first, or pass --store PATH.")
     # mode=ro still needs a writable folder for a WAL store's shared-memory file; immutable=1 does not.
+    before = _side_files(path)
     for mode in ("mode=ro", "immutable=1"):
         try:
             db = sqlite3.connect(_uri(path, mode), uri=True, timeout=30)
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError:
             continue
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            _refuse(db, path, before, None)
+            continue
         except sqlite3.DatabaseError as e:
-            raise VlmError(f"{path} is not a vlm prediction store: {e}",
-                           hint="pass --store with a file written by vlm predict.") from None
-        _check_schema(db, path)
+            raise _refuse(db, path, before, VlmError(f"{path} is not a vlm prediction store: {e}",
+                                                     hint="pass --store with a file written by vlm predict.")) from None
+        _check_schema(db, path, before)
         return db
     raise VlmError(f"cannot read the prediction store {path}", hint="check its permissions.")
 
@@ -183,12 +214,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 def _open_for_writing(path: Path) -> sqlite3.Connection:
     if not path.exists():
         _create(path)
+    before = _side_files(path)
     try:
         db = sqlite3.connect(_uri(path, "mode=rw"), uri=True, timeout=30)
     except sqlite3.OperationalError as e:
         raise VlmError(f"cannot open the prediction store {path} for writing: {e}",
                        hint="check that it is a file you can write, or pass another --store.") from None
-    _check_schema(db, path)
+    _check_schema(db, path, before)
     db.execute("PRAGMA journal_mode=WAL")  # readers are not blocked while a run commits chunks
     return db
 
