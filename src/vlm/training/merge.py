@@ -61,6 +61,9 @@ def merge(spec: MergeSpec) -> tuple[LaunchPlan, dict[str, Any], int | None]:
     export_dir = (spec.export_dir or Path(f"{adapter}-merged")).resolve()
     if export_dir == adapter:
         raise VlmError("--export-dir must differ from the adapter dir", hint="e.g. --export-dir saves/merged")
+    if export_dir.exists() and not export_dir.is_dir():
+        raise VlmError(f"--export-dir {export_dir} is a file, not a folder",
+                       hint="pass a folder for the merged model (it is created), e.g. --export-dir saves/merged.")
     merged = merge_config(cfg, adapter, export_dir, spec.export_size)
     plan = make_plan(find_llamafactory_cli(), "export", export_dir / MERGE_CONFIG, export_dir / "merge.log", {})
     if spec.dry_run:
