@@ -151,7 +151,8 @@ def number_key(text: str) -> str:
         return text
     sign, whole, frac = m.groups()
     frac = (frac or "").rstrip("0")
-    number = str(int(whole.replace(".", "").replace(",", ""))) + (f".{frac}" if frac else "")
+    # Leading zeros stripped as text: int() refuses strings of over 4,300 digits (a runaway answer can hold one).
+    number = (whole.replace(".", "").replace(",", "").lstrip("0") or "0") + (f".{frac}" if frac else "")
     return number if sign != "-" or number == "0" else f"-{number}"
 
 

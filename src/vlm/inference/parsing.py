@@ -56,9 +56,27 @@ class ParseResult:
         return "truncated" in self.repairs
 
 
-# One decoder for every answer (json.loads(..., parse_float=...) builds a new one per call). Unquoted
-# decimals keep their printed form (tolerant_json.number): 31.000 is 31000 on a CORD receipt.
-DECODER = json.JSONDecoder(parse_float=number)
+class _Decoder(json.JSONDecoder):
+    """json's decoder; unquoted decimals keep their printed form (tolerant_json.number): 31.000 is 31000 on a
+    CORD receipt. An integer of more digits than int() converts stays text instead of failing the answer: the
+    plain decoder raises ValueError (not a JSONDecodeError) on one, and only then is the answer decoded again
+    with the slower ``parse_int``, so ordinary answers keep json's C fast path."""
+
+    def __init__(self):
+        super().__init__(parse_float=number)
+        self._long_ints = json.JSONDecoder(parse_float=number, parse_int=number)
+
+    def raw_decode(self, s: str, idx: int = 0):
+        try:
+            return super().raw_decode(s, idx)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+            return self._long_ints.raw_decode(s, idx)
+
+
+# One decoder for every answer and line (json.loads(..., parse_float=...) builds a new one per call).
+DECODER = _Decoder()
 
 
 def parse_prediction(text: str) -> ParseResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from decimal import Decimal, InvalidOperation, localcontext
 
 MAX_DEPTH = 64
@@ -47,9 +48,16 @@ class Num(float):
         return value
 
 
-def number(text: str) -> int | float:
-    """A JSON number token: an int, or a ``Num`` keeping its literal; json.loads's ``parse_float`` too."""
-    return Num(text) if any(ch in text for ch in ".eE") else int(text)
+def number(text: str) -> int | float | str:
+    """A JSON number token: an int, or a ``Num`` keeping its literal; json's ``parse_float`` and ``parse_int`` too.
+
+    An integer of more digits than Python converts (``sys.get_int_max_str_digits()``, 4,300 by default) stays
+    its text: Donut's metric compares values as strings anyway, and one runaway answer must not stop an
+    evaluation."""
+    if any(ch in text for ch in ".eE"):
+        return Num(text)
+    limit = sys.get_int_max_str_digits()
+    return int(text) if not limit or len(text) - text.startswith("-") <= limit else text
 
 
 _OPS = {ast.Add: Decimal.__add__, ast.Sub: Decimal.__sub__, ast.Mult: Decimal.__mul__, ast.Div: Decimal.__truediv__}
