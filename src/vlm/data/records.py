@@ -7,7 +7,10 @@ ground truth read here, and evaluation and the reports read the same records, so
 
 from __future__ import annotations
 
+import gzip
 import json
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +61,44 @@ def load_documents(dataset_dir: str, dataset: str) -> list[dict[str, Any]]:
     for i, rec in enumerate(records):
         rec.setdefault("id", f"{dataset}-{i:05d}")
     return records
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def jsonl_lines(path: Path, what: str = "prediction file") -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a JSONL file, read lazily (a huge answer is read once).
+
+    Reads UTF-8 with or without a byte-order mark, and gzip-compressed files (``.jsonl.gz``, told by their first
+    bytes). Anything else gets an error naming the path and what it really is: a folder, a FIFO or a device, an
+    encoding that is not UTF-8.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise VlmError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise VlmError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise VlmError(f"{what} {path} is a directory", hint="pass the JSONL file inside it, e.g. "
+                                                          f"{path}/generated_predictions.jsonl.")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+            "not a regular file"
+        raise VlmError(f"{what} {path} is {kind}, not a file", hint="write the predictions to a JSONL file first.")
+    with open(path, "rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
+    n = 0
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as f:  # bytes: each line decoded on its own
+            for n, raw in enumerate(f, 1):
+                if n == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                yield n, raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise VlmError(f"{what} {path} is not UTF-8 text (line {n}: byte {e.object[e.start:e.start + 1]!r} at "
+                       f"column {e.start + 1})", hint="save it as UTF-8 JSONL, one JSON object per line.") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise VlmError(f"{what} {path} is a damaged gzip file: {e}", hint="decompress it again, or pass the JSONL.") \
+            from None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm.data.records import jsonl_lines
 from vlm.errors import VlmError
 from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
 from vlm.evaluation.scoring import heap_frozen, score_groups
@@ -172,13 +173,11 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
     A file with ids is paired with other groups by id; only a file with no ids at all (LLaMA-Factory's) is
     paired by position. Repeated ids and lines that are not objects are refused, naming the lines.
     """
-    if not path.is_file():
-        raise VlmError(f"prediction file not found: {path}")
     ids: list[str | None] = []
     answers, gts, lines, keys = [], [], [], []
     # line by line: one huge answer is read once, then cut by the parser
-    with _collector_paused(), path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with _collector_paused():
+        for n, line in jsonl_lines(path):
             if not line.strip():
                 continue
             raw, gt, doc_id = _row(path, n, line)

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlm.data.records import as_answers
+from vlm.data.records import as_answers, jsonl_lines
 from vlm.errors import VlmError
 from vlm.evaluation.compare import Group, align, bootstrap_delta, groups_from_store
 from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
@@ -31,10 +31,8 @@ from vlm.output import out
 def group_from_file(path: Path, name: str | None = None) -> Group:
     """QA predictions from JSONL: ``{"id", "prediction", "ground_truth"}`` (ground truth a string or a list
     of accepted answers), or LLaMA-Factory's ``{"predict", "label"}``. Predictions are kept as raw text."""
-    if not path.is_file():
-        raise VlmError(f"prediction file not found: {path}")
     ids, gts, raws, no_ids = [], [], [], False
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in jsonl_lines(path):
         if not line.strip():
             continue
         try:
