@@ -16,7 +16,8 @@ GT = {"total": {"total_price": "10,000"}}
 ROWS = [{"id": f"d{i}", "prediction": json.dumps(GT if i % 2 else {"total": {"total_price": "9"}}), "ground_truth": GT}
         for i in range(4)]
 TEXT = "".join(json.dumps(r) + "\n" for r in ROWS)
-QA_TEXT = "".join(json.dumps({"id": f"q{i}", "prediction": "ten", "ground_truth": ["ten", "10"]}) + "\n" for i in range(4))
+QA_TEXT = "".join(json.dumps({"id": f"q{i}", "prediction": "ten", "ground_truth": ["ten", "10"]}) + "\n"
+                  for i in range(4))
 
 
 def evaluate(path: Path, *extra: str) -> subprocess.CompletedProcess:
