@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from vlm.inference.parsing import parse_prediction
 from vlm.schema import CORD_SCHEMA, MENU_SUB_KEYS
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
@@ -280,8 +281,16 @@ def flags(doc: Any, valid: bool | None = None) -> dict[str, Any]:
 
 
 def flag_rows(rows: list[dict[str, Any]], only_consistent: bool = False) -> list[dict[str, Any]]:
-    """Exported prediction rows with a ``flags`` field (from their ``parsed`` value); optionally only the
-    consistent ones."""
+    """Exported prediction rows with a ``flags`` field; optionally only the consistent ones.
+
+    Each answer is parsed again from its raw text, as ``vlm evaluate`` parses it: the ``parsed`` a store
+    holds is the parse of the vlm that predicted, which an older version may have made differently, and the
+    export must flag what evaluate scores. ``parsed``, ``parse_error`` and ``repairs`` are replaced to match.
+    """
     for row in rows:
+        raw = row.get("prediction")
+        if isinstance(raw, str):
+            parsed = parse_prediction(raw)
+            row.update(parsed=parsed.value, parse_error=parsed.error, repairs=parsed.repairs)
         row["flags"] = flags(row.get("parsed"))
     return [r for r in rows if r["flags"]["verdict"] == "consistent"] if only_consistent else rows
