@@ -99,6 +99,13 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                 have = ", ".join(f"{g} ({s}, {n})" for (g, s), n in available.items()) or "none"
                 raise VlmError(f"no predictions for group {name!r} on split {split!r} in {store_path}",
                                hint=f"run vlm predict --group {name} --split {split}; stored groups: {have}")
+            made = store.settings_in(name, split)
+            if len(made) > 1:
+                raise VlmError(f"group {name!r} on split {split!r} holds predictions made with {len(made)} different "
+                               f"settings ({', '.join(str(n) for n in sorted(made.values(), reverse=True))} rows): "
+                               "its scores would mix two models or generation settings",
+                               hint=f"redo it with one setting: vlm predict --group {name} --split {split} "
+                                    "--overwrite (same options as the run you want).")
             with _collector_paused():
                 rows = store.load(name, split)
                 groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],

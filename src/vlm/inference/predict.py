@@ -316,8 +316,19 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
         with progress() if show_progress and pending else nullcontext() as bar:
             task = (bar.add_task(f"predict {spec.group}", total=len(docs), completed=len(docs) - len(pending))
                     if bar else None)
-            for start in range(0, len(pending), chunk_size(spec, backend)):
-                chunk = pending[start: start + chunk_size(spec, backend)]
+            replaceable = {d["id"] for d in docs} if spec.overwrite else set()
+            predicted = 0
+            size = chunk_size(spec, backend)
+            for start in range(0, len(pending), size):
+                chunk = pending[start: start + size]
+                if not spec.overwrite:  # another run of the same settings may have stored some meanwhile
+                    done = store.done_ids(spec.group, spec.split)
+                    kept = [d for d in chunk if d["id"] not in done]
+                    if bar:
+                        bar.advance(task, len(chunk) - len(kept))
+                    chunk = kept
+                    if not chunk:
+                        continue
                 t0 = time.perf_counter()
                 raws = generate(chunk)
                 latency = (time.perf_counter() - t0) / len(chunk)
@@ -327,13 +338,14 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                     rows.append(Prediction(spec.group, spec.split, doc["id"], raw, parsed.value, parsed.error,
                                            parsed.repairs, ground_truth(doc), latency,
                                            **hashes))
-                store.put_many(rows)
+                store.put_many(rows, replaceable)
+                predicted += len(rows)
                 if bar:
                     bar.advance(task, len(chunk))
     shutil.rmtree(work / f"chunk-{os.getpid()}", ignore_errors=True)
     return {"group": spec.group, "split": spec.split, "backend": backend, "dataset": settings["dataset"],
             "documents": len(docs),
-            "predicted": len(pending), "skipped_done": len(docs) - len(pending), "store": str(spec.store),
+            "predicted": predicted, "skipped_done": len(docs) - predicted, "store": str(spec.store),
             "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}
 
 

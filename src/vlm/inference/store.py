@@ -99,10 +99,31 @@ class Store:
             self.db.execute("INSERT INTO runs VALUES (?,?,?,?)",
                             (group, split, time.time(), json.dumps(settings, sort_keys=True, default=str)))
 
-    def put_many(self, preds: list[Prediction]) -> None:
-        """Insert or replace a chunk of predictions in one transaction."""
+    def settings_in(self, group: str, split: str) -> dict[tuple, int]:
+        """How many of a group's rows each (model, adapter, prompt, generation) hash set made."""
+        rows = self.db.execute("SELECT model_hash, adapter_hash, prompt_hash, gen_hash, COUNT(*) FROM predictions "
+                               "WHERE grp=? AND split=? GROUP BY 1, 2, 3, 4", (group, split))
+        return {tuple(r[:4]): r[4] for r in rows}
+
+    def put_many(self, preds: list[Prediction], replaceable: set[str] | None = None) -> None:
+        """Insert or replace a chunk of predictions in one transaction.
+
+        The write lock is taken first, and the group is checked under it: when another run has meanwhile
+        stored rows of this group with other settings (other than ``replaceable``, the ids an --overwrite
+        run redoes), the chunk is refused, so a group never ends up holding two runs' settings.
+        """
         now = time.time()
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if preds:
+                first = preds[0]
+                current = (first.model_hash, first.adapter_hash, first.prompt_hash, first.gen_hash)
+                other = self.ids_made_otherwise(first.group, first.split, current) - (replaceable or set())
+                if other:
+                    raise VlmError(
+                        f"group {first.group!r} now holds {len(other)} {first.split} predictions made with other "
+                        f"settings by another run (e.g. {min(other)}); this run stopped before mixing them in",
+                        hint="run one vlm predict per group at a time; use a new --group name for other settings.")
             self.db.executemany(
                 "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(p.group, p.split, p.doc_id, p.raw,
