@@ -30,8 +30,9 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if vlm itself dies, even by SIGKILL (Linux)."""
+def die_with_parent() -> None:
+    """In a child (before exec, or a pool worker's initializer): get SIGTERM if vlm itself dies, even by SIGKILL
+    (Linux). SIGTERM and SIGKILL, what timeout, docker and Slurm send, give Python no chance to clean up."""
     try:
         import ctypes
 
@@ -52,7 +53,7 @@ def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
         def on_term(signum, frame):  # treat SIGTERM like Ctrl-C so the child is stopped too
             raise KeyboardInterrupt

@@ -24,6 +24,9 @@ import hashlib
 import io
 import math
 import random
+import shutil
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ from PIL import Image, ImageChops, ImageFilter
 from vlm.data.images import image_info
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_bytes, sha256_file
+from vlm.output import info
+from vlm.procs import die_with_parent
 
 # Bump when a transform's code changes what it makes: old copies then stop matching by name.
 AUGMENT_VERSION = 1
@@ -64,6 +69,11 @@ POLICIES = {
 }
 
 
+# More copies than this mostly repeat the same few transforms, and a typo (--augment 20000) would fill the disk.
+MAX_COPIES = 100
+IN_FLIGHT_PER_WORKER = 4  # copies queued per worker: the pool is kept busy, and memory stays flat whatever N is
+
+
 @dataclass(frozen=True)
 class AugmentSpec:
     """``copies`` augmented copies of each train image, drawn from ``policy`` with ``seed``."""
@@ -73,8 +83,9 @@ class AugmentSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.copies < 0:
-            raise VlmError(f"--augment must be 0 or more, not {self.copies}")
+        if not 0 <= self.copies <= MAX_COPIES:
+            raise VlmError(f"--augment takes 0 to {MAX_COPIES} copies per image, not {self.copies}",
+                           hint="a few copies (2 to 10) is the usual range; more mostly repeats the same transforms.")
         if self.policy not in POLICIES:
             raise VlmError(f"unknown --augment-policy {self.policy!r}", hint=f"use one of {', '.join(POLICIES)}.")
 
@@ -187,6 +198,7 @@ def apply_plan(data: bytes, steps: list[dict[str, Any]]) -> bytes:
 def _init_worker() -> None:
     import torch
 
+    die_with_parent()  # a killed export (SIGKILL, SIGTERM) must not leave its 700 MB workers running
     torch.set_num_threads(1)  # one thread per process: the pool is the parallelism, and bytes stay thread-free
 
 
@@ -214,12 +226,13 @@ def augment_split(out_dir: Path, split: str, spec: AugmentSpec, exported: list[d
             planned.append((r, k, copy_id, rel, key, plan_copy(policy, key, src["width"], src["height"])))
     todo = [(str(out_dir / r["image"]["file"]), str(out_dir / rel), steps)
             for r, _, _, rel, _, steps in planned if not (out_dir / rel).is_file()]
+    _check_room(out_dir, split, exported, spec, len(planned), len(todo))
     task = progress.add_task(f"augment {split}", total=len(planned), completed=len(planned) - len(todo)) \
         if progress else None
     if todo:
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))), initializer=_init_worker,
-                                 mp_context=_spawn()) as pool:
-            for _ in pool.map(_make_copy, todo, chunksize=1):
+        n_workers = max(1, min(workers, len(todo)))
+        with ProcessPoolExecutor(max_workers=n_workers, initializer=_init_worker, mp_context=_spawn()) as pool:
+            for _ in _bounded_map(pool, _make_copy, todo, n_workers * IN_FLIGHT_PER_WORKER):
                 if progress:
                     progress.advance(task)
     records = []
@@ -236,6 +249,40 @@ def augment_split(out_dir: Path, split: str, spec: AugmentSpec, exported: list[d
         record = dict(r["record"], id=copy_id, images=[str(path.resolve())])
         records.append(record)
     return records, {"copies": len(planned), "made": len(todo), "reused": len(planned) - len(todo)}
+
+
+def _bounded_map(pool: ProcessPoolExecutor, fn, items: list, in_flight: int) -> Iterator[Any]:
+    """``pool.map`` with at most ``in_flight`` tasks submitted at a time (pool.map submits them all at once)."""
+    queue: deque = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= in_flight:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
+
+
+def _check_room(out_dir: Path, split: str, exported: list[dict[str, Any]], spec: AugmentSpec, n_copies: int,
+                n_new: int) -> None:
+    """Say how many copies and about how much disk they take before starting; refuse when the disk lacks room."""
+    if not n_copies:
+        return
+    per_copy = sum(r["image"]["bytes"] for r in exported) / max(1, len(exported))  # a copy is about its source
+    need = per_copy * n_new
+    free = shutil.disk_usage(out_dir).free
+    info(f"augment {split}: {n_copies} copies ({spec.copies} of each of {len(exported)} images), {n_new} to make, "
+         f"about {_size(need)} on disk ({_size(free)} free)")
+    if need > free:
+        raise VlmError(f"augmenting {split} needs about {_size(need)} and {out_dir} has {_size(free)} free",
+                       hint="free some space, or pass a smaller --augment.")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _spawn():
