@@ -50,6 +50,14 @@ def sigkill_while_store_locked(proc: subprocess.Popen, store: Path) -> None:
     lock.close()
 
 
+def pytest_configure(config) -> None:
+    """A shell without job control starts a background job (``make test &``) with SIGINT ignored, and every child
+    inherits that: the tests that stop vlm with Ctrl-C would then see it ignored. A handled signal is reset to its
+    default in a child at exec, so handling it here gives every vlm and llamafactory-cli the user's default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised toy Qwen2-VL (scripts/make_tiny_qwen2vl.py), built once per session."""
