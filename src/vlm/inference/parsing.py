@@ -6,16 +6,60 @@ and ``surrounding_text``. Anything else is recovered the way a careful reader
 would, naming each repair:
 
 * where the object is: ``code_fence``, ``surrounding_text`` (prose before or
-  after), ``last_block`` (several fenced blocks: the last complete object wins),
-  ``merged_blocks`` (one block per section, disjoint keys: merged),
-  ``split_objects`` (``{"menu": ...}, {"total": ...}``: objects that follow one
-  another with disjoint keys are one answer, merged);
+  after), ``bare_blocks`` (objects between prose lines, no fences), and, for
+  several blocks (rules below), ``final_block``, ``merged_blocks``,
+  ``last_block`` and ``nested_section_keys``; ``split_objects``
+  (``{"menu": ...}, {"total": ...}``: objects that follow one another with
+  disjoint keys are one answer, merged);
 * inside it (``vlm.inference.tolerant_json``): ``single_quotes``, ``python_literals``,
   ``trailing_comma``, ``truncated`` (a value the end cut off is dropped, open
   containers closed), ``missing_comma``, ``missing_colon``, ``missing_value``,
   ``missing_key``, ``stray_colon``, ``mismatched_brackets``, ``unquoted_text``,
   ``control_characters``, ``dropped_characters``, ``thousands_separator``,
   ``arithmetic`` and ``dropped_arithmetic``.
+
+Several blocks (the last three rules are applied by ``vlm.inference.blocks``):
+
+* Which blocks. Fenced answers: the fenced blocks (one fenced block is read as
+  an answer without fences). Answers without fences: bare objects, found by
+  the same JSON decoder: the first object (with the split objects that
+  follow it), then each object after it that opens a line
+  (only spaces before its ``{``), with the split objects that follow it. Every
+  object is read whole, so an object inside another is never a block; an
+  object inside a sentence is prose, and so is a brace in prose. An object
+  equal to an earlier block is a repeat, not a block. Bare objects are blocks
+  (``bare_blocks``) only when two or more are complete and prose (text other
+  than spaces and commas, not a repeat nor a broken object) stands between two
+  of them; otherwise the first object is the answer, as for one object. Only
+  complete blocks (a non-empty object that is valid JSON) take part; a fenced
+  answer with fewer than two is read from its last complete block, else from
+  its last block with a ``{``, repaired (``last_block``). A block's heading is
+  the last non-blank line before it, after the block before it.
+* Flat section keys (two or more complete blocks): a block none of whose keys
+  is a CORD section (``menu``, ``void_menu``, ``sub_total``, ``total``) is
+  nested in section S when every key is one that ``CORD_SCHEMA`` places in S
+  and in no other section (``subtotal_price``, ``tax_price``: ``sub_total``;
+  ``total_price``, ``cashprice``, ``changeprice``: ``total``), or when its
+  heading names S and no other section ("For sub-total:", "**Void menu**") and
+  every key is one of S's (``etc``, ``nm``, ``price`` are placed by a heading).
+  Any other block stays as written. ``nested_section_keys`` is counted when a
+  nested block is part of the answer. One object alone is never nested.
+* Final block: the last block F is the answer (``final_block``) when the blocks
+  before it are sections and F holds their content. They are sections when
+  they give no key twice (they merge, as below) and either they are two or
+  more, or the one shares no top-level key with F (one earlier block whose
+  keys F repeats is a draft: ``last_block``). F holds their content
+  when, with leaves as Donut's metric flattens them (key path, list items
+  sharing their parent's path; values as stripped text, empty values dropped)
+  and a top-level key that the schema places in one section read in that
+  section: every section in which the earlier blocks have a leaf has a leaf in
+  F, and at least half of the earlier blocks' (path, value) leaves, counted as
+  a multiset, are F's. The rest are F's corrections.
+* Otherwise: blocks that give no key twice are merged
+  (``merged_blocks``; a nested block may add keys to the same section of
+  another block, none twice), else the last complete block is the answer
+  (``last_block``). So a final block that drops a section is the answer as it
+  is when it shares keys with the blocks before it.
 
 Not scored (``value`` None, ``error`` says why): a top-level value that is not
 an object, an API response envelope (a whole chat-completion JSON), nesting past
@@ -30,6 +74,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from vlm.inference.blocks import Block, heading, resolve
 from vlm.inference.tolerant_json import MAX_DEPTH, Tolerant, number
 
 __all__ = ["MAX_ANSWER_CHARS", "MAX_DEPTH", "MAX_NODES", "ParseResult", "api_envelope", "count_nodes",
@@ -158,27 +203,28 @@ def _parse(text: str) -> ParseResult:
         outside = text[:blocks[0].start()] + "".join(text[a.end():b.start()] for a, b in zip(blocks, blocks[1:]))
         if (outside + text[blocks[-1].end():]).strip():
             repairs.append("surrounding_text")
-        value, valid, error = _from_blocks([b.group(1) for b in blocks], repairs)
+        ends = [0] + [b.end() for b in blocks]
+        value, valid, error = _from_blocks([(heading(text[end:b.start()]), b.group(1))
+                                            for end, b in zip(ends, blocks)], repairs)
     return _result(value, repairs, error, valid and set(repairs) <= set(_PLACEMENT), notes)
 
 
-def _from_blocks(blocks: list[str], repairs: list[str]) -> tuple[dict | None, bool, str | None]:
-    """One fenced block: its object. Several: merged when they are sections (disjoint keys), else the last object."""
+def _from_blocks(blocks: list[tuple[str, str]], repairs: list[str]) -> tuple[dict | None, bool, str | None]:
+    """One fenced block (heading, text): its object. Several: as the module's rules for several blocks say."""
     if len(blocks) == 1:
-        return _from_span(blocks[0], repairs)
+        return _from_span(blocks[0][1], repairs)
     complete = []
-    for block in blocks:
+    for title, block in blocks:
         ok, value = _strict(block)
         if ok and isinstance(value, dict) and value:
-            complete.append(value)
-    if len(complete) > 1 and _disjoint(complete):
-        repairs.append("merged_blocks")
-        return {k: v for obj in complete for k, v in obj.items()}, False, None
+            complete.append(Block(value, title))
+    if len(complete) > 1:
+        return resolve(complete, repairs), False, None
     repairs.append("last_block")
     if complete:
-        return complete[-1], False, None
-    with_object = [b for b in blocks if "{" in b]
-    value, _, error = _from_span((with_object or blocks)[-1], repairs)
+        return complete[-1].value, False, None
+    with_object = [b for _, b in blocks if "{" in b]
+    value, _, error = _from_span((with_object or [b for _, b in blocks])[-1], repairs)
     return value, False, error
 
 
@@ -193,7 +239,8 @@ def _disjoint(objects: list[dict]) -> bool:
 
 def _from_span(text: str, repairs: list[str], strict: tuple[bool, object] | None = None,
                ) -> tuple[dict | None, bool, str | None]:
-    """(object, valid, error) from text with no fences: the first object, with split objects that follow merged.
+    """(object, valid, error) from text with no fences: the first object, with split objects that follow merged;
+    or the answer of its bare blocks, when there are.
 
     ``strict``: ``_strict(text)``, where the caller already has it (decoding every answer twice was a tenth of
     reading a file).
@@ -210,19 +257,66 @@ def _from_span(text: str, repairs: list[str], strict: tuple[bool, object] | None
         return None, False, "the answer is not a JSON object"
     if start > 0:
         _note(repairs, "surrounding_text")
+    own = len(repairs)  # the repairs from here on are the first object's own
     value, end, valid, error = _object_at(body, start, repairs)
     if value is None:
         return None, False, error
+    complete = valid
     while (m := _NEXT_OBJECT.match(body, end)) and m.end() < len(body):
-        more, more_end, _, _ = _object_at(body, m.end(), repairs)
+        more, more_end, more_valid, _ = _object_at(body, m.end(), repairs)
         if not more or not _disjoint([value, more]):
             break
         value.update(more)
         _note(repairs, "split_objects")
-        end, valid = more_end, False
+        end, valid, complete = more_end, False, complete and more_valid
     if body[end:].strip():
         _note(repairs, "surrounding_text")
+        first = [Block(value, heading(body[:start]))] if complete and value else []
+        blocks = _bare_blocks(body, end, first)
+        if blocks:
+            if not first:  # a broken first object is prose here, as a broken fenced block is
+                del repairs[own:]
+                _note(repairs, "surrounding_text")
+            _note(repairs, "bare_blocks")
+            return resolve(blocks, repairs), False, None
     return value, valid, None
+
+
+def _bare_blocks(body: str, pos: int, first: list[Block]) -> list[Block]:
+    """``first`` and the complete objects that open a line after ``pos``, when they are two or more and prose
+    stands between two of them; else [].
+
+    Every object after ``pos`` is read whole (an object inside it is never a block of its own), but only one
+    that opens its line can be a block: an object quoted inside a sentence is prose. Split objects that follow
+    a block are merged into it, as for the first object. An object equal to an earlier block is a repeat, not a
+    block, and neither it nor a broken object is prose: an answer said twice reads as it did before.
+    """
+    found = list(first)
+    prose, after = False, pos  # ``after``: the end of the last object that opened its line
+    while (start := body.find("{", pos)) >= 0:
+        opens_line = not body[body.rfind("\n", 0, start) + 1:start].strip(" \t")
+        gap = body[after:start]
+        try:
+            value, pos = DECODER.raw_decode(body, start)
+        except (ValueError, RecursionError):  # broken, or a brace in prose: skipped whole
+            parser = Tolerant(body, start, [])
+            parser.run()
+            value, pos = None, max(min(parser.i, len(body)), start + 1)
+        while value and (m := _NEXT_OBJECT.match(body, pos)) and m.end() < len(body):
+            try:
+                more, more_end = DECODER.raw_decode(body, m.end())
+            except (ValueError, RecursionError):
+                break
+            if not more or not _disjoint([value, more]):
+                break
+            value, pos = {**value, **more}, more_end
+        if not opens_line:
+            continue
+        after = pos
+        if value and all(value != block.value for block in found):
+            prose = prose or (bool(found) and bool(gap.strip(" \t\r\n,")))
+            found.append(Block(value, heading(gap)))
+    return found if prose and len(found) > 1 else []
 
 
 def _object_at(body: str, start: int, repairs: list[str]) -> tuple[dict | None, int, bool, str | None]:
