@@ -32,7 +32,8 @@ from vlm.lf.data import dataset_names, read_dataset_info
 from vlm.output import info, warn
 from vlm.selection.select import SelectOptions, select_runs
 from vlm.sweep.grid import SweepPoint
-from vlm.training.checkpoints import list_checkpoints
+from vlm.training.checkpoints import list_checkpoints, resume_reloads_base_weights
+from vlm.training.config import load_config
 from vlm.training.train import MODEL_FILES, RUN_MANIFEST, TRAIN_LOG, TrainSpec, train
 
 STATUS_FILE = "sweep_status.json"
@@ -119,8 +120,15 @@ def _train_point(row: dict[str, Any], options: RunOptions) -> None:
                                           f"(newest: {found[-1].name}); move them away or use another --out-dir",
                    ended_at=now())
         return
+    overrides: dict[str, Any] = {}
+    if found and (why := resume_reloads_base_weights(found[-1], load_config(Path(row["config"])))):
+        # This sweep's own killed point, which cannot be resumed correctly: train it again from the start.
+        warn(f"{row['config']}: {why}; training it again from the start")
+        found, overrides = [], {"overwrite_output_dir": True}
+        row["restarted"] = why
     try:
-        result = train(TrainSpec(Path(row["config"]), resume=bool(found), allow_truncation=options.allow_truncation))
+        result = train(TrainSpec(Path(row["config"]), overrides=overrides, resume=bool(found),
+                                 allow_truncation=options.allow_truncation))
     except VlmError as e:
         row.update(status="failed", exit_code=e.exit_code, ended_at=now(),
                    error=e.message + (f" ({e.hint})" if e.hint else ""))

@@ -190,3 +190,26 @@ def resolve_checkpoint(cfg: dict[str, Any], config: Path, which: str, split: str
                        hint="pick one of the saved checkpoints, or --checkpoint final / best.")
     check_weights(chosen)
     return chosen
+
+
+def resume_reloads_base_weights(checkpoint: Path, cfg: dict[str, Any]) -> str | None:
+    """Why resuming ``checkpoint`` would continue from the base model's weights, or None when it would not.
+
+    A full or freeze run saves the whole model. transformers 5 keeps some models' weights under other names in
+    memory than on disk (Qwen2-VL: ``visual.*`` and ``model.layers.*`` on disk, ``model.visual.*`` and
+    ``model.language_model.*`` in memory) and converts them when loading a model, but the Trainer's resume loads
+    a checkpoint's weights without that conversion: every key misses, and the run goes on from the base weights
+    while reporting the step it resumed at. LoRA checkpoints hold only the adapter, which loads correctly.
+    """
+    if cfg.get("finetuning_type", "lora") not in ("full", "freeze"):
+        return None
+    try:
+        model_type = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    if not model_type or not get_checkpoint_conversion_mapping(model_type):
+        return None
+    return (f"transformers renames {model_type}'s weights when it loads a model, but not when the Trainer resumes "
+            f"a {cfg['finetuning_type']} run from {checkpoint.name}: the run would continue from the base weights")

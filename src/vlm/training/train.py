@@ -38,7 +38,7 @@ from vlm.lf.data import dataset_names, lf_default, read_dataset_info
 from vlm.lf.progress import TRAINER_LOG, progress_from_file
 from vlm.output import info, warn
 from vlm.training import token_budget
-from vlm.training.checkpoints import list_checkpoints
+from vlm.training.checkpoints import list_checkpoints, resume_reloads_base_weights
 from vlm.training.config import deepspeed_preset, load_config, render_yaml
 from vlm.training.validation import Validation, validate_config
 
@@ -95,6 +95,10 @@ def plan_resume(cfg: dict[str, Any], output_dir: Path, resume: bool) -> str | No
         if not found:
             raise VlmError(f"--resume: no complete checkpoint-N in {output_dir}",
                            hint="train without --resume first (checkpoints are written every save_steps steps).")
+        why = resume_reloads_base_weights(found[-1], cfg)
+        if why:
+            raise VlmError(f"cannot resume {output_dir}: {why}",
+                           hint="start the run over with overwrite_output_dir=true (LoRA runs resume correctly).")
         cfg["resume_from_checkpoint"] = str(found[-1])
         cfg["overwrite_output_dir"] = False
         return str(found[-1])
@@ -316,6 +320,12 @@ def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
     except KeyboardInterrupt:
         code = 130
         warn(f"interrupted; the child was stopped. Continue with: {spec.resume_command()}")
+    if code == 0 and result.resumed_from and _resumed_with_missing_weights(plan.log_path):
+        code = 1  # a run that continued from other weights than its checkpoint's is not a finished run
+        err_line = (f"the run resumed from {result.resumed_from} but the Trainer loaded it with missing keys "
+                    f"({plan.log_path}): it went on from other weights than the checkpoint's; its model is not "
+                    "a continuation of the run")
+        warn(err_line + ". Start over with overwrite_output_dir=true.")
     final = progress_from_file(trainer_log) if trainer_log.is_file() else None
     record.update(ended_at=now(), exit_code=code, final_progress=final.as_dict() if final else None)
     atomic_write_json(result.manifest, record)
@@ -323,3 +333,20 @@ def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
     if code not in (0, 130):
         report_failure(plan, code)
     return result
+
+
+MISSING_AT_RESUME = "There were missing keys in the checkpoint model loaded"  # transformers' Trainer, on resume
+
+
+def _resumed_with_missing_weights(log_path: Path) -> bool:
+    """The Trainer's warning that a resumed checkpoint's weights did not all load (read in blocks: logs are long)."""
+    try:
+        with open(log_path, "rb") as f:
+            tail = b""
+            while block := f.read(1 << 20):
+                if MISSING_AT_RESUME.encode() in tail + block:
+                    return True
+                tail = block[-len(MISSING_AT_RESUME):]
+    except OSError:
+        return False
+    return False
