@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,22 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
     return Group(name, ids, [None] * len(ids), gts, positional=no_ids, raws=raws)
 
 
+def _with_answers(g: Group) -> Group:
+    """``g`` with each ground truth as its list of accepted answers (the store keeps what predict stored), so
+    groups from the store and from files compare equal when their answers are the same."""
+    gts = []
+    for k, gt in enumerate(g.gts):
+        if isinstance(gt, dict):
+            raise VlmError(f"group {g.name}: the ground truth is a JSON object, not short answers",
+                           hint="--task qa is for QA exports (vlm export --question-column); drop --task qa.")
+        try:
+            gts.append(as_answers(gt))
+        except ValueError as e:
+            raise VlmError(f"group {g.name}, document {g.ids[k]!r}: {e}",
+                           hint="a QA ground truth is an answer or a list of them.") from None
+    return replace(g, gts=gts)
+
+
 def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """ANLS and exact match per group, with deltas and paired-bootstrap 95% CIs against the first group.
 
@@ -68,11 +85,7 @@ def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> di
     """
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
-    order, groups = align(groups)
-    for g in groups:
-        if any(isinstance(gt, dict) for gt in g.gts):
-            raise VlmError(f"group {g.name}: the ground truth is a JSON object, not short answers",
-                           hint="--task qa is for QA exports (vlm export --question-column); drop --task qa.")
+    order, groups = align([_with_answers(g) for g in groups])
     scores = {g.name: score_qa(g.raws, g.gts) for g in groups}
     base = groups[0].name
     base_metrics = aggregate_qa(scores[base])
