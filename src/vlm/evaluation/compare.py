@@ -20,7 +20,7 @@ import numpy as np
 
 from vlm.data.records import jsonl_lines
 from vlm.errors import VlmError
-from vlm.evaluation.ground_truths import check_same_ground_truths
+from vlm.evaluation.ground_truths import check_same_ground_truths, refuse_short_answers
 from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
 from vlm.evaluation.scoring import heap_frozen, score_groups
 from vlm.evaluation.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
@@ -163,7 +163,9 @@ def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
     if isinstance(gt, dict) and "gt_parse" in gt:
         gt = gt["gt_parse"]
     if not isinstance(gt, (dict, list)):
-        raise VlmError(f"{path}:{n}: the ground truth is not a JSON object")
+        raise VlmError(f"{path}:{n}: the ground truth is not a JSON object",
+                       hint="an extraction ground truth is a JSON object; a short-answer QA set is scored with "
+                            "--task qa.")
     doc_id = row.get("id")
     return raw, gt, None if doc_id is None else str(doc_id)
 
@@ -343,6 +345,7 @@ def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -
     """Score every group, with deltas and bootstrap intervals against the first group."""
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
+    refuse_short_answers(groups)
     with heap_frozen():  # the groups just read: no collection walks them again
         return _evaluate(groups, resamples, seed)
 
