@@ -40,7 +40,7 @@ class Group:
     gts: list[Any]
     positional: bool = False  # LLaMA-Factory's file has no ids: paired by position (ids are line numbers)
     lines: list[int] | None = None  # file line of each document, for messages
-    raws: list[str] | None = None  # the answers' raw text, for tasks scored on text (QA)
+    raws: list[Any] | None = None  # the answers as read, for tasks scored on text (QA: qa.prediction_text)
     keys: list[str | None] | None = None  # each answer's text where short: identical answers are scored once
 
     @property
