@@ -51,7 +51,7 @@ def test_the_count_is_printed_and_in_the_json(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["g"]["predictions"]["non_text"] == 6
-    assert "group g: 6 of 8 predictions are not text" in " ".join(r.stderr.split())
+    assert "group g: 6 predictions were not text" in " ".join(r.stderr.split())
 
 
 def test_text_predictions_are_not_counted(tmp_path):

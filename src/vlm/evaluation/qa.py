@@ -26,8 +26,10 @@ from vlm.errors import VlmError
 from vlm.evaluation.compare import Group, align, bootstrap_delta, groups_from_store
 from vlm.evaluation.qa_metrics import aggregate_qa, score_qa
 from vlm.evaluation.report import metric_rows, print_tables
-from vlm.inference.parsing import DECODER
+from vlm.inference.parsing import DECODER, MAX_ANSWER_CHARS
 from vlm.output import out, warn
+
+SHOWN_CHARS = 1000  # of a prediction or answer in per_document.csv: a 50 MB answer is not copied into the report
 
 
 def group_from_file(path: Path, name: str | None = None) -> Group:
@@ -61,7 +63,9 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
             raise VlmError(f"{path}:{n}: {e}", hint="a QA ground truth is an answer or a list of them, each a "
                                                     "string or a number.") from None
         ids.append(doc_id)
-        raws.append(raw)
+        # A runaway answer is not kept whole; one character past the cap is, so evaluate_qa still counts it as cut.
+        raws.append(raw[:MAX_ANSWER_CHARS + 1] if isinstance(raw, str) else raw)
+        del line, row, raw  # a 50 MB line is not held while the next one is read
     if not ids:
         raise VlmError(f"{path} holds no predictions")
     if name is None:
@@ -107,22 +111,21 @@ def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> di
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
     order, groups = align([_with_answers(g) for g in groups])
-    texts, non_text = {}, {}
+    texts, counts = {}, {}
     for g in groups:
         read = [prediction_text(raw) for raw in g.raws]
         texts[g.name] = [text for text, _ in read]
-        non_text[g.name] = sum(flag for _, flag in read)
-    scores = {g.name: score_qa(texts[g.name], g.gts) for g in groups}
+        counts[g.name] = {"non_text": sum(flag for _, flag in read),
+                          "cut": sum(len(text) > MAX_ANSWER_CHARS for text in texts[g.name])}
+    scores = {g.name: score_qa(texts[g.name], g.gts) for g in groups}  # at most MAX_ANSWER_CHARS scored
     base = groups[0].name
     base_metrics = aggregate_qa(scores[base])
     result: dict[str, Any] = {"task": "qa", "documents": len(order), "baseline": base, "groups": {}}
     for g in groups:
         metrics = aggregate_qa(scores[g.name])
-        if non_text[g.name]:
-            warn(f"group {g.name}: {non_text[g.name]} of {len(order)} predictions are not text (a JSON number, "
-                 "list, object, bool or null); each is scored by its compact JSON text, e.g. 42 as \"42\".")
-        entry: dict[str, Any] = {"documents": len(order), **metrics,
-                                 "predictions": {"non_text": non_text[g.name]}}
+        for line in _count_lines(counts[g.name]):
+            warn(f"group {g.name}: {line}")
+        entry: dict[str, Any] = {"documents": len(order), **metrics, "predictions": counts[g.name]}
         if g.name != base:
             ci = bootstrap_delta(scores[base], scores[g.name], len(order), resamples, seed, aggregate=aggregate_qa)
             entry["delta"] = {k: {"delta": metrics[k] - base_metrics[k], "ci95": list(ci[k])}
@@ -130,7 +133,8 @@ def evaluate_qa(groups: list[Group], resamples: int = 1000, seed: int = 0) -> di
         result["groups"][g.name] = entry
     result["per_document"] = {
         g.name: [{"id": d, "anls": float(scores[g.name].anls[k]), "exact_match": bool(scores[g.name].exact_match[k]),
-                  "prediction": texts[g.name][k], "answers": g.gts[k]} for k, d in enumerate(order)]
+                  "prediction": shown(texts[g.name][k]), "answers": [shown(a) for a in g.gts[k]]}
+                 for k, d in enumerate(order)]
         for g in groups
     }
     return result
@@ -165,15 +169,28 @@ def markdown(result: dict[str, Any]) -> str:
             + (f"## Predictions\n\n{notes}\n" if notes else "") + "![comparison](chart.png)\n")
 
 
+def _count_lines(counts: dict[str, int]) -> list[str]:
+    lines = []
+    if counts.get("non_text"):
+        lines.append(f"{counts['non_text']} predictions were not text (a JSON number, list, object, bool or null); "
+                     "each was scored by its compact JSON text, e.g. 42 as \"42\"")
+    if counts.get("cut"):
+        lines.append(f"{counts['cut']} predictions were longer than {MAX_ANSWER_CHARS:,} characters; only their "
+                     f"first {MAX_ANSWER_CHARS:,} were scored")
+    return lines
+
+
 def prediction_notes(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """(group, line) for each group with predictions that were not text."""
-    notes = []
-    for name, g in result["groups"].items():
-        counts = g.get("predictions", {})
-        if counts.get("non_text"):
-            notes.append((name, f"{counts['non_text']} predictions were not text; each was scored by its compact "
-                                "JSON text"))
-    return notes
+    """(group, line) for each group with predictions that were not text or were cut."""
+    return [(name, line) for name, g in result["groups"].items() for line in _count_lines(g.get("predictions", {}))]
+
+
+def shown(text: str) -> str:
+    """``text`` for per_document.csv and the worst documents: a runaway answer's first ``SHOWN_CHARS``, marked."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    total = f"over {MAX_ANSWER_CHARS:,}" if len(text) > MAX_ANSWER_CHARS else f"{len(text):,}"
+    return f"{text[:SHOWN_CHARS]}… [first {SHOWN_CHARS:,} of {total} characters]"
 
 
 def per_document_csv(result: dict[str, Any]) -> str:
