@@ -18,13 +18,38 @@ from vlm.errors import VlmError
 from vlm.lf.data import read_dataset_info, read_records
 
 
-def as_answers(value: Any) -> list[str]:
-    """Accepted answers as a list of strings: one string, or a list of them."""
+def _json_kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return f"JSON {json.dumps(value)}"
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, (list, tuple)):
+        return "a list inside the list of answers"
+    return f"a {type(value).__name__}"
+
+
+def answer_text(value: Any) -> str:
+    """One accepted answer as text: a string as it is, a number as its JSON text (42 -> "42", 1.50 -> "1.5").
+
+    QA answers are text; a number in a dataset or a predictions file is read as JSON writes it. A bool, a null or
+    an object is no answer (``str()`` made "True" or "None" of them, which no model writes): ValueError.
+    """
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int, float)) for v in value):
-        return [str(v) for v in value]
-    raise ValueError(f"accepted answers must be a string or a non-empty list of strings, not {value!r:.60}")
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    raise ValueError(f"an accepted answer must be a string or a number, not {_json_kind(value)} "
+                     f"({shown[:40]}{'...' if len(shown) > 40 else ''})")
+
+
+def as_answers(value: Any) -> list[str]:
+    """Accepted answers as a list of strings: one answer, or a non-empty list of them (``answer_text`` each)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("the list of accepted answers is empty")
+        return [answer_text(v) for v in value]
+    return [answer_text(value)]
 
 
 def qa_fields(row: dict[str, Any], question_column: str, answers_column: str) -> tuple[str, list[str]]:

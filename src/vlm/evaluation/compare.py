@@ -20,6 +20,7 @@ import numpy as np
 
 from vlm.data.records import jsonl_lines
 from vlm.errors import VlmError
+from vlm.evaluation.ground_truths import check_same_ground_truths, refuse_short_answers
 from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
 from vlm.evaluation.scoring import heap_frozen, score_groups
 from vlm.evaluation.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
@@ -39,7 +40,7 @@ class Group:
     gts: list[Any]
     positional: bool = False  # LLaMA-Factory's file has no ids: paired by position (ids are line numbers)
     lines: list[int] | None = None  # file line of each document, for messages
-    raws: list[str] | None = None  # the answers' raw text, for tasks scored on text (QA)
+    raws: list[Any] | None = None  # the answers as read, for tasks scored on text (QA: qa.prediction_text)
     keys: list[str | None] | None = None  # each answer's text where short: identical answers are scored once
 
     @property
@@ -169,7 +170,9 @@ def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
     if isinstance(gt, dict) and "gt_parse" in gt:
         gt = gt["gt_parse"]
     if not isinstance(gt, (dict, list)):
-        raise VlmError(f"{path}:{n}: the ground truth is not a JSON object")
+        raise VlmError(f"{path}:{n}: the ground truth is not a JSON object",
+                       hint="an extraction ground truth is a JSON object; a short-answer QA set is scored with "
+                            "--task qa.")
     doc_id = row.get("id")
     return raw, gt, None if doc_id is None else str(doc_id)
 
@@ -227,8 +230,9 @@ def _subset(g: Group, idx: list[int], ids: list[str]) -> Group:
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
     """Restrict every group to the documents all groups share, in one order.
 
-    Groups with ids are paired by id. A group without (LLaMA-Factory's file) is paired by position, and
-    its ground truths must then equal the other groups' line by line, or the files are in different orders.
+    Groups with ids are paired by id. A group without (LLaMA-Factory's file) is paired by position. Either way
+    every group must have the baseline's ground truth for every shared document (``check_same_ground_truths``):
+    paired by line, a difference means the files are in different orders; paired by id, different labels.
     """
     if any(g.positional for g in groups):
         if len({len(g.ids) for g in groups}) != 1:
@@ -236,12 +240,7 @@ def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
                            + ", ".join(f"{g.name}: {len(g.ids)}" for g in groups) + " lines",
                            hint="give every file the same documents in the same order, or add ids.")
         named = next((g for g in groups if not g.positional), groups[0])
-        for g in groups:
-            k = next((k for k, (a, b) in enumerate(zip(g.gts, named.gts)) if a != b), None)
-            if k is not None:
-                raise VlmError(f"groups {named.name} and {g.name} are paired by line, but document {k + 1} "
-                               "has different ground truths in them",
-                               hint="give every file the same documents in the same order, or add ids.")
+        check_same_ground_truths([named] + [g for g in groups if g is not named], by_line=True)
         order = list(range(len(named.ids)))
         return named.ids, [_subset(g, order, named.ids) for g in groups]
     common = set(groups[0].ids)
@@ -256,6 +255,7 @@ def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
             warn(f"group {g.name}: scoring the {len(order)} documents shared by all groups (it has {len(g.ids)})")
         pos = {d: k for k, d in enumerate(g.ids)}
         aligned.append(_subset(g, [pos[d] for d in order], order))
+    check_same_ground_truths(aligned)
     return order, aligned
 
 
@@ -352,6 +352,7 @@ def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -
     """Score every group, with deltas and bootstrap intervals against the first group."""
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
+    refuse_short_answers(groups)
     with heap_frozen():  # the groups just read: no collection walks them again
         return _evaluate(groups, resamples, seed)
 
