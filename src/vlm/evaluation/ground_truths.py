@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vlm.data.records import as_answers
 from vlm.errors import VlmError
 
-if TYPE_CHECKING:  # compare imports this module; the name is only an annotation here
-    from vlm.evaluation.compare import Group
+
+class Labelled(Protocol):
+    """What these checks read of a group (``compare.Group``, which imports this module, has it)."""
+
+    name: str
+    ids: list[str]
+    gts: list[Any]
 
 
-def check_same_ground_truths(groups: Sequence[Group], by_line: bool = False) -> None:
+def check_same_ground_truths(groups: Sequence[Labelled], by_line: bool = False) -> None:
     """Refuse aligned groups whose ground truths differ for a document, naming the first one.
 
     Every group is compared with the first by plain equality of the parsed values: C-speed on dicts and lists,
@@ -55,7 +60,7 @@ def _short_answers(gt: Any) -> bool:
     return True
 
 
-def refuse_short_answers(groups: Sequence[Group]) -> None:
+def refuse_short_answers(groups: Sequence[Labelled]) -> None:
     """Refuse extraction scoring of a group whose every ground truth is a QA export's accepted answers.
 
     The CORD metrics take a list of strings for a document without complaint (a model that wrote no JSON once
