@@ -43,13 +43,12 @@ from functools import lru_cache
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from vlm.evaluation import ted_fast
 from vlm.evaluation.summary import Counts, DocScores
 from vlm.evaluation.summary import aggregate as aggregate  # re-exported: callers score and summarise from here
 from vlm.evaluation.summary import draw_counts as draw_counts
 from vlm.evaluation.summary import field_breakdown as field_breakdown
 from vlm.evaluation.summary import resampled as resampled
-from vlm.evaluation.ted import Tree, build_tree, tree_distances
+from vlm.evaluation.ted import Tree, build_tree, c_build, tree_distances
 from vlm.inference.tolerant_json import Num
 from vlm.schema import HEADER_FIELDS
 
@@ -57,23 +56,15 @@ from vlm.schema import HEADER_FIELDS
 _SCALARS = frozenset({str, int, float, Num})
 _STR = {str}
 
-# From this many documents on, TED runs compiled by numba (vlm.evaluation.ted_fast) when the C build is missing: loading
-# numba's cached build costs about two seconds, the interpreted programme a few milliseconds per document.
-COMPILE_FROM = 200
-
-
-def use_compiled(n_docs: int) -> bool:
-    """Whether scoring ``n_docs`` documents should run the compiled TED (the C build loads for free)."""
-    return n_docs >= COMPILE_FROM or ted_fast.c_kernel() is not None
-
 
 def normalize(data: Any) -> Any:
     """Donut's ``normalize_dict``: sorted keys, empty values dropped, every value a list of strings or dicts.
 
-    The C build (``vlm.evaluation._ted.normalize``) gives the same for plain data, and hands anything else back to the
-    Python below (``ted_fast.c_normalize``).
+    The C build (``vlm.evaluation._ted.normalize``, see ``ted.c_build``) gives the same for plain data, and
+    hands anything else (a dict or list subclass, a key that is not a str) back to the Python below.
     """
-    got = ted_fast.c_normalize(data, _SCALARS)
+    c = c_build()
+    got = c.normalize(data, _SCALARS) if c else None
     return _normalize(data) if got is None else got
 
 
@@ -311,13 +302,12 @@ def prepare_truth(gt: Any) -> Truth:
                  _menu_rows(gt, ng), counts, _tally(flat_num), _path_counts(counts))
 
 
-def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compiled: bool = True,
+def score_document(pred: dict | None, gt: Any, valid: bool | None = None,
                    truth: Truth | None = None) -> dict[str, Any]:
     """Every per-document value for one prediction (``None`` = no object, scored as ``{}``).
 
-    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``compiled``: TED by
-    the compiled build where available (the same distances, see ``ted_fast``); ``truth``: ``prepare_truth(gt)``
-    when the caller already has it.
+    ``valid`` (default: a prediction was given) is what the ``valid_json`` share counts; ``truth``:
+    ``prepare_truth(gt)`` when the caller already has it.
     """
     p, valid = ({}, False if valid is None else valid) if pred is None else (pred, True if valid is None else valid)
     t = prepare_truth(gt) if truth is None else truth
@@ -329,7 +319,7 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None, compil
         p, np_, tp, valid, fp = {}, {}, build_tree({}), False, []
     lits = literals(p) if p else {}
     key = _numnorm_key(lits, t.texts) if lits else number_key
-    d, d_num = tree_distances(tp, t.tree, key, compiled)
+    d, d_num = tree_distances(tp, t.tree, key)
     cp = _tally(fp)
     common = _common(cp, t.counts)
     return {
@@ -349,8 +339,7 @@ def score_documents(preds: list[dict | None], gts: list[Any], valid: list[bool] 
     """Score each prediction against its ground truth; ``valid`` overrides what counts as valid JSON."""
     if len(preds) != len(gts) or (valid is not None and len(valid) != len(preds)):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
-    compiled = use_compiled(len(preds))
-    return doc_scores([score_document(p, g, None if valid is None else valid[k], compiled)
+    return doc_scores([score_document(p, g, None if valid is None else valid[k])
                        for k, (p, g) in enumerate(zip(preds, gts))])
 
 
