@@ -13,8 +13,9 @@ leaf to non-leaf (either way) 1 + the leaf's text length, non-leaf to non-leaf
 
 The programme runs in C (``vlm.evaluation._ted.zs``, built from ``_ted.c`` by ``pip install``) or, where no
 compiler was at hand, as ``zhang_shasha`` below: the same cells, band and answers (tests/test_metrics.py holds
-both to each other under any band, and to the zss reference). The C build also normalises documents and
-builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole build off, for pure Python everywhere.
+each to the zss reference, tests/test_c_walk.py each to the other under any band). The C build also normalises
+documents and builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole build off, for pure Python
+everywhere.
 
 Exact shortcuts on top of the textbook programme: identical trees, a bare root
 on either side (closed form), and a band search for similar trees (``_search``).
@@ -171,9 +172,9 @@ def zhang_shasha(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dm
     and the tree distance td of every pair of nodes on their leftmost paths. Band: a mapping that removes at
     most ``dmax`` nodes and inserts at most ``imax`` only passes through cells (x, y) with ``-imax <= x - y
     <= dmax`` (x - y = nodes removed before x - nodes inserted before y), so the others read as INF. Each value
-    computed is still the cost of some mapping, so with ``dmax, imax = (b + n1 - n2) // 2, (b - n1 + n2) // 2``
-    (every node costing at least 1) the result is exact whenever the distance is ``<= b`` and an upper bound
-    otherwise. The boundary row and column of each table (remove all, insert all) are always real.
+    computed is still the cost of some mapping, so under ``band(n1, n2, b)`` (every node costing at least 1)
+    the result is exact whenever the distance is ``<= b`` and an upper bound otherwise. The boundary row and
+    column of each table (remove all, insert all) are always real.
     """
     l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2 = (
         np.asarray(a).tolist() for a in (l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2))
@@ -256,8 +257,16 @@ def kernel() -> Callable[..., int]:
     return _C.zs if _C else zhang_shasha
 
 
-def _search(t1: Tree, t2: Tree, zs: Callable[[int | None], int], upper: int | None = None) -> int:
-    """The exact distance, searched in a narrow band first; ``zs(bound)`` runs the programme under ``bound``.
+def band(n1: int, n2: int, bound: int | None) -> tuple[int, int]:
+    """(dmax, imax) for trees of ``n1`` and ``n2`` nodes: the most removals and insertions that a mapping of
+    cost ``<= bound`` can make, every node costing at least 1; no band (wider than both trees) for None."""
+    if bound is None:
+        return n1 + n2, n1 + n2
+    return (bound + n1 - n2) // 2, (bound - n1 + n2) // 2
+
+
+def _search(t1: Tree, t2: Tree, args: tuple, upper: int | None = None) -> int:
+    """The exact distance, searched in a narrow band first; ``args``: the kernel's arguments but the band.
 
     The first pass bounds the distance by a small guess. If it finds a mapping
     within the guess, that is the distance; otherwise the mapping's cost bounds
@@ -265,19 +274,23 @@ def _search(t1: Tree, t2: Tree, zs: Callable[[int | None], int], upper: int | No
     bound, replaces the guess. Needs every node to cost at least 1 (an empty leaf
     costs 0); otherwise the full table is computed.
     """
-    n1, n2 = t1.size, t2.size
+    zs, n1, n2 = kernel(), t1.size, t2.size
+
+    def under(bound: int | None) -> int:
+        return int(zs(*args, *band(n1, n2, bound)))
+
     if min(t1.cost[1:]) < 1 or min(t2.cost[1:]) < 1:
-        return zs(None)
+        return under(None)
     if upper is None:
         low = max(abs(n1 - n2), abs(sum(t1.cost) - sum(t2.cost)))  # the distance is at least this
         guess = max(2 * low, 16)
         if guess >= n1 + n2:
-            return zs(None)
-        d = zs(guess)
+            return under(None)
+        d = under(guess)
         if d <= guess:
             return d
         upper = d
-    return zs(upper if upper < n1 + n2 else None)
+    return under(upper if upper < n1 + n2 else None)
 
 
 def same_tree(t1: Tree, t2: Tree) -> bool:
@@ -312,21 +325,13 @@ def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) 
         # a bare root: the roots match and everything else is inserted (or removed)
         d = t2.closed_form_insert_all() if t1.size == 1 else t1.closed_form_insert_all()
         return d, (d if key else None)
-    zs, a1, a2 = kernel(), arrays(t1), arrays(t2)
+    a1, a2 = arrays(t1), arrays(t2)
     leaves1, leaves2 = leaf_texts(t1), leaf_texts(t2)  # in postorder: the rows and columns of lev
     if leaves1 and leaves2:
         lev = cdist(leaves1, leaves2, scorer=Levenshtein.distance, dtype=np.int64)
     else:
         lev = np.zeros((max(len(leaves1), 1), max(len(leaves2), 1)), dtype=np.int64)
-    n1, n2 = t1.size, t2.size
-
-    def run(k1: np.ndarray, k2: np.ndarray) -> Callable[[int | None], int]:
-        def under(bound: int | None) -> int:
-            dmax, imax = (n1 + n2, n1 + n2) if bound is None else ((bound + n1 - n2) // 2, (bound - n1 + n2) // 2)
-            return int(zs(*a1, *a2, lev, k1, k2, dmax, imax))
-        return under
-
-    d = _search(t1, t2, run(_NO_KEYS, _NO_KEYS))
+    d = _search(t1, t2, (*a1, *a2, lev, _NO_KEYS, _NO_KEYS))
     if key is None:
         return d, None
     if not leaves1 or not leaves2:
@@ -338,4 +343,4 @@ def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) 
     k1 = np.array([get(k, -1) for k in map(key, leaves1)], dtype=np.int64)
     if not ((k1[:, None] == k2[None, :]) & (lev > 0)).any():  # no new free update: the same distance
         return d, d
-    return d, _search(t1, t2, run(k1, k2), d)
+    return d, _search(t1, t2, (*a1, *a2, lev, k1, k2), d)
