@@ -23,6 +23,7 @@ checks it value for value), with three savings:
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -40,6 +41,7 @@ from vlm.evaluation.metrics import (
     score_document,
     score_documents,
 )
+from vlm.output import info
 
 POOL_FROM = 500  # below this, starting workers and sending results back costs about what they save (measured:
 # 2 workers on 2 cores, 300 x 2 documents 1.48 -> 1.30-1.47 s, 1,000 x 2 2.82 -> 2.05 s)
@@ -118,8 +120,6 @@ def run_split(job: Any, n: int) -> list[Any]:
             return _parallel(job, _ranges(n, count))
         except Exception as e:  # noqa: BLE001 - any worker trouble: the serial programme gives the same values
             if os.environ.get("VLM_DEBUG"):
-                from vlm.output import info
-
                 info(f"parallel run failed ({type(e).__name__}: {e}); running serially")
     return [job.run(0, n)]
 
@@ -202,8 +202,6 @@ def _worker(job: Any, start: int, stop: int, send: Any, parent: int) -> None:
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this worker when the parent dies (Linux; elsewhere a closed pipe ends it)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
