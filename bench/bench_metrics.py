@@ -22,12 +22,11 @@ Two more measurements, side by side with their references:
   ends): ``vlm evaluate`` on a file holding it, in a child process, reporting
   its peak RSS and time against the same file without the huge line;
 * ``vlm evaluate --json`` of ``--evaluate-docs`` documents x 2 groups with
-  bootstrap CIs, whole process, with each speed-up switched off in turn (the C
-  TED core, numba's instead ``VLM_TED=numba``; normalising and building the
-  trees in C, ``VLM_PY_TREES=1``; worker processes
-  ``VLM_WORKERS=1``; shared ground truths and memo ``VLM_SCORE_PLAIN=1``; the
-  compiled TED core ``VLM_PURE_TED=1``), interleaved, medians of ``--repeats``,
-  checking the outputs are byte-identical.
+  bootstrap CIs, whole process, with each speed-up switched off in turn (worker
+  processes ``VLM_WORKERS=1``; shared ground truths and memo
+  ``VLM_SCORE_PLAIN=1``; the C build, kernel, trees and normalising,
+  ``VLM_PURE_TED=1``), interleaved, medians of ``--repeats``, checking the
+  outputs are byte-identical.
 
     python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50]
         [--evaluate-docs 10000] [--json]
@@ -229,10 +228,9 @@ def run_evaluate(paths: list[Path], **env: str) -> dict:
 
 def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
     """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process, with each speed-up
-    turned off in turn, outputs compared: now; numba's TED core instead of the C one (``VLM_TED=numba``);
-    normalising and building the trees in Python instead of C (``VLM_PY_TREES=1``); one
-    worker (``VLM_WORKERS=1``, for the consistency checks too); no shared ground truths or memo either
-    (``VLM_SCORE_PLAIN=1``); and the interpreted TED too (``VLM_PURE_TED=1``)."""
+    turned off in turn, outputs compared: now; one worker (``VLM_WORKERS=1``, for the consistency checks
+    too); no shared ground truths or memo either (``VLM_SCORE_PLAIN=1``); and no C build either, pure Python
+    (``VLM_PURE_TED=1``)."""
     gts = [ground_truth(r) for _ in range(n_docs)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -242,10 +240,8 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
                 for k, (pred, gt) in enumerate(zip(predictions(r, gts, name), gts)):
                     answer = "I cannot read this receipt." if pred is None else json.dumps(pred, ensure_ascii=False)
                     f.write(json.dumps({"id": f"doc-{k}", "prediction": answer, "ground_truth": gt}) + "\n")
-        run_evaluate(paths[:1], VLM_TED="numba")  # numba's cached build exists before the timed runs
         # each variant turns off one more change; interleaved repeats, medians (the machine may be shared)
-        variants = {"now": {}, "numba": {"VLM_TED": "numba"}, "python_trees": {"VLM_PY_TREES": "1"},
-                    "serial": {"VLM_WORKERS": "1"},
+        variants = {"now": {}, "serial": {"VLM_WORKERS": "1"},
                     "plain": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1"},
                     "interpreted": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -258,8 +254,6 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
            for name, rs in runs.items()}
     digests = {r["stdout_sha256"] for rs in runs.values() for r in rs}
     return {"documents": n_docs, "groups": 2, **med,
-            "c_core_speedup": round(med["numba"]["seconds"] / med["now"]["seconds"], 2),
-            "c_trees_speedup": round(med["python_trees"]["seconds"] / med["now"]["seconds"], 2),
             "workers_speedup": round(med["serial"]["seconds"] / med["now"]["seconds"], 2),
             "sharing_speedup": round(med["plain"]["seconds"] / med["serial"]["seconds"], 2),
             "compiled_speedup": round(med["interpreted"]["seconds"] / med["plain"]["seconds"], 2),
@@ -345,15 +339,12 @@ def main() -> None:
         if result["evaluate"]:
             e = result["evaluate"]
             print(f"vlm evaluate --json, {e['documents']} documents x 2 groups, whole process (median s, peak MB):")
-            for name, label in (("now", "now"), ("numba", "numba's TED core, not C (VLM_TED=numba)"),
-                                ("python_trees", "trees built in Python, not C (VLM_PY_TREES=1)"),
-                                ("serial", "one worker (VLM_WORKERS=1)"),
+            for name, label in (("now", "now"), ("serial", "one worker (VLM_WORKERS=1)"),
                                 ("plain", "no shared truths or memo (VLM_SCORE_PLAIN=1)"),
-                                ("interpreted", "and interpreted TED (VLM_PURE_TED=1)")):
+                                ("interpreted", "and pure Python, no C build (VLM_PURE_TED=1)")):
                 print(f"  {label:48s} {e[name]['seconds']:7.2f} s {e[name]['peak_rss_mb']:6.0f} MB"
                       f"  ({e[name]['runs']} runs)")
-            print(f"  ratios: C core over numba {e['c_core_speedup']}x, C trees over Python "
-                  f"{e['c_trees_speedup']}x, workers {e['workers_speedup']}x, "
+            print(f"  ratios: workers {e['workers_speedup']}x, "
                   f"shared truths + memo {e['sharing_speedup']}x, "
                   f"compiled TED {e['compiled_speedup']}x; output identical: {e['identical']}")
     ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])

@@ -14,8 +14,8 @@ import pytest
 from test_metrics import _pairs, cord_like, mutate
 
 from vlm.evaluation import metrics as M
-from vlm.evaluation import ted_fast
-from vlm.evaluation.ted import build_tree
+from vlm.evaluation import ted
+from vlm.evaluation.ted import arrays, build_tree, leaf_texts
 from vlm.inference.tolerant_json import Num
 
 ODD_VALUES = ["", " ", "1", " a ", "\u3000x\u2003", "\x1cz\x1f", "<leaf>", "a<leaf>b<leaf>", "29,500", "é",
@@ -25,7 +25,9 @@ ODD_KEYS = ["nm", "price", "menu", "<leaf>", "a<leaf>b", "", "x.y", "b", "aa", "
 
 @pytest.fixture
 def c_build():
-    assert ted_fast._c_build(), "vlm.evaluation._ted is not built: rerun `make setup` (needs a C compiler)"
+    c = ted.c_build()
+    assert c, "vlm.evaluation._ted is not built: rerun `make setup` (needs a C compiler)"
+    return c
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def python_only(monkeypatch):
     """A context in which normalize and build_tree run their Python code (as with no C build)."""
     def run(fn, *args):
         with monkeypatch.context() as m:
-            m.setattr(ted_fast, "_c", False)
+            m.setattr(ted, "_C", None)
             return fn(*args)
     return run
 
@@ -63,15 +65,14 @@ def outcome(fn, *args):
 
 
 def tree_fields(t):
-    return (t.labels, t.is_leaf, t.texts, t.cost, t.lml, t.keyroots, [a.tolist() for a in ted_fast.arrays(t)],
-            ted_fast.leaf_texts(t))
+    return t.labels, t.is_leaf, t.texts, t.cost, t.lml, t.keyroots, [a.tolist() for a in arrays(t)], leaf_texts(t)
 
 
 def test_c_normalize_equals_python(c_build, python_only):
     checked = 0
     for doc in documents(4000, 1):
         assert outcome(M.normalize, doc) == python_only(outcome, M.normalize, doc), doc
-        checked += ted_fast.c_normalize(doc, M._SCALARS) is not None
+        checked += c_build.normalize(doc, M._SCALARS) is not None
     assert checked > 3000  # most of them really went through C
 
 
@@ -92,7 +93,7 @@ def test_c_walk_equals_python(c_build, python_only):
             slow_pairs = None if pairs is None else list(pairs)
             slow = python_only(lambda: tree_fields(build_tree(data, slow_pairs)))
             assert fast == slow and fast_pairs == slow_pairs, data
-        checked += "raw" in build_tree(data)._plans
+        checked += "raw" in build_tree(data)._cache
     assert checked == 4000  # every normalised document took the C walk
 
 
@@ -105,7 +106,7 @@ def test_c_walk_hands_anything_else_back_with_pairs_untouched(c_build, python_on
     for data in ({"a": ["x"], "b": Sub(c=["y"])}, {"a": ["x"], 1: ["y"]}, {"a": ["x", 3]}, [["x"]],
                  {"a": [{"b": ["x"]}, "c"]}):
         pairs = [("before", "x")]
-        assert ted_fast.c_walk(data, pairs) is None and pairs == [("before", "x")], data
+        assert c_build.tree(data, pairs, {}) is None and pairs == [("before", "x")], data
         slow_pairs: list = []
         assert outcome(lambda: tree_fields(build_tree(data, []))) == python_only(
             outcome, lambda: tree_fields(build_tree(data, slow_pairs))), data
@@ -113,7 +114,7 @@ def test_c_walk_hands_anything_else_back_with_pairs_untouched(c_build, python_on
         pass
 
     for doc in ({"a": Sub(b="1")}, {"a": SubList(["1"])}, {1: "x", "1": "y"}):
-        assert ted_fast.c_normalize(doc, M._SCALARS) is None, doc
+        assert c_build.normalize(doc, M._SCALARS) is None, doc
         assert outcome(M.normalize, doc) == python_only(outcome, M.normalize, doc), doc
 
 
@@ -122,44 +123,25 @@ def test_documents_score_the_same_with_and_without_the_c_walk(c_build, python_on
         assert M.score_document(pred, gt) == python_only(M.score_document, pred, gt), (pred, gt)
 
 
-def test_c_walk_switches_off(monkeypatch):
-    for var in ("VLM_PURE_TED", "VLM_PY_TREES"):
-        with monkeypatch.context() as m:
-            m.setenv(var, "1")
-            m.setattr(ted_fast, "_c", None)
-            assert ted_fast.c_walk({"a": ["x"]}, None) is None and "raw" not in build_tree({"a": ["x"]})._plans
-
-
-
-def test_c_kernel_equals_the_loops_it_compiles_under_any_band(c_build, monkeypatch):
+def test_c_kernel_equals_the_python_programme_under_any_band(c_build):
     """The C kernel skips the rows and the part of the boundary row that no cell in the band reads; under any
-    band, keys or none, its value is still exactly that of ``ted_fast._zs``, the textbook loops (numba's
-    build of them). A boundary row cut one cell too short gave 4 where they give 22."""
+    band, keys or none, its value is still exactly that of ``ted.zhang_shasha``, the pure-Python programme,
+    upper bounds included. (A boundary row cut one cell too short gave 4 where they give 22.)"""
     import numpy as np
-    from rapidfuzz.distance import Levenshtein
-    from rapidfuzz.process import cdist
+    from test_metrics import _kernel_args
 
-    pytest.importorskip("numba")
-    zs = ted_fast.c_kernel()
-    monkeypatch.setenv("VLM_TED", "numba")
-    monkeypatch.setattr(ted_fast, "_kernel", None)
-    loops = ted_fast.kernel()
-    assert loops and loops is not zs
     r = random.Random(21)
     checked = 0
-    for pred, gt in _pairs(2400, 13):
+    for pred, gt in _pairs(600, 13):
         t1, t2 = build_tree(M.normalize(pred)), build_tree(M.normalize(gt))
         if t1.size < 2 or t2.size < 2:
             continue
-        t1_leaves, t2_leaves = ted_fast.leaf_texts(t1), ted_fast.leaf_texts(t2)
-        lev = (cdist(t1_leaves, t2_leaves, scorer=Levenshtein.distance, dtype=np.int64) if t1_leaves and t2_leaves
-               else np.zeros((max(len(t1_leaves), 1), max(len(t2_leaves), 1)), dtype=np.int64))
-        keys = [np.zeros(0, dtype=np.int64)] * 2
-        if t1_leaves and t2_leaves and r.random() < 0.5:
-            keys = [np.array([r.randrange(3) for _ in leaves], dtype=np.int64) for leaves in (t1_leaves, t2_leaves)]
-        wide = t1.size + t2.size
+        keys = None
+        l1, l2 = leaf_texts(t1), leaf_texts(t2)
+        if l1 and l2 and r.random() < 0.5:
+            keys = [np.array([r.randrange(3) for _ in leaves], dtype=np.int64) for leaves in (l1, l2)]
+        args, wide = _kernel_args(t1, t2, keys), t1.size + t2.size
         for band in [(wide, wide)] + [(r.randint(-3, wide), r.randint(-3, wide)) for _ in range(6)]:
-            args = (*ted_fast.arrays(t1), *ted_fast.arrays(t2), lev, *keys, *band)
-            assert zs(*args) == loops(*args), (pred, gt, band)
+            assert c_build.zs(*args, *band) == ted.zhang_shasha(*args, *band), (pred, gt, band)
         checked += 1
-    assert checked > 1500
+    assert checked > 350

@@ -9,13 +9,28 @@ import random
 import numpy as np
 import pytest
 import reference_metric as R
+from rapidfuzz.distance import Levenshtein
+from rapidfuzz.process import cdist
 
 from vlm.evaluation import metrics as M
-from vlm.evaluation.ted import build_tree, tree_distance, update_matrix
+from vlm.evaluation import ted
+from vlm.evaluation.ted import arrays, build_tree, leaf_texts, tree_distance
 from vlm.schema import HEADER_FIELDS
 
 TOTAL = {"total": {"total_price": "45,000"}}  # nodes: total 1, <subtree> 1, total_price 1, "45,000" 6 -> 9
 TEA, KOPI = {"nm": "Tea", "price": "5"}, {"nm": "Kopi", "price": "12"}
+
+
+@pytest.fixture(params=["c", "python"])
+def engine(request, monkeypatch):
+    """Each engine in turn: the C build (kernel, normalize, trees), then pure Python (as with ``VLM_PURE_TED=1``,
+    or where no C compiler was at hand). The C build is not skipped: ``pip install -e .`` builds it wherever a
+    C compiler is, CI included."""
+    assert ted.c_build() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    if request.param == "python":
+        monkeypatch.setattr(ted, "_C", None)
+    assert (ted.kernel() is ted.zhang_shasha) == (request.param == "python")
+    return request.param
 
 
 def test_normalize_matches_donut():
@@ -88,16 +103,18 @@ def test_nested_sub_items():
     assert M.field_counts(pred, gt) == {"menu.nm": (1, 1, 1), "menu.sub.nm": (0, 0, 1)}
 
 
-def test_update_costs_leaf_and_non_leaf():
+def test_update_costs_leaf_and_non_leaf(engine):
     t1 = build_tree(M.normalize({"k": "abc"}))  # postorder: "abc", k, <root>
     t2 = build_tree(M.normalize({"k": "abd", "qq": {"z": "w"}}))  # "abd", k, "w", z, <subtree>, qq, <root>
     assert t1.labels[1:] == ["<leaf>abc", "k", "<root>"]
     assert t2.labels[1:] == ["<leaf>abd", "k", "<leaf>w", "z", "<subtree>", "qq", "<root>"]
-    u = update_matrix(t1, t2)
-    assert u[1, 1] == 1 and u[1, 3] == 3  # leaf/leaf: Levenshtein
-    assert u[1, 2] == 4 and u[2, 1] == 4  # leaf/non-leaf: 1 + len(leaf text), either way round
-    assert u[2, 2] == 0 and u[2, 4] == 1 and u[2, 5] == 1  # non-leaf: label equality
     assert t2.cost[1:] == [3, 1, 1, 1, 1, 1, 1]  # insert/remove: leaf text length, else 1
+    assert M.ted_distances({"k": "abc"}, {"k": "abd"})[0] == 1  # leaf/leaf: Levenshtein (not remove + insert, 6)
+    assert M.ted_distances({"k": "abc"}, {"k": "xyz"})[0] == 3
+    assert M.ted_distances({"k": "abc"}, {"j": "abc"})[0] == 1  # non-leaf: label equality
+    assert M.ted_distances({"k": "abc", "j": "x"}, {"j": "x", "k": "abc"})[0] == 0  # the same after normalising
+    # leaf/non-leaf costs 1 + the leaf's length: exactly removing one and inserting the other, so no distance
+    # tells them apart (the reference, with that cost, agrees with the kernels on random trees below)
     # a value that turns from a leaf into a dict: keep a, "xyz"->"q" (3), insert <subtree> and key (2)
     assert M.ted_distances({"a": "xyz"}, {"a": {"xyz": "q"}})[0] == 5
 
@@ -268,10 +285,17 @@ def test_prediction_nested_past_the_stack_is_invalid_not_a_crash():
     assert scores.valid == [False] and scores.ted_accuracy == [0.0]
 
 
-def test_band_search_is_exact_within_its_bound():
-    """The banded Zhang–Shasha (evaluation.ted) is exact when the distance fits the bound, an upper bound otherwise."""
-    from vlm.evaluation.ted import zhang_shasha
+def _kernel_args(t1, t2, keys=None):
+    """The arrays ``zs`` and ``zhang_shasha`` take for two trees (the number keys empty unless given)."""
+    l1, l2 = leaf_texts(t1), leaf_texts(t2)
+    lev = (cdist(l1, l2, scorer=Levenshtein.distance, dtype=np.int64) if l1 and l2
+           else np.zeros((max(len(l1), 1), max(len(l2), 1)), dtype=np.int64))
+    return (*arrays(t1), *arrays(t2), lev, *(keys or [np.zeros(0, dtype=np.int64)] * 2))
 
+
+def test_band_search_is_exact_within_its_bound(engine):
+    """The banded programme is exact when the distance fits the bound, an upper bound otherwise."""
+    zs = ted.kernel()
     r = random.Random(11)
     checked = 0
     while checked < 60:
@@ -279,11 +303,12 @@ def test_band_search_is_exact_within_its_bound():
         a, b = build_tree(M.normalize(mutate(r, gt))), build_tree(M.normalize(gt))
         if a.size < 2 or b.size < 2 or min(a.cost[1:] + b.cost[1:]) < 1 or a.labels == b.labels:
             continue
-        upd = update_matrix(a, b).tolist()
-        d = zhang_shasha(a, b, upd)
+        args = _kernel_args(a, b)
+        d = zs(*args, *ted.band(a.size, b.size, None))
+        assert d == tree_distance(a, b)
         for bound in {abs(a.size - b.size), d - 1, d, d + 3, 2 * d}:
             if bound >= abs(a.size - b.size):
-                got = zhang_shasha(a, b, upd, bound)
+                got = zs(*args, *ted.band(a.size, b.size, bound))
                 assert got == d if d <= bound else got >= d, (bound, d, got)
         checked += 1
 
@@ -314,86 +339,54 @@ def test_unquoted_thousands_decimal_is_read_as_printed_in_numnorm_only():
     assert doc["ted_accuracy"] == pytest.approx(R.ted_accuracy(plain, gt), abs=1e-12)
 
 
-# --- the compiled TED core (vlm.evaluation.ted_fast) -------------------------------------------------------------
+# --- the two engines: the C build and pure Python (vlm.evaluation.ted) ------------------------------------------
 
-@pytest.fixture(params=["c", "numba"])
-def compiled_kernel(request, monkeypatch):
-    """Each compiled build in turn (the C extension, then numba), as ``ted_fast.kernel()`` hands it out."""
-    from vlm.evaluation import ted_fast
-
-    if request.param == "numba":
-        pytest.importorskip("numba")
-        monkeypatch.setenv("VLM_TED", "numba")
-    else:  # not skipped: `pip install -e .` builds it wherever a C compiler is, CI included
-        assert ted_fast.c_kernel() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
-    monkeypatch.delenv("VLM_PURE_TED", raising=False)
-    monkeypatch.setattr(ted_fast, "_kernel", None)
-    fn = ted_fast.kernel()
-    assert fn and (fn is ted_fast.c_kernel()) == (request.param == "c"), request.param
-    return fn
-
-
-def test_compiled_ted_equals_interpreted_and_reference(compiled_kernel):
-    """Both distances (plain and number-normalised) from each compiled build equal the pure-Python ones and zss's."""
+def test_each_engine_equals_the_reference(engine):
+    """Both distances (plain and number-normalised) from each engine equal zss's, on random trees and CORD-like
+    documents; the pairs that reach the programme (not equal, no bare root) are most of them."""
     from vlm.evaluation.ted import tree_distances
 
     checked = 0
     for pred, gt in _pairs(240, 5):
         a, b = build_tree(M.normalize(pred)), build_tree(M.normalize(gt))
-        fast = tree_distances(a, b, M.number_key, compiled=True)
-        assert fast == tree_distances(a, b, M.number_key, compiled=False), (pred, gt)
-        assert fast[0] == R.ted(R.build(R.normalize(pred)), R.build(R.normalize(gt))), (pred, gt)
-        checked += a.size > 1 and b.size > 1 and a.labels != b.labels  # pairs that reach the compiled programme
+        d, d_num = tree_distances(a, b, M.number_key)
+        assert d == R.ted(R.build(R.normalize(pred)), R.build(R.normalize(gt))), (pred, gt)
+        assert d_num == R.ted(R.build(R.normalize(pred)), R.build(R.normalize(gt)), key=M.number_key), (pred, gt)
+        checked += a.size > 1 and b.size > 1 and a.labels != b.labels
     assert checked > 150
 
 
-def test_compiled_band_is_exact_within_its_bound(compiled_kernel):
-    """The compiled programme under a bound: exact when the distance fits it, an upper bound otherwise."""
-    from vlm.evaluation import ted_fast
-    from vlm.evaluation.ted import tree_distance
+def test_trees_without_leaves(engine):
+    """Trees of inner nodes only (not normalised data: normalize drops what has no leaf) still get zss's
+    distance, with and without number keys."""
+    from vlm.evaluation.ted import tree_distances
 
-    fn = compiled_kernel
-    r = random.Random(12)
-    checked = 0
-    while checked < 60:
-        gt = cord_like(r)
-        a, b = build_tree(M.normalize(mutate(r, gt))), build_tree(M.normalize(gt))
-        if a.size < 2 or b.size < 2 or min(a.cost[1:] + b.cost[1:]) < 1 or a.labels == b.labels:
-            continue
-        d = tree_distance(a, b)
-        for bound in {abs(a.size - b.size), d - 1, d, d + 3, 2 * d}:
-            if bound >= abs(a.size - b.size):
-                got = ted_fast.distances(fn, a, b, None, lambda t1, t2, keys, zs: zs(t1, t2, keys, bound))[0]
-                assert got == d if d <= bound else got >= d, (bound, d, got)
-        checked += 1
+    for x, y in (({"a": [{}], "b": [{}]}, {"c": ["xy"]}), ({"c": ["12"]}, {"a": [{}]}), ({"a": [{}]}, {"b": [{}]})):
+        want = R.ted(R.build(x), R.build(y))
+        assert tree_distances(build_tree(x), build_tree(y), M.number_key) == (want, want), (x, y)
 
 
-def test_many_documents_score_the_same_compiled_and_interpreted(compiled_kernel):
-    """score_documents runs the compiled TED (numba's from COMPILE_FROM documents on); every per-document value
-    equals scoring each document with the interpreted programme."""
-    pairs = list(_pairs(M.COMPILE_FROM, 6))
-    scores = M.score_documents([p for p, _ in pairs], [g for _, g in pairs])
-    for k, (pred, gt) in enumerate(pairs):
-        want = M.score_document(pred, gt, compiled=False)
-        assert (scores.ted_accuracy[k], scores.ted_accuracy_numnorm[k]) == (want["ted_accuracy"],
-                                                                              want["ted_accuracy_numnorm"])
+def test_documents_score_the_same_with_either_engine(monkeypatch):
+    """Every per-document value, with the C build (kernel, normalize, trees) and in pure Python."""
+    assert ted.c_build() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    pairs = list(_pairs(200, 6))
+    fast = [M.score_document(p, g) for p, g in pairs]
+    monkeypatch.setattr(ted, "_C", None)
+    assert [M.score_document(p, g) for p, g in pairs] == fast
 
 
-def test_compiled_ted_survives_no_cache_and_switches_off(tmp_path):
-    """numba with nowhere to cache still compiles (per process); VLM_PURE_TED=1 turns the build off."""
+def test_pure_ted_switches_the_c_build_off():
+    """VLM_PURE_TED=1 (read once, when vlm.evaluation.ted is imported): no C kernel, walk or normalize."""
     import os
     import subprocess
     import sys
 
-    pytest.importorskip("numba")
-    probe = ("from vlm.evaluation import ted_fast, metrics as M\n"
-             "from vlm.evaluation.ted import build_tree, tree_distances\n"
-             "a, b = build_tree({'a': ['xy']}), build_tree({'a': ['x'], 'b': ['z']})\n"
-             "print(bool(ted_fast.kernel()), tree_distances(a, b))")
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache"), "VLM_TED": "numba"}  # no cache can be made
-    for extra, want in (({}, "True (3, None)"), ({"VLM_PURE_TED": "1"}, "False (3, None)")):
+    probe = ("from vlm.evaluation import metrics as M, ted\n"
+             "a, b = ted.build_tree(M.normalize({'a': 'xy'})), ted.build_tree(M.normalize({'a': 'x', 'b': 'z'}))\n"
+             "print(ted.c_build() is None, ted.kernel() is ted.zhang_shasha, 'raw' in a._cache, "
+             "ted.tree_distances(a, b))")
+    for extra, want in (({}, "False False True (3, None)"), ({"VLM_PURE_TED": "1"}, "True True False (3, None)")):
+        env = {k: v for k, v in os.environ.items() if k != "VLM_PURE_TED"}
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, **extra})
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == want
@@ -401,14 +394,10 @@ def test_compiled_ted_survives_no_cache_and_switches_off(tmp_path):
 
 def test_c_kernel_refuses_bad_arrays_instead_of_reading_past_them():
     """The C build checks every index it will read: a wrong dtype or an out-of-range node is an exception."""
-    import numpy as np
-
-    from vlm.evaluation import ted_fast
-
-    zs = ted_fast.c_kernel()
-    assert zs is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    assert ted.c_build() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    zs = ted.c_build().zs
     t = build_tree(M.normalize({"menu": [{"nm": "Kopi", "price": "5,000"}]}))
-    a = list(ted_fast.arrays(t))
+    a = list(arrays(t))
     lev, none = np.zeros((2, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
     assert zs(*a, *a, lev, none, none, 99, 99) == 0
     with pytest.raises(TypeError, match="int64"):
@@ -422,23 +411,12 @@ def test_c_kernel_refuses_bad_arrays_instead_of_reading_past_them():
         zs(*a, *a, lev, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 9, 9)
 
 
-def test_small_evaluations_run_compiled_with_the_c_build(monkeypatch):
-    """The C build loads for free, so even CORD's 100 test receipts score compiled; numba waits for COMPILE_FROM."""
-    assert M.use_compiled(1)
-    monkeypatch.setenv("VLM_TED", "numba")
-    assert not M.use_compiled(M.COMPILE_FROM - 1) and M.use_compiled(M.COMPILE_FROM)
-
-
 def test_c_kernel_survives_random_arrays():
     """Arbitrary int64 arrays and bands, mostly well-formed trees with extreme bands, some garbage: each call
     raises ValueError or gives a number, the same one every time, and never crashes (valgrind on this test:
     no invalid or uninitialised read in _ted.c)."""
-    import numpy as np
-
-    from vlm.evaluation import ted_fast
-
-    zs = ted_fast.c_kernel()
-    assert zs is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    assert ted.c_build() is not None, "the C core is not built: rerun `make setup` (needs a C compiler)"
+    zs = ted.c_build().zs
     r = np.random.default_rng(3)
 
     def ints(lo, hi, n):

@@ -90,10 +90,10 @@ def test_workers_equal_serial_in_order(monkeypatch):
     preds, gts, valid, texts = _groups(S.POOL_FROM + 17, seed=1)
     monkeypatch.setenv("VLM_WORKERS", "1")
     serial = S.score_groups(preds, gts, valid, texts)
-    job = S._Job(preds, gts, valid, texts, True)
+    job = S._Job(preds, gts, valid, texts)
     ranges = S._ranges(len(preds[0]), 3)
     parts = S._parallel(job, ranges)  # the pool itself, not a silent fallback
-    assert [d for part in parts for d in part[1]] == [M.score_document(p, g, v, True) for p, g, v in
+    assert [d for part in parts for d in part[1]] == [M.score_document(p, g, v) for p, g, v in
                                                         zip(preds[1], gts[1], valid[1])]
     monkeypatch.setenv("VLM_WORKERS", "2")
     assert S.score_groups(preds, gts, valid, texts) == serial == _plain(preds, gts, valid)
@@ -114,7 +114,7 @@ class _FailingInWorker(S._Job):
 
 def test_worker_failure_falls_back_to_serial(monkeypatch):
     preds, gts, valid, texts = _groups(40, seed=2)
-    job = _FailingInWorker(preds, gts, valid, texts, False)
+    job = _FailingInWorker(preds, gts, valid, texts)
     job.parent = os.getpid()
     with pytest.raises(S.WorkerError, match="MemoryError"):
         S._parallel(job, S._ranges(40, 2))
@@ -140,7 +140,7 @@ class _Interrupted(S._Job):
 
 
 def test_interrupt_stops_the_workers():
-    job = _Interrupted([[None] * 4], [[{}] * 4], [[False] * 4], [None], False)
+    job = _Interrupted([[None] * 4], [[{}] * 4], [[False] * 4], [None])
     job.parent, job.started, job.finished = os.getpid(), multiprocessing.Event(), multiprocessing.Value("i", 0)
     with pytest.raises(KeyboardInterrupt):
         S._parallel(job, S._ranges(4, 2))

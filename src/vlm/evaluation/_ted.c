@@ -1,13 +1,11 @@
-/* The Zhang-Shasha programme of vlm.evaluation.ted_fast._zs, in C: the same cells, band, costs and answers.
+/* The Zhang-Shasha programme of vlm.evaluation.ted.zhang_shasha, in C: the same cells, band, costs and answers.
  *
- * Why C when numba already compiles the same loops: loading numba and its cached build costs about two
- * seconds per process, more than scoring 1,000 receipts takes, so the numba path only pays from
- * metrics.COMPILE_FROM documents on. This extension loads in a millisecond, so every evaluation, CORD's
- * 100-receipt test split included, runs compiled. It is built by `pip install` (setup.py, optional: a
- * machine with no C compiler falls back to numba, then to pure Python, with the same distances).
+ * Why C: the interpreted programme costs milliseconds per document, most of the time of an evaluation; this
+ * extension loads in a millisecond and runs it in microseconds. It is built by `pip install` (setup.py,
+ * optional: a machine with no C compiler falls back to the Python, with the same distances).
  *
  * zs(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dmax, imax) -> int
- * Arguments as in ted_fast._zs: int64 arrays of each tree in postorder (1-based, index 0 padding), the
+ * Arguments as in ted.zhang_shasha: int64 arrays of each tree in postorder (1-based, index 0 padding), the
  * leaf-by-leaf Levenshtein matrix lev, the leaves' number keys k1/k2 (or empty) and the band. Every index
  * the loops read is checked against the array lengths first, so bad input raises ValueError, never reads
  * out of bounds.

@@ -138,7 +138,7 @@ static int visit(Walk *w, PyObject *value, PyObject *label, PyObject *path) {
     return append_int(w->lml, first ? first : PyList_GET_SIZE(w->labels) - 1);
 }
 
-/* The kernel's arrays of a tree (ted_fast.arrays), in one int64 buffer: lml, keyroots, cost, label ids (key
+/* The kernel's arrays of a tree (ted.arrays), in one int64 buffer: lml, keyroots, cost, label ids (key
  * names by `vocab`, -1 for leaves), leaf rows (-1 for inner nodes). Their lengths are n, len(keyroots), n, n, n. */
 static PyObject *kernel_arrays(PyObject *labels, PyObject *is_leaf, PyObject *cost, PyObject *lml, PyObject *keyroots,
                                PyObject *vocab) {

@@ -23,6 +23,7 @@ checks it value for value), with three savings:
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -39,8 +40,8 @@ from vlm.evaluation.metrics import (
     prepare_truth,
     score_document,
     score_documents,
-    use_compiled,
 )
+from vlm.output import info
 
 POOL_FROM = 500  # below this, starting workers and sending results back costs about what they save (measured:
 # 2 workers on 2 cores, 300 x 2 documents 1.48 -> 1.30-1.47 s, 1,000 x 2 2.82 -> 2.05 s)
@@ -55,7 +56,6 @@ class _Job:
     gts: list[list[Any]]
     valid: list[list[bool]]
     keys: list[list[str | None] | None]  # each answer's text (None: not memoised)
-    compiled: bool
 
     def run(self, start: int, stop: int) -> list[list[dict[str, Any]]]:
         """``score_document`` of documents ``start`` to ``stop`` of every group, in order."""
@@ -71,15 +71,15 @@ class _Job:
                 if seen is None:
                     seen = truths[text] = (gt, prepare_truth(gt))
                 if seen[0] is not gt and seen[0] != gt:  # the same text, not the same object (non-str keys)
-                    out[g].append(score_document(preds[k], gt, valid, self.compiled))
+                    out[g].append(score_document(preds[k], gt, valid))
                     continue
                 key = self.keys[g][k] if self.keys[g] is not None else None
                 if key is None:
-                    out[g].append(score_document(preds[k], gt, valid, self.compiled, seen[1]))
+                    out[g].append(score_document(preds[k], gt, valid, seen[1]))
                     continue
                 doc = memo.get((key, text, valid))
                 if doc is None:
-                    doc = memo[key, text, valid] = score_document(preds[k], gt, valid, self.compiled, seen[1])
+                    doc = memo[key, text, valid] = score_document(preds[k], gt, valid, seen[1])
                 out[g].append(doc)
         return out
 
@@ -105,11 +105,7 @@ def score_groups(preds: list[list[Any]], gts: list[list[Any]], valid: list[list[
         raise ValueError("every group must hold the same number of predictions, ground truths and flags")
     if os.environ.get("VLM_SCORE_PLAIN"):
         return [score_documents(p, t, v) for p, t, v in zip(preds, gts, valid)]
-    job = _Job(preds, gts, valid, list(keys) if keys else [None] * len(preds), use_compiled(n))
-    if job.compiled and workers(n) > 1:
-        from vlm.evaluation import ted_fast
-
-        ted_fast.kernel()  # load the build (numba's: seconds) once, before forking, not once per worker
+    job = _Job(preds, gts, valid, list(keys) if keys else [None] * len(preds))
     parts = run_split(job, n)
     return [doc_scores([d for part in parts for d in part[g]]) for g in range(len(preds))]
 
@@ -124,8 +120,6 @@ def run_split(job: Any, n: int) -> list[Any]:
             return _parallel(job, _ranges(n, count))
         except Exception as e:  # noqa: BLE001 - any worker trouble: the serial programme gives the same values
             if os.environ.get("VLM_DEBUG"):
-                from vlm.output import info
-
                 info(f"parallel run failed ({type(e).__name__}: {e}); running serially")
     return [job.run(0, n)]
 
@@ -208,8 +202,6 @@ def _worker(job: Any, start: int, stop: int, send: Any, parent: int) -> None:
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this worker when the parent dies (Linux; elsewhere a closed pipe ends it)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
