@@ -7,6 +7,7 @@ code is returned to the caller.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -30,15 +31,16 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
-def die_with_parent() -> None:
-    """In a child (before exec, or a pool worker's initializer): get SIGTERM if vlm itself dies, even by SIGKILL
-    (Linux). SIGTERM and SIGKILL, what timeout, docker and Slurm send, give Python no chance to clean up."""
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """In a child (before exec, or a pool worker at start): get ``sig`` when vlm itself dies, even by SIGKILL
+    (Linux; elsewhere nothing happens). SIGTERM and SIGKILL, what timeout, docker and Slurm send, give Python no
+    chance to clean up its children. ``parent``: exit at once if that process already died before this call."""
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: str | None = None,

@@ -23,7 +23,6 @@ checks it value for value), with three savings:
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -42,6 +41,7 @@ from vlm.evaluation.metrics import (
     score_documents,
 )
 from vlm.output import info
+from vlm.procs import die_with_parent
 
 POOL_FROM = 500  # below this, starting workers and sending results back costs about what they save (measured:
 # 2 workers on 2 cores, 300 x 2 documents 1.48 -> 1.30-1.47 s, 1,000 x 2 2.82 -> 2.05 s)
@@ -190,20 +190,10 @@ def _run_pool(ctx: Any, job: Any, ranges: list[tuple[int, int]]) -> list[Any]:
 
 def _worker(job: Any, start: int, stop: int, send: Any, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
-    _die_with_parent(parent)
+    die_with_parent(signal.SIGKILL, parent)  # no worker outlives the evaluation it scores for
     try:
         send.send(("ok", job.run(start, stop)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which falls back to serial
         send.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         send.close()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when the parent dies (Linux; elsewhere a closed pipe ends it)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
