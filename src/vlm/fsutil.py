@@ -41,6 +41,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, fsync:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, an I/O error: name the file being written, which the error itself does not
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
