@@ -159,7 +159,8 @@ def make_derived(base: BaseTrain, copies: int, policy: str = DEFAULT_POLICY, see
             raise VlmError(f"{path} (the image of {r['id']} in {base.file}) cannot be read: {e}",
                            hint="restore it, or re-export the data.") from None
         exported.append({"id": r["id"], "record": r, "image": {"file": str(path), "sha256": sha256_bytes(data),
-                                                                "width": width, "height": height, "format": ext}})
+                                                                "bytes": len(data), "width": width, "height": height,
+                                                                "format": ext}})
     out_file = dataset_dir / f"{name}.json"
     images: dict[str, Any] = {}
     with file_lock(out_file):  # two sweeps deriving the same dataset take turns; the second reuses everything
