@@ -13,7 +13,7 @@ import pytest
 
 from vlm.schema import schema_keys
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import make_cord_sample  # noqa: E402

@@ -27,7 +27,7 @@ from conftest import ENV, VLM
 
 from vlm.inference.vllm_backend import vllm_installed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VLLM_ARGS = ["vllm_enforce_eager=true", "vllm_gpu_util=0.3"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from vlm.data.registry import register_dataset
 from vlm.errors import VlmError
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_train_cost as bench

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ENV, VLM, run_vlm, sigkill_while_store_locked, vlm
+from helpers import write_receipts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_DOCS = 20
 
 
@@ -329,8 +330,6 @@ PREDICT = ["--split", "validation", "--max-new-tokens", "24"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The medium model fully fine-tuned on four receipts for 12 steps: checkpoint-4, -8, -12 and the final model."""
-    from test_learning import write_receipts
-
     root = tmp_path_factory.mktemp("select")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(root / "model"),
                     "--size", "medium"], check=True, capture_output=True)

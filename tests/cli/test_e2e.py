@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ENV, VLM, vlm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
