@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM
-from helpers import export_cord, make_photo_source, photo_jpeg, snapshot
+from helpers import ENV, VLM, export_cord, make_photo_source, photo_jpeg, snapshot
 
 N = 8  # train records; 2 copies each
 

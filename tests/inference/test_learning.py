@@ -22,10 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, vlm
-from helpers import write_receipts
+from helpers import ENV, ROOT, VLM, vlm, write_receipts
 
-ROOT = Path(__file__).resolve().parents[2]
 PIXELS = 20000
 # Measured: at rank 32 and lr 5e-3 LoRA on this random model was still at loss 1.7 after 80 steps; at full
 # rank (128) and lr 1e-3 it reaches 0.002 in 80 steps (about 1.5 min on 2 cores) and reproduces all four.

@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, run_vlm, sigkill_while_store_locked, vlm
-from helpers import write_receipts
+from helpers import ENV, ROOT, VLM, run_vlm, sigkill_while_store_locked, vlm, write_receipts
 
-ROOT = Path(__file__).resolve().parents[2]
 N_DOCS = 20
 
 

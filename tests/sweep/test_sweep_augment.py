@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, invoke, make_toy_dataset
-from helpers import export_cord, make_photo_source, snapshot, write_config
+from helpers import ENV, VLM, export_cord, invoke, make_photo_source, make_toy_dataset, snapshot, write_config
 
 from vlm.errors import VlmError
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, invoke, make_toy_dataset
-from helpers import fake_cli, write_config
+from helpers import ENV, VLM, fake_cli, invoke, make_toy_dataset, write_config
 from rich.console import Console
 
 from vlm.errors import VlmError
