@@ -1,18 +1,30 @@
-"""Shared fixtures: a tiny Qwen2-VL built offline and small datasets (helpers.py writes them; tests import their
-helpers from there, not from here)."""
+"""Shared fixtures: the toy Qwen2-VLs built offline and small datasets (helpers.py writes them; tests import their
+helpers from there, not from here).
+
+Artefacts that tests only read are built once per run, also under pytest-xdist: the first worker to need one builds
+it under a file lock in the run's shared temp folder, the others wait for it and reuse it (``helpers.shared_dir``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers import build_tiny_model, make_awkward_data, make_toy_dataset
+from helpers import build_tiny_model, make_awkward_data, make_toy_dataset, shared_dir
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised toy Qwen2-VL (scripts/make_tiny_qwen2vl.py), built once per session."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-qwen2vl")
+    """A randomly initialised toy Qwen2-VL (scripts/make_tiny_qwen2vl.py), built once per run."""
+    return shared_dir(tmp_path_factory, "tiny-model", lambda d: build_tiny_model(d / "tiny-qwen2vl")) / "tiny-qwen2vl"
+
+
+@pytest.fixture(scope="session")
+def medium_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The width-128 toy Qwen2-VL (``make_tiny_qwen2vl.py --size medium``), wide enough to learn four receipts;
+    built once per run for every test that fine-tunes it."""
+    return shared_dir(tmp_path_factory, "medium-model", lambda d: build_tiny_model(d / "model", "--size", "medium")) / \
+        "model"
 
 
 @pytest.fixture
@@ -24,4 +36,4 @@ def toy_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def awkward_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two ShareGPT multimodal datasets beside awkward images (see ``helpers.make_awkward_data``)."""
-    return make_awkward_data(tmp_path_factory.mktemp("data"))
+    return shared_dir(tmp_path_factory, "awkward-data", make_awkward_data)

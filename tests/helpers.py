@@ -7,15 +7,19 @@ tests/ is on ``sys.path`` because pytest's default (prepend) import mode puts te
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -57,10 +61,44 @@ def sigkill_while_store_locked(proc: subprocess.Popen, store: Path) -> None:
     lock.close()
 
 
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run folder for one test to write into; symlinks (the shared model) stay links."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
 def build_tiny_model(out: Path, *args: str) -> Path:
     """scripts/make_tiny_qwen2vl.py OUT ARGS: a randomly initialised toy Qwen2-VL (``--size medium``: width 128)."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(out), *args], check=True,
                    capture_output=True)
+    return out
+
+
+# ---------------------------------------------------------------- artefacts built once per run
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder ``build`` fills once per test run, whatever the number of xdist workers; tests must only read it.
+
+    Without xdist it is a fresh temp folder (the session fixture's cache does the rest). Under xdist every worker's
+    basetemp sits in the run's own folder (pytest-N/popen-gwK), so the folder beside them is shared by this run's
+    workers only: the lock makes one build it, and ``.done`` (written after a complete build) makes the rest reuse it.
+    A build that failed is started again from scratch by the next worker that asks.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes, also if build raises
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
     return out
 
 

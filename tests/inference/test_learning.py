@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, ROOT, VLM, vlm, write_receipts
+from helpers import ENV, VLM, copy_run, vlm, write_receipts
 
 PIXELS = 20000
 # Measured: at rank 32 and lr 5e-3 LoRA on this random model was still at loss 1.7 after 80 steps; at full
@@ -31,13 +30,14 @@ TRAIN = ["--epochs", "80", "--batch-size", "4", "--lora-rank", "128", "learning_
          "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={PIXELS}",
          "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
          "val_size=0", "eval_strategy=no", "logging_steps=10"]
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
     """A run folder: medium model, four receipts, a LoRA adapter that has learned them, both groups predicted
     (batches of 3, so one batch is left-padded and one is not)."""
     root = tmp_path_factory.mktemp("learning")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(root / "model"),
-                    "--size", "medium"], check=True, capture_output=True)
+    (root / "model").symlink_to(medium_model)  # built once per run (conftest), only read
     write_receipts(root / "data")
     vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
         "--output-dir", "saves/lora", *TRAIN, cwd=root)
@@ -46,6 +46,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vlm("predict", "--group", group, "--config", "run.yaml", "--split", "train", "--max-new-tokens", "48",
             "--batch-size", "3", *extra, cwd=root)
     return root
+
+
+@pytest.fixture
+def trained(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the trained run folder (the model stays shared), so no test sees another's writes."""
+    return copy_run(trained_run, tmp_path / "learning")
 
 
 @pytest.mark.slow
