@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VLM
+from helpers import VLM
 from trust_fixtures import GTS, make_store
 
 from vlm.evaluation.compare import evaluate_groups, groups_from_store

@@ -10,11 +10,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from vlm.data.registry import register_dataset
 from vlm.errors import VlmError
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
+# shared/ sits beside the repository (as in a fresh clone on CI).
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
 
 
 @pytest.fixture

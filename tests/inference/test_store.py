@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, make_toy_dataset
+from helpers import ENV, VLM, make_toy_dataset
 
 GROUP = "vanilla-model"
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV
+from helpers import ENV, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_train_cost as bench

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, vlm
+from helpers import ENV, VLM, copy_run, vlm, write_receipts
 
-ROOT = Path(__file__).resolve().parents[1]
 PIXELS = 20000
 # Measured: at rank 32 and lr 5e-3 LoRA on this random model was still at loss 1.7 after 80 steps; at full
 # rank (128) and lr 1e-3 it reaches 0.002 in 80 steps (about 1.5 min on 2 cores) and reproduces all four.
@@ -32,42 +30,14 @@ TRAIN = ["--epochs", "80", "--batch-size", "4", "--lora-rank", "128", "learning_
          "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={PIXELS}",
          "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
          "val_size=0", "eval_strategy=no", "logging_steps=10"]
-COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (30, 30, 30)]
-SIZES = [(84, 112), (112, 84), (140, 112), (112, 140)]  # under PIXELS: neither resizer changes them
-
-
-def write_receipts(root: Path) -> Path:
-    """Four receipts per split in the export's layout, each image a colour and size of its own."""
-    from PIL import Image
-
-    info = {}
-    for split in ("train", "validation", "test"):
-        (root / "images" / split).mkdir(parents=True)
-        records = []
-        for i, (colour, size) in enumerate(zip(COLOURS, SIZES)):
-            image = root / "images" / split / f"{split}-{i:05d}.png"
-            Image.new("RGB", size, colour).save(image)
-            answer = {"menu": [{"nm": f"item {i}", "cnt": "1", "price": f"{i + 1}0,000"}],
-                      "total": {"total_price": f"{i + 1}0,000"}}
-            records.append({"id": f"{split}-{i:05d}", "images": [str(image)], "messages": [
-                {"role": "user", "content": "<image>Extract the receipt as JSON."},
-                {"role": "assistant", "content": json.dumps(answer, separators=(",", ":"))}]})
-        (root / f"cord_{split}.json").write_text(json.dumps(records))
-        info[f"cord_{split}"] = {"file_name": f"cord_{split}.json", "formatting": "sharegpt",
-                                 "columns": {"messages": "messages", "images": "images"},
-                                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                          "assistant_tag": "assistant"}}
-    (root / "dataset_info.json").write_text(json.dumps(info))
-    return root
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
     """A run folder: medium model, four receipts, a LoRA adapter that has learned them, both groups predicted
     (batches of 3, so one batch is left-padded and one is not)."""
     root = tmp_path_factory.mktemp("learning")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(root / "model"),
-                    "--size", "medium"], check=True, capture_output=True)
+    (root / "model").symlink_to(medium_model)  # built once per run (conftest), only read
     write_receipts(root / "data")
     vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
         "--output-dir", "saves/lora", *TRAIN, cwd=root)
@@ -76,6 +46,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vlm("predict", "--group", group, "--config", "run.yaml", "--split", "train", "--max-new-tokens", "48",
             "--batch-size", "3", *extra, cwd=root)
     return root
+
+
+@pytest.fixture
+def trained(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the trained run folder (the model stays shared), so no test sees another's writes."""
+    return copy_run(trained_run, tmp_path / "learning")
 
 
 @pytest.mark.slow

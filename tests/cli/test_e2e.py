@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, vlm
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ENV, ROOT, VLM, vlm
 
 
 @pytest.mark.slow

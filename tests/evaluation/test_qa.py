@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ENV, ROOT, VLM
 
 
 @pytest.mark.parametrize("a, b, distance", [("kitten", "sitting", 3), ("", "abc", 3), ("flaw", "lawn", 2),

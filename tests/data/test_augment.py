@@ -11,54 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM
+from helpers import ENV, VLM, export_cord, make_photo_source, photo_jpeg, snapshot
 
 N = 8  # train records; 2 copies each
-
-
-def _photo(width: int, height: int, seed: int) -> bytes:
-    """A cheap receipt-like JPEG: paper on a table, some text-like bars (augmenting it costs what a photo costs)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (width, height), (120, 100, 80))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((width // 6, height // 20, 5 * width // 6, height - height // 20), fill=(245, 243, 235))
-    for k in range(20):
-        y = height // 10 + k * height // 25
-        draw.rectangle((width // 4, y, width // 4 + (seed * 37 + k * 53) % (width // 2), y + height // 80),
-                       fill=(30, 30, 40))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def make_source(root: Path, n: int = N, size: tuple[int, int] = (320, 480)) -> Path:
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(), "ground_truth": datasets.Value("string")})
-    for split in ("train", "validation", "test"):
-        images = [{"bytes": _photo(*size, seed=i + 100 * len(split)), "path": None} for i in range(n)]
-        gts = [json.dumps({"gt_parse": {"total": {"total_price": f"{i},000"}}}) for i in range(n)]
-        ds = datasets.Dataset.from_dict({"image": images, "ground_truth": gts}, features=features)
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
-    return root
-
-
-def _export(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(out), "--source", str(source),
-                           "--workers", "1", "--json", *extra], capture_output=True, text=True, env=ENV)
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
 
 
 def test_copy_bytes_are_a_function_of_seed_source_and_copy_index():
     from vlm.data.augment import POLICIES, AugmentSpec, apply_plan, copy_key, plan_copy
 
-    data = _photo(240, 360, seed=1)
+    data = photo_jpeg(240, 360, seed=1)
 
     def make(seed: int, copy: int, policy: str = "medium") -> bytes:
         key = copy_key(AugmentSpec(1, policy, seed), "train-00000", "sha", copy)
@@ -76,9 +37,9 @@ def test_copy_bytes_are_a_function_of_seed_source_and_copy_index():
 
 
 def test_augmented_copies_only_in_train_recorded_and_reused_on_rerun(tmp_path: Path):
-    source = make_source(tmp_path / "src")
+    source = make_photo_source(tmp_path / "src")
     out = tmp_path / "out"
-    r = _export(source, out, "--augment", "2", "--augment-policy", "heavy", "--seed", "7")
+    r = export_cord(source, out, "--augment", "2", "--augment-policy", "heavy", "--seed", "7")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["splits"]["train"]["records"] == N * 3
@@ -114,7 +75,7 @@ def test_augmented_copies_only_in_train_recorded_and_reused_on_rerun(tmp_path: P
     copies = sorted((out / "images" / "train_aug").glob("*.jpg"))
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in copies}
     train_bytes = (out / "cord_train.json").read_bytes()
-    r = _export(source, out, "--augment", "2", "--augment-policy", "heavy", "--seed", "7")
+    r = export_cord(source, out, "--augment", "2", "--augment-policy", "heavy", "--seed", "7")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["splits"]["train"]["augmented"] == {"copies": 2 * N, "made": 0, "reused": 2 * N}
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in copies} == before  # not rewritten
@@ -123,12 +84,12 @@ def test_augmented_copies_only_in_train_recorded_and_reused_on_rerun(tmp_path: P
 
 @pytest.mark.slow  # three exports of photo-sized images with a torch-importing worker each: ~2 min on 2 busy cores
 def test_killed_augmenting_export_resumes_to_identical_output(tmp_path: Path):
-    source = make_source(tmp_path / "src", size=(1200, 1800))  # ~0.2 s per copy: the kill lands mid-way
+    source = make_photo_source(tmp_path / "src", size=(1200, 1800))  # ~0.2 s per copy: the kill lands mid-way
     args = ["--augment", "2", "--seed", "3", "--split", "train"]
     killed = tmp_path / "out"  # the same path for both runs: records hold absolute image paths
-    r = _export(source, killed, *args)
+    r = export_cord(source, killed, *args)
     assert r.returncode == 0, r.stderr
-    clean = _snapshot(killed)
+    clean = snapshot(killed)
     os.rename(killed, tmp_path / "clean")
     proc = subprocess.Popen([*VLM, "save-cord-dataset-in-sharegpt-format", str(killed), "--source", str(source),
                              "--workers", "1", "--json", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -145,17 +106,17 @@ def test_killed_augmenting_export_resumes_to_identical_output(tmp_path: Path):
     assert 0 < made < 2 * N, f"the kill did not land mid-way ({made} copies)"
     assert not (killed / "cord_train.json").exists()
 
-    r = _export(source, killed, *args)
+    r = export_cord(source, killed, *args)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)["splits"]["train"]["augmented"]
     assert summary["reused"] >= made and summary["made"] + summary["reused"] == 2 * N
-    assert _snapshot(killed) == clean
+    assert snapshot(killed) == clean
 
 
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_augment_without_train_makes_no_copies(tmp_path: Path, split: str):
-    source = make_source(tmp_path / "src", n=2)
-    r = _export(source, tmp_path / "out", "--augment", "3", "--split", split)
+    source = make_photo_source(tmp_path / "src", n=2)
+    r = export_cord(source, tmp_path / "out", "--augment", "3", "--split", split)
     assert r.returncode == 0, r.stderr
     assert "augmented" not in json.loads(r.stdout)["splits"][split]
     assert not (tmp_path / "out" / "images" / f"{split}_aug").exists()

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VLM
+from helpers import VLM
 
 from vlm.evaluation.compare import evaluate_groups, fixed_and_broken, group_from_file
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, run_vlm, sigkill_while_store_locked, vlm
+from helpers import ENV, VLM, copy_run, run_vlm, sigkill_while_store_locked, vlm, write_receipts
 
-ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 20
 
 
@@ -327,18 +325,21 @@ PREDICT = ["--split", "validation", "--max-new-tokens", "24"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
     """The medium model fully fine-tuned on four receipts for 12 steps: checkpoint-4, -8, -12 and the final model."""
-    from test_learning import write_receipts
-
     root = tmp_path_factory.mktemp("select")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_qwen2vl.py"), str(root / "model"),
-                    "--size", "medium"], check=True, capture_output=True)
+    (root / "model").symlink_to(medium_model)  # built once per run (conftest), only read
     write_receipts(root / "data")
     vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
         "--output-dir", "saves/full", *TRAIN, cwd=root)
     vlm("train", "run.yaml", cwd=root)
     return root
+
+
+@pytest.fixture
+def trained(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the trained run folder (the model stays shared), so no test sees another's writes."""
+    return copy_run(trained_run, tmp_path / "select")
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, invoke, make_toy_dataset
-from test_augment import _export, _snapshot, make_source
-from test_train import write_config
+from helpers import ENV, VLM, export_cord, invoke, make_photo_source, make_toy_dataset, snapshot, write_config
 
 from vlm.errors import VlmError
 
@@ -23,11 +21,11 @@ def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Pa
     from vlm.data.augmented_dataset import make_derived, read_base
 
     n = 4
-    source = make_source(tmp_path / "src", n=n, size=(160, 240))
+    source = make_photo_source(tmp_path / "src", n=n, size=(160, 240))
     out = tmp_path / "out"
-    r = _export(source, out, "--augment", "1")  # medium, seed 0: the sweep's defaults
+    r = export_cord(source, out, "--augment", "1")  # medium, seed 0: the sweep's defaults
     assert r.returncode == 0, r.stderr
-    before, info_before = _snapshot(out), json.loads((out / "dataset_info.json").read_text())
+    before, info_before = snapshot(out), json.loads((out / "dataset_info.json").read_text())
     exported = {rec["id"]: rec for rec in json.loads((out / "cord_train.json").read_text())}
     cfg = {"dataset": "cord_train", "dataset_dir": str(out)}
 
@@ -54,7 +52,7 @@ def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Pa
     expected = apply_plan(src, plan_copy(POLICIES["medium"], key, 160, 240))
     assert Path(by_id["train-00001-aug1"]["images"][0]).read_bytes() == expected
 
-    after = _snapshot(out)
+    after = snapshot(out)
     changed = {k for k in before if after[k] != before[k]} - {"dataset_info.json.bak"}  # registration's backup
     assert changed == {"dataset_info.json", "manifest.json"}  # base file, val/test, every image: the same bytes
     info = json.loads((out / "dataset_info.json").read_text())
@@ -67,16 +65,16 @@ def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Pa
     assert {e["source"] for e in derived["images"].values()} == set(originals) and len(derived["images"]) == 2 * n
     assert manifest["images"] == json.loads(before["manifest.json"])["images"]  # the export's own record kept
 
-    snap = _snapshot(out)
+    snap = snapshot(out)
     again = make_derived(read_base(cfg), 2, workers=1)
     assert (again["made"], again["reused"], again["changed"]) == (0, 2 * n, False)
-    assert _snapshot(out) == snap  # byte for byte
+    assert snapshot(out) == snap  # byte for byte
 
     zero = make_derived(base, 0)
     assert zero["name"] == "cord_train_aug0"
     assert json.loads((out / "cord_train_aug0.json").read_text()) == [exported[i] for i in originals]
 
-    r = _export(source, out, "--split", "validation")  # a later export keeps the record of derived datasets
+    r = export_cord(source, out, "--split", "validation")  # a later export keeps the record of derived datasets
     assert r.returncode == 0, r.stderr
     assert set(json.loads((out / "manifest.json").read_text())["derived"]) == {"cord_train_aug0", "cord_train_aug2"}
 
@@ -142,12 +140,12 @@ def test_augment_refuses_data_it_cannot_derive_from(tmp_path: Path, monkeypatch:
         info = json.loads((data / "dataset_info.json").read_text())
         info["cord_train"]["file_name"] = "cord_train.jsonl"
         (data / "dataset_info.json").write_text(json.dumps(info))
-    before = _snapshot(data)
+    before = snapshot(data)
     with pytest.raises(VlmError) as e:
         invoke("sweep", str(base), "--augment", "0,2", "--out-dir", "sweep")
     assert message in e.value.message, e.value.message
     assert e.value.hint
-    assert _snapshot(data) == before and not (tmp_path / "sweep").exists()
+    assert snapshot(data) == before and not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import VLM
+from helpers import ROOT, VLM
 
 from vlm.evaluation.consistency import (
     CORD_RULES,
@@ -144,7 +144,7 @@ def test_rules_read_only_schema_fields():
 def test_generated_sample_is_not_consistent_by_construction():
     """The sample generator omits subtotals and prints tax-inclusive or rounded totals on some receipts, so the
     ground truth's pass rate is a measurement, with checks that do not apply."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts"))
     import make_cord_sample
 
     statuses = [_status(make_cord_sample.make_doc(make_cord_sample._doc_rng(0, "test", i), i)["gt_parse"])

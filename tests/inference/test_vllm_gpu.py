@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM
+from helpers import ENV, ROOT, VLM
 
 from vlm.inference.vllm_backend import vllm_installed
 
-ROOT = Path(__file__).resolve().parents[1]
 VLLM_ARGS = ["vllm_enforce_eager=true", "vllm_gpu_util=0.3"]
 
 

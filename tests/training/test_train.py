@@ -13,13 +13,12 @@ import json
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, VLM, invoke, make_toy_dataset
+from helpers import ENV, VLM, fake_cli, invoke, make_toy_dataset, write_config
 from rich.console import Console
 
 from vlm.errors import VlmError
@@ -46,32 +45,11 @@ RECORDED_LOG = [
 ]
 
 
-def write_config(path: Path, model: Path | str, data: Path, output_dir: str, **extra) -> Path:
-    """A tiny CPU training config in the recipe's shape."""
-    cfg = {
-        "model_name_or_path": str(model), "image_max_pixels": 65536, "image_min_pixels": 3136, "stage": "sft",
-        "do_train": True, "finetuning_type": "lora", "lora_target": "all", "dataset": "cord_train",
-        "dataset_dir": str(data), "template": "qwen2_vl", "cutoff_len": 1024, "preprocessing_num_workers": 1,
-        "output_dir": output_dir, "logging_steps": 2, "save_steps": 8, "report_to": "none",
-        "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
-        "num_train_epochs": 8, "lr_scheduler_type": "cosine", "bf16": False, **extra,
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def workdir(tmp_path: Path, toy_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path / "run.yaml", tmp_path / "no-model-needed", toy_dataset, "saves/run")
     return tmp_path
-
-
-def fake_cli(path: Path, body: str) -> Path:
-    """An executable Python script standing in for llamafactory-cli."""
-    path.write_text(f"#!{sys.executable}\n{body}", encoding="utf-8")
-    path.chmod(0o755)
-    return path
 
 
 # ---------------------------------------------------------------- launch plans

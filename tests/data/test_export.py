@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VLM
+from helpers import VLM, snapshot
 
 
 def _jpeg(width: int, height: int, pad: int = 0, seed: int = 0) -> bytes:
@@ -54,11 +54,6 @@ def make_source(root: Path, n: int = 6, pad: int = 0, bad: bool = False) -> Path
         (root / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
     return root
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
 
 
 def test_images_are_byte_identical_and_records_are_sharegpt(tmp_path: Path):

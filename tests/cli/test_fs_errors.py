@@ -10,8 +10,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import make_toy_dataset
-from conftest import run_vlm as vlm
+from helpers import make_toy_dataset
+from helpers import run_vlm as vlm
 
 
 @pytest.fixture(scope="module")

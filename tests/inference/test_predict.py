@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, VLM, sigkill_while_store_locked
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ENV, ROOT, VLM, sigkill_while_store_locked
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, ROOT, VLM, invoke, make_toy_dataset, run_vlm
-from test_train import fake_cli, write_config
+from helpers import ENV, ROOT, VLM, fake_cli, invoke, make_toy_dataset, run_vlm, write_config
 
 from vlm.training.checkpoints import list_checkpoints
 

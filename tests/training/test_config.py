@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import invoke, run_vlm
+from helpers import ROOT, invoke, run_vlm
 
 from vlm.errors import ConfigError
 from vlm.training.config import load_config, parse_value
 from vlm.training.validation import validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 
 # The recipe, written out independently of vlm.training.config.RECIPE.
