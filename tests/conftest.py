@@ -7,6 +7,7 @@ it under a file lock in the run's shared temp folder, the others wait for it and
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
