@@ -193,35 +193,105 @@ def test_manifest_describes_every_split_in_the_folder(tmp_path: Path):
     assert sorted(json.loads((both / "dataset_info.json").read_text())) == ["cord_test", "cord_validation"]
 
 
-def _truncated_source(root: Path) -> tuple[Path, bytes]:
-    """A train split whose record 1 is a JPEG cut to a third: its header is fine, its pixels are not."""
+def _image_source(root: Path, images: list[bytes]) -> Path:
+    """A train split of these images, each with a good target."""
     import datasets
 
-    whole = _jpeg(400, 300, pad=0, seed=3)
     features = datasets.Features({"image": datasets.Image(), "ground_truth": datasets.Value("string")})
     gt = json.dumps({"gt_parse": {"total": {"total_price": "1"}}})
     (root / "data").mkdir(parents=True)
-    datasets.Dataset.from_dict({"image": [{"bytes": whole, "path": None}, {"bytes": whole[: len(whole) // 3],
-                                                                           "path": None}],
-                                "ground_truth": [gt, gt]}, features=features).to_parquet(
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images],
+                                "ground_truth": [gt] * len(images)}, features=features).to_parquet(
         str(root / "data" / "train-00000-of-00001.parquet"))
-    return root, whole
+    return root
 
 
-def test_truncated_image_is_skipped_and_listed(tmp_path: Path):
-    """D9: a JPEG cut to a third has a good header; the export decodes it fully and skips it."""
+def _truncated_source(root: Path) -> tuple[Path, bytes]:
+    """A train split whose record 1 is a JPEG cut to a third: its header is fine, its pixels are not; and whose
+    record 2 lost only its end-of-image marker, which a decoder pads over (the check before this one passed it)."""
+    from PIL import Image
+
+    whole = _jpeg(400, 300, pad=0, seed=3)
+    buf = io.BytesIO()
+    Image.radial_gradient("L").resize((128, 96)).convert("RGB").save(buf, "JPEG", quality=95)
+    return _image_source(root, [whole, whole[: len(whole) // 3], buf.getvalue()[:-2]]), whole
+
+
+@pytest.mark.parametrize("check", ["structure", "full"])
+def test_truncated_image_is_skipped_and_listed(tmp_path: Path, check: str):
+    """D9: a cut JPEG has a good header; the export checks its structure (and with full, decodes it) and skips it."""
     src, _ = _truncated_source(tmp_path / "src")
     out = tmp_path / "out"
-    for run in range(2):  # the rerun reuses the good image (sha256) and still skips the bad one
-        r = _export(out, src, "--split", "train", "--json")
+    for run in range(2):  # the rerun reuses the good image (sha256) and still skips the bad ones
+        r = _export(out, src, "--split", "train", "--json", "--verify-images", check)
         assert r.returncode == 0, r.stderr
         result = json.loads(r.stdout)
         assert result["splits"]["train"]["records"] == 1
         assert result["splits"]["train"]["reused_images"] == run
         assert [(s["id"], s["reason"].split(":")[0]) for s in result["skipped"]] == [
-            ("train-00001", "image does not decode")]
+            ("train-00001", "image is truncated"), ("train-00002", "image is truncated")]
     assert [rec["id"] for rec in json.loads((out / "cord_train.json").read_text())] == ["train-00000"]
     assert not list((out / "images" / "train").glob("train-00001*"))
+    assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["images_verified"] == check
+
+
+def _damaged_png_under_good_crcs() -> bytes:
+    """A PNG whose compressed data is damaged but whose CRCs were recomputed: its structure is fine, its pixels
+    are not, so only --verify-images full refuses it."""
+    import zlib
+
+    png = bytearray(_png(64, 48))
+    idat = png.index(b"IDAT")
+    length = int.from_bytes(png[idat - 4:idat], "big")
+    for offset in range(idat + 6, idat + length, 3):
+        png[offset] ^= 0x5A
+    png[idat + 4 + length:idat + 8 + length] = zlib.crc32(png[idat:idat + 4 + length]).to_bytes(4, "big")
+    return bytes(png)
+
+
+def test_verify_images_full_and_what_a_rerun_trusts(tmp_path: Path, monkeypatch):
+    """--verify-images full decodes too; the manifest records the check, and a rerun skips the check only for
+    images checked at least as strongly as it is asked to (never those of a weaker check, nor of vlm before it)."""
+    from vlm.data import export
+    from vlm.data.export import ExportSpec, run_export
+
+    src = _image_source(tmp_path / "src", [_jpeg(120, 80), _damaged_png_under_good_crcs(), _png(40, 30)])
+    out = tmp_path / "out"
+    checked: list[str] = []
+    real = export.verify_image
+    monkeypatch.setattr(export, "verify_image", lambda data, check: (checked.append(check), real(data, check)))
+
+    def run(check: str) -> dict:
+        checked.clear()
+        spec = ExportSpec(out_dir=out, source=str(src), name="cord", prompt="p", splits=("train",), workers=1,
+                          verify_images=check)
+        result = run_export(spec, register=False, show_progress=False)
+        assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["images_verified"] == check
+        return result
+
+    first = run("structure")  # the damaged PNG passes its structure check
+    assert first["splits"]["train"]["records"] == 3 and len(checked) == 3
+    again = run("structure")  # same check: every image trusted by its sha256
+    assert again["splits"]["train"]["reused_images"] == 3 and checked == []
+    full = run("full")  # a stronger check than recorded: every image checked again, and the damaged PNG skipped
+    assert checked == ["full"] * 3
+    assert [(s["id"], s["reason"].split(":")[0]) for s in full["skipped"]] == [("train-00001", "image does not decode")]
+    run("structure")  # a weaker check trusts the full one's images
+    assert checked == ["structure"]  # only the PNG the full check skipped (it is not in the manifest)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["images_verified"] = "decoded"  # as vlm wrote it before the structure check
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    run("structure")
+    assert len(checked) == 3
+
+
+def test_verify_images_choices(tmp_path: Path):
+    from vlm.commands.data import VerifyImages
+    from vlm.data.images import CHECKS
+
+    assert tuple(v.value for v in VerifyImages) == CHECKS
+    r = _export(tmp_path / "out", make_source(tmp_path / "src", n=1), "--verify-images", "none")
+    assert r.returncode == 2 and "--verify-images" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_all_records_skipped_is_an_error_with_the_reasons(tmp_path: Path):

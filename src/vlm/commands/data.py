@@ -41,6 +41,20 @@ StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail on the first split with a bad record instead of skipping it.")]
 
 
+class VerifyImages(str, Enum):
+    """vlm.data.images.CHECKS, repeated to keep --help free of imports (a test checks they agree)."""
+
+    structure = "structure"
+    full = "full"
+
+
+VerifyImagesOpt = Annotated[VerifyImages, typer.Option(
+    "--verify-images",
+    help="How each image is checked to be whole before it is copied: structure (JPEG segments to the "
+         "end-of-image marker, PNG chunks and their CRCs; about the cost of hashing it) or full (that, then a "
+         "full decode: about 3x slower on camera photos). A rerun re-checks only images checked more weakly.")]
+
+
 NoRegisterOpt = Annotated[
     bool, typer.Option("--no-register", help="Do not register the splits in DIR/dataset_info.json.")
 ]
@@ -135,6 +149,7 @@ def save_cord(
     prompt_file: PromptFileOpt = None,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
+    verify_images: VerifyImagesOpt = VerifyImages.structure,
     no_register: NoRegisterOpt = False,
     augment: AugmentOpt = 0,
     augment_policy: AugmentPolicyOpt = AugmentPolicy.medium,
@@ -151,7 +166,7 @@ def save_cord(
 
     spec = ExportSpec(out_dir=out_dir, source=source, name="cord", prompt=_prompt(prompt_file, cord_prompt()),
                       splits=_splits(split), limit=limit, workers=workers or _cores(), strict=strict,
-                      augment=_augment(augment, augment_policy, seed))
+                      augment=_augment(augment, augment_policy, seed), verify_images=verify_images.value)
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 
@@ -179,6 +194,7 @@ def export_generic(
     limit: LimitOpt = None,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
+    verify_images: VerifyImagesOpt = VerifyImages.structure,
     no_register: NoRegisterOpt = False,
     question_column: Annotated[str | None, typer.Option(
         "--question-column", help="QA datasets: column holding each record's question (shown after the "
@@ -203,7 +219,8 @@ def export_generic(
     spec = ExportSpec(out_dir=out_dir, source=source, name=name, prompt=prompt or _prompt(prompt_file, ""),
                       splits=_splits(split), image_column=image_column, target_column=target_column,
                       target_field=target_field, limit=limit, workers=workers or _cores(), strict=strict,
-                      question_column=question_column, augment=_augment(augment, augment_policy, seed))
+                      question_column=question_column, augment=_augment(augment, augment_policy, seed),
+                      verify_images=verify_images.value)
     _report(run_export(spec, register=not no_register, show_progress=not as_json), as_json)
 
 

@@ -1,8 +1,10 @@
 """Export an image + JSON dataset (CORD-v2 by default) to LLaMA-Factory's ShareGPT format.
 
-Images are copied as their original encoded bytes: never decoded, never
-re-encoded, so the written files are byte-identical to the source; each is decoded
-once, in the worker threads, to prove it is whole. Every file is written atomically,
+Images are copied as their original encoded bytes: never re-encoded, so the written
+files are byte-identical to the source; each is checked once, in the worker threads, to
+prove it is whole: by its structure (``--verify-images structure``, the default: JPEG
+segments to the end-of-image marker, PNG chunk CRCs) or also by decoding it
+(``--verify-images full``), see ``vlm.data.images.verify_image``. Every file is written atomically,
 each split under its own lock, and a rerun after a kill skips the images already on
 disk and ends with output identical to an uninterrupted run. ``manifest.json`` is
 merged under a lock, so it describes every split in the folder, whichever export
@@ -23,8 +25,8 @@ from typing import Any
 
 from vlm import __version__
 from vlm.data.augment import augment_split
-from vlm.data.images import decode_fully, image_info
-from vlm.data.manifest import MANIFEST, SPLITS, VERIFIED, read_manifest, trusted_images
+from vlm.data.images import CHECKS, image_info, verify_image
+from vlm.data.manifest import MANIFEST, SPLITS, read_manifest, trusted_images
 from vlm.data.records import qa_fields
 from vlm.data.registry import register_dataset
 from vlm.errors import VlmError
@@ -61,6 +63,7 @@ class ExportSpec:
     strict: bool = False
     augment: Any = None  # vlm.data.augment.AugmentSpec: extra copies of train images
     question_column: str | None = None  # QA datasets: a per-record question follows the prompt; text answers
+    verify_images: str = "structure"  # how each image is checked before it is written: one of images.CHECKS
 
 
 @dataclass
@@ -185,17 +188,18 @@ def _on_disk(path: Path, size: int, digest: str) -> bool:
     return path.is_file() and path.stat().st_size == size and sha256_file(path) == digest
 
 
-def _write_image(path: Path, data: bytes | memoryview, digest: str, verified: bool) -> bool:
-    """Decode ``data`` fully unless ``verified``, then write it unless an identical file is there. True if reused.
+def _write_image(path: Path, data: bytes | memoryview, digest: str, verified: bool, check: str) -> bool:
+    """Check ``data`` by ``check`` unless ``verified``, then write it unless an identical file is there.
+    True if reused.
 
-    An image is decoded before it is first written, so a file found on disk whose sha256 a
-    previous export recorded as decoded (``verified``) is reused without decoding again.
-    Images skip the fsync: the rename alone keeps a killed run from leaving a partial file,
-    and a rerun re-verifies every existing image by size and sha256 before reusing it.
+    An image is checked before it is first written, so a file found on disk whose sha256 a
+    previous export recorded as checked at least as strongly (``verified``) is reused without
+    checking again. Images skip the fsync: the rename alone keeps a killed run from leaving a
+    partial file, and a rerun re-verifies every existing image by size and sha256 before reusing it.
     """
     reused = _on_disk(path, len(data), digest)
     if not (reused and verified):
-        decode_fully(data)
+        verify_image(data, check)
     if not reused:
         atomic_write_bytes(path, data, fsync=False)
     return reused
@@ -216,7 +220,8 @@ def _process(spec: ExportSpec, split: str, index: int, row: dict[str, Any],
             target = _target(row.get(spec.target_column), spec.target_field)
         digest = sha256_bytes(data)
         rel = Path("images") / split / f"{doc_id}.{ext}"
-        reused = _write_image(spec.out_dir / rel, data, digest, verified=(trusted or {}).get(doc_id) == digest)
+        reused = _write_image(spec.out_dir / rel, data, digest, verified=(trusted or {}).get(doc_id) == digest,
+                              check=spec.verify_images)
     except (ValueError, KeyError) as e:
         return {"ok": False, "split": split, "index": index, "id": doc_id, "reason": str(e)}
     if spec.question_column:
@@ -256,7 +261,7 @@ def summarize_skipped(skipped: list[dict[str, Any]]) -> str:
 
 def export_split(spec: ExportSpec, split: str, images: dict[str, Any], progress=None, ds=None,
                  trusted: dict[str, str] | None = None) -> SplitResult:
-    """Export one split: images in parallel (each decoded once, unless ``trusted`` holds its sha256),
+    """Export one split: images in parallel (each checked once, unless ``trusted`` holds its sha256),
     then the ShareGPT JSON file, atomically. Raises when no record is usable."""
     ds = ds if ds is not None else load_split(spec.source, split, spec.image_column)
     n = len(ds) if spec.limit is None else min(spec.limit, len(ds))
@@ -310,6 +315,8 @@ def _remove_if_empty(created: list[Path]) -> None:
 def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = True) -> dict[str, Any]:
     """Export every requested split, merge the manifest, and register the splits in ``dataset_info.json``."""
     spec.out_dir = spec.out_dir.resolve()
+    if spec.verify_images not in CHECKS:
+        raise VlmError(f"unknown image check {spec.verify_images!r}", hint=f"choose one of: {', '.join(CHECKS)}.")
     # Load every split before creating anything: a bad source leaves no trace.
     sources = {split: load_split(spec.source, split, spec.image_column) for split in spec.splits}
     created = ensure_dir(spec.out_dir, "output folder")
@@ -329,7 +336,7 @@ def run_export(spec: ExportSpec, register: bool = True, show_progress: bool = Tr
                     remove_own_temps(spec.out_dir / "images" / split)
                     remove_own_temps(spec.out_dir, out_file.name)
                     results.append(export_split(spec, split, images, progress, ds=sources[split],
-                                                trusted=trusted_images(previous)))
+                                                trusted=trusted_images(previous, spec.verify_images)))
     except BaseException:
         _remove_if_empty(created)
         raise
@@ -367,7 +374,9 @@ def merge_manifest(path: Path, spec: ExportSpec, results: list[SplitResult],
         for r in results:
             splits[r.split] = {"file": r.file.name, "records": r.n_records, "skipped": len(r.skipped),
                                "file_sha256": sha256_file(r.file), "source": spec.source, "limit": spec.limit,
-                               "prompt_sha256": prompt_hash(spec.prompt), "images_verified": VERIFIED}
+                               "prompt_sha256": prompt_hash(spec.prompt),
+                               # every image of the split passed at least this check (reused ones, a stronger)
+                               "images_verified": spec.verify_images}
         order = {name: i for i, name in enumerate(SPLITS)}
         splits = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
         kept_images = {k: v for k, v in (old.get("images") or {}).items() if k.split("-", 1)[0] not in done}
