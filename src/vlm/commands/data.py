@@ -52,7 +52,8 @@ VerifyImagesOpt = Annotated[VerifyImages, typer.Option(
     "--verify-images",
     help="How each image is checked to be whole before it is copied: structure (JPEG segments to the "
          "end-of-image marker, PNG chunks and their CRCs; about the cost of hashing it) or full (that, then a "
-         "full decode: about 3x slower on camera photos). A rerun re-checks only images checked more weakly.")]
+         "full decode: the export is about 3x slower on camera photos). A rerun re-checks only images checked "
+         "more weakly.")]
 
 
 NoRegisterOpt = Annotated[
