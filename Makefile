@@ -22,11 +22,18 @@ lint: setup
 	.venv/bin/ruff check src tests bench scripts lint
 	PYTHONPATH=lint .venv/bin/lint-imports --no-cache
 
+# Two pytest-xdist workers; a test file is the unit of work, so a module fixture (a fine-tune shared by a file's
+# tests) is built once, and tests/conftest.py puts the files with slow tests first, in collection order.
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+PYTEST = HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n $(PYTEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder
+
 test: setup lint
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 test-fast: setup lint
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	.venv/bin/python bench/bench_metrics.py

@@ -22,6 +22,13 @@ def pytest_configure(config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort: otherwise in collection order). Under pytest-xdist (``--dist loadfile
+    --no-loadscope-reorder``) the files with long fine-tunes start at once and the many short files fill in behind
+    them, so neither worker waits alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised toy Qwen2-VL (scripts/make_tiny_qwen2vl.py), built once per run."""

@@ -46,7 +46,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# render-config validates what it writes, loading LLaMA-Factory in the child process (about 6 s of CPU).
+LOADS_LLAMAFACTORY = {"render-config onto a folder"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in LOADS_LLAMAFACTORY else c
+                                  for c in CASES])
 def test_file_system_problems_name_the_path(place: Path, case: str):
     args, path = CASES[case]
     before = {p: p.read_bytes() for p in place.rglob("*") if p.is_file()}

@@ -10,18 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ENV, ROOT, VLM, sigkill_while_store_locked
+from helpers import ENV, ROOT, VLM, shared_dir, sigkill_while_store_locked
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """Six test receipts from the sample generator, exported and registered."""
-    root = tmp_path_factory.mktemp("predict")
+def _export_sample(root: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
                     "--train", "2", "--validation", "1", "--test", "6"], check=True, capture_output=True)
     subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
                     "--split", "test"], check=True, capture_output=True, env=ENV)
-    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """Six test receipts from the sample generator, exported and registered (once per run; tests only read it)."""
+    return shared_dir(tmp_path_factory, "predict-export", _export_sample) / "data"
 
 
 def _predict_cmd(tiny_model: Path, data: Path, store: Path, *extra: str) -> list[str]:
@@ -83,6 +85,7 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
     assert json.loads(ev.stdout)["vanilla"]["documents"] == 6
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, exported: Path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model_name_or_path: m\ntemplate: qwen2_vl\ndataset_dir: {exported}\noutput_dir: {tmp_path}/none\n")

@@ -54,6 +54,7 @@ def test_bad_sweep_options_are_refused(in_tmp: Path, args: list[str], message: s
     assert not (in_tmp / "sweep" / "sweep_status.json").exists()
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 def test_print_commands_for_a_scheduler(in_tmp: Path):
     r = run_vlm("sweep", CORD, "--lr", "1e-4,5e-5", "--method", "lora,full", "--out-dir", "sweep",
                 "--print-commands", cwd=in_tmp)
@@ -65,6 +66,7 @@ def test_print_commands_for_a_scheduler(in_tmp: Path):
     assert not (in_tmp / "sweep" / "sweep_status.json").exists()  # printing runs nothing
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 def test_a_damaged_status_file_is_refused_and_kept(in_tmp: Path):
     (in_tmp / "sweep").mkdir()
     status = in_tmp / "sweep" / "sweep_status.json"
@@ -144,8 +146,9 @@ def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Pat
     """SIGKILL during the second point, rerun: the first point is not trained again, the second continues from
     its newest checkpoint, and the leaderboard ranks both runs."""
     data = make_toy_dataset(tmp_path / "data")
-    base = write_config(tmp_path / "base.yaml", tiny_model, data, "saves/run", num_train_epochs=8, save_steps=32,
-                        logging_steps=1)  # 64 steps, checkpoints at 32 and 64
+    # 64 steps, a checkpoint every 16: the kill lands a few steps after the first one, with 48 steps to spare.
+    base = write_config(tmp_path / "base.yaml", tiny_model, data, "saves/run", num_train_epochs=8, save_steps=16,
+                        logging_steps=1)
     argv = [*VLM, "sweep", str(base), "--lr", "1e-4,2e-4", "--out-dir", "sweep", "--run", "--json",
             "--max-new-tokens", "8", "--checkpoints", "last-1"]
     first = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -182,6 +185,7 @@ def test_killed_sweep_resumes_and_ranks_the_runs(tmp_path: Path, tiny_model: Pat
 # ---------------------------------------------------------------- review findings (S-A .. S-E)
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 def test_ranking_options_are_checked_before_any_training(in_tmp: Path, toy_dataset: Path):
     """S-A: a bad --checkpoints or --split fails at once, not after hours of training."""
     write_config(in_tmp / "base.yaml", in_tmp / "no-model-needed", toy_dataset, "saves/run")

@@ -83,6 +83,7 @@ def test_validate_reports_relaxed_device_checks():
         assert "bf16 not checked: no GPU visible" in validation.relaxed
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 def test_unknown_key_and_bad_values_listed_in_one_error(tmp_path: Path):
     cfg = dict(CORD_RECIPE, learning_rat=5e-5, finetuning_type="lorra", lr_scheduler_type="cosin")
     bad = tmp_path / "bad.yaml"
@@ -267,6 +268,7 @@ def test_early_stopping_renders_what_the_trainer_needs(in_tmp: Path):
     assert "# stop after N evaluations in a row" in (in_tmp / "es.yaml").read_text()
 
 
+@pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
 @pytest.mark.parametrize("overrides, problem", [
     (["eval_strategy=no"], "early_stopping_steps: needs evaluations to watch"),
     (["val_size=0"], "early_stopping_steps: needs an evaluation set"),
