@@ -12,10 +12,10 @@ leaf to non-leaf (either way) 1 + the leaf's text length, non-leaf to non-leaf
 0 when the labels match and 1 otherwise.
 
 The programme runs in C (``vlm.evaluation._ted.zs``, built from ``_ted.c`` by ``pip install``) or, where no
-compiler was at hand, as ``zhang_shasha`` below: the same cells, band and answers (tests/test_metrics.py holds
-each to the zss reference, tests/test_c_walk.py each to the other under any band). The C build also normalises
-documents and builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole build off, for pure Python
-everywhere.
+compiler was at hand, as ``zhang_shasha`` (``vlm.evaluation.ted_kernel``): the same cells, band and answers
+(tests/test_metrics.py holds each to the zss reference, tests/test_c_walk.py each to the other under any band).
+The C build also normalises documents and builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole
+build off, for pure Python everywhere.
 
 Exact shortcuts on top of the textbook programme: identical trees, a bare root
 on either side (closed form), and a band search for similar trees (``_search``).
@@ -33,13 +33,14 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
+from vlm.evaluation.ted_kernel import zhang_shasha as zhang_shasha  # the programme in Python, re-exported
+
 try:
     from vlm.evaluation import _ted
-except ImportError:  # built without a C compiler: the Python below gives the same values
+except ImportError:  # built without a C compiler: zhang_shasha (ted_kernel) gives the same values
     _ted = None
 
 LEAF = "<leaf>"
-INF = 1 << 60  # a cell outside the band; no real distance comes near it
 # The C build, or None where it is missing or VLM_PURE_TED=1 (read once: each document asks several times).
 _C: Any = None if os.environ.get("VLM_PURE_TED") else _ted
 _LABELS: dict[str, int] = {}  # key names -> ids, for the whole process (a vocabulary of keys, not of values)
@@ -159,97 +160,6 @@ def leaf_texts(t: Tree) -> list[str]:
     """The leaves' texts in postorder (the C walk made them on the way)."""
     got = t._cache.get("leaves")
     return [x for x, f in zip(t.texts, t.is_leaf) if f] if got is None else got
-
-
-def zhang_shasha(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dmax: int, imax: int) -> int:
-    """TED of tree 1 into tree 2 over the cells with ``-imax <= x - y <= dmax``: ``_ted.zs`` in Python.
-
-    Per tree (``arrays``, 1-based postorder, index 0 padding): l = leftmost leaf, kr = keyroots, c = insert /
-    remove cost, lab = label id, lp = row among the leaves or -1. ``lev``: the leaves' Levenshtein distances;
-    ``k1``/``k2`` (or empty): number keys of the leaves, two leaves with equal keys updating for free.
-
-    The textbook programme: per keyroot pair (i, j), the forest distances fd of the prefixes of their subtrees,
-    and the tree distance td of every pair of nodes on their leftmost paths. Band: a mapping that removes at
-    most ``dmax`` nodes and inserts at most ``imax`` only passes through cells (x, y) with ``-imax <= x - y
-    <= dmax`` (x - y = nodes removed before x - nodes inserted before y), so the others read as INF. Each value
-    computed is still the cost of some mapping, so under ``band(n1, n2, b)`` (every node costing at least 1)
-    the result is exact whenever the distance is ``<= b`` and an upper bound otherwise. The boundary row and
-    column of each table (remove all, insert all) are always real.
-    """
-    l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2 = (
-        np.asarray(a).tolist() for a in (l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2))
-    keys = len(k1) > 0
-    n1, n2 = len(l1) - 1, len(l2) - 1
-    td = [[INF] * (n2 + 1) for _ in range(n1 + 1)]
-    fd = [[0] * (n2 + 1) for _ in range(n1 + 1)]
-    for i in kr1:
-        li = l1[i]
-        for j in kr2:
-            lj = l2[j]
-            if j < li - dmax or lj > i + imax:  # no cell of this table lies in the band
-                continue
-            row = above_li = fd[li - 1]  # the boundary row: insert tree 2's prefixes
-            row[lj - 1] = 0
-            for y in range(lj, j + 1):
-                row[y] = row[y - 1] + c2[y]
-            for x in range(li, i + 1):
-                if x - dmax > j:  # this row and every later one lie past the band
-                    break
-                above, row, trow = row, fd[x], td[x]
-                cx, a = c1[x], l1[x] - 1
-                row[lj - 1] = above[lj - 1] + cx  # the boundary column: remove tree 1's prefixes
-                lo, hi = max(lj, x - dmax), min(j, x + imax)
-                up_hi = hi if x == li else min(hi, x - 1 + imax)  # above[y] is real (in the band) up to here
-                left = row[lj - 1] if lo == lj else INF
-                # Each cell: remove x, insert y, or (below) map x to y; written as `if w < v: v = w` rather than
-                # min(), which costs a call per cell and made this loop twice as slow.
-                if a != li - 1:  # x is off i's leftmost path: or the prefixes before x's and y's subtrees,
-                    # then those subtrees' tree distance (from an earlier pair)
-                    fa = fd[a]
-                    for y in range(lo, hi + 1):
-                        v = (above[y] if y <= up_hi else INF) + cx
-                        w = left + c2[y]
-                        if w < v:
-                            v = w
-                        b = l2[y] - 1
-                        if b == lj - 1 or -imax <= a - b <= dmax:  # fd[a][b] is real
-                            w = fa[b] + trow[y]
-                            if w < v:
-                                v = w
-                        if v > INF:
-                            v = INF
-                        row[y] = left = v
-                    continue
-                p = lp1[x]
-                for y in range(lo, hi + 1):
-                    v = (above[y] if y <= up_hi else INF) + cx
-                    w = left + c2[y]
-                    if w < v:
-                        v = w
-                    ly = l2[y]
-                    if ly == lj:  # both prefixes are whole trees: map x to y, for their tree distance
-                        q = lp2[y]
-                        if p >= 0 and q >= 0:
-                            upd = 0 if keys and k1[p] == k2[q] else lev[p][q]
-                        elif p >= 0 or q >= 0:
-                            upd = 1 + (cx if p >= 0 else c2[y])
-                        else:
-                            upd = lab1[x] != lab2[y]
-                        if x == li or y == lj or -imax <= x - y <= dmax:  # above[y - 1] is real
-                            w = above[y - 1] + upd
-                            if w < v:
-                                v = w
-                        if v > INF:
-                            v = INF
-                        trow[y] = v
-                    else:  # y is off j's leftmost path: or the boundary row before y's subtree, then td[x][y]
-                        w = above_li[ly - 1] + trow[y]
-                        if w < v:
-                            v = w
-                        if v > INF:
-                            v = INF
-                    row[y] = left = v
-    return td[n1][n2]
 
 
 def kernel() -> Callable[..., int]:
