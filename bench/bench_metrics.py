@@ -21,6 +21,10 @@ Two more measurements, side by side with their references:
 * one huge answer (``--huge-mb`` MB, cut mid-value, as a runaway generation
   ends): ``vlm evaluate`` on a file holding it, in a child process, reporting
   its peak RSS and time against the same file without the huge line;
+* one large document (``--large-rows``: menus of that many rows, as answer and as ground truth):
+  ``vlm evaluate`` in a child process, each engine, against a similar copy (one price in ten printed
+  differently: exact, in a narrow band) and a shuffled copy (past the TED's cell budget: an upper bound,
+  flagged), reporting peak RSS, time and whether the document was capped;
 * ``vlm evaluate --json`` of ``--evaluate-docs`` documents x 2 groups with
   bootstrap CIs, whole process, with each speed-up switched off in turn (worker
   processes ``VLM_WORKERS=1``; shared ground truths and memo
@@ -29,6 +33,7 @@ Two more measurements, side by side with their references:
   outputs are byte-identical.
 
     python bench/bench_metrics.py [--docs 100] [--seed 0] [--repeats 3] [--bootstrap-docs 10000] [--huge-mb 50]
+        [--large-rows 750,1500,3000]
         [--evaluate-docs 10000] [--json]
 """
 
@@ -210,20 +215,46 @@ def bench_huge_answer(megabytes: int) -> dict:
     return out
 
 
+def bench_large_document(rows: list[int]) -> list[dict]:
+    """Peak RSS and time of ``vlm evaluate`` on one document of ``n`` menu rows against a similar and a shuffled
+    copy, with the C build and in pure Python."""
+    out = []
+    for n in rows:
+        r = random.Random(n)
+        gt = {"menu": [{"nm": r.choice(ITEMS), "cnt": str(r.randint(1, 3)), "price": f"{r.randint(2, 120) * 500:,}"}
+                       for _ in range(n)], "total": {"total_price": "1,000"}}
+        similar = copy.deepcopy(gt)
+        for row in similar["menu"][3::10]:
+            row["price"] = row["price"].replace(",", ".")
+        shuffled = copy.deepcopy(gt)
+        r.shuffle(shuffled["menu"])
+        for name, pred in (("similar", similar), ("shuffled", shuffled)):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "large.jsonl"
+                path.write_text(json.dumps({"id": "large", "prediction": json.dumps(pred), "ground_truth": gt}))
+                for engine, env in (("c", {}), ("python", {"VLM_PURE_TED": "1"})):
+                    run = run_evaluate([path], **env)
+                    out.append({"rows": n, "answer": name, "engine": engine,
+                                **{k: run[k] for k in ("exit", "seconds", "peak_rss_mb", "capped")}})
+    return out
+
+
 def run_evaluate(paths: list[Path], **env: str) -> dict:
-    """Whole-process ``vlm evaluate --json`` of ``paths`` in a fresh child: exit, seconds, peak RSS, stdout."""
+    """Whole-process ``vlm evaluate --json`` of ``paths`` in a fresh child: exit, seconds, peak RSS, stdout's
+    digest, and whether a document was capped (``ted_capped``)."""
     # the child reports its own child's peak, so ru_maxrss is that run's alone
     code = ("import hashlib, resource, subprocess, sys, time; t = time.perf_counter(); "
             "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
             "print(p.returncode, time.perf_counter() - t, "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, hashlib.sha256(p.stdout.encode()).hexdigest())")
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, hashlib.sha256(p.stdout.encode()).hexdigest(), "
+            "int('\"ted_capped\"' in p.stdout))")
     cmd = [sys.executable, "-c", code, sys.executable, "-m", "vlm.cli", "evaluate", "--json"]
     for path in paths:
         cmd += ["--predictions", str(path)]
-    rc, seconds, kib, digest = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                              env={**os.environ, "HF_HUB_OFFLINE": "1", **env}).stdout.split()
+    rc, seconds, kib, digest, capped = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                                      env={**os.environ, "HF_HUB_OFFLINE": "1", **env}).stdout.split()
     return {"exit": int(rc), "seconds": round(float(seconds), 2), "peak_rss_mb": round(int(kib) / 1024),
-            "stdout_sha256": digest}
+            "stdout_sha256": digest, "capped": capped == "1"}
 
 
 def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
@@ -267,6 +298,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bootstrap-docs", type=int, default=10000, help="0 skips the bootstrap comparison")
     p.add_argument("--huge-mb", type=int, default=50, help="0 skips the huge-answer measurement")
+    p.add_argument("--large-rows", default="750,1500,3000", help="menu rows of the large documents; 0 skips them")
     p.add_argument("--evaluate-docs", type=int, default=10000,
                    help="whole-process vlm evaluate, compiled vs interpreted TED; 0 skips it")
     p.add_argument("--json", action="store_true")
@@ -308,6 +340,7 @@ def main() -> None:
         "bootstrap": bench_bootstrap(random.Random(args.seed + 1), args.bootstrap_docs, args.repeats)
         if args.bootstrap_docs else None,
         "huge_answer": bench_huge_answer(args.huge_mb) if args.huge_mb else None,
+        "large_document": bench_large_document([int(n) for n in args.large_rows.split(",") if int(n)]),
         "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs, args.repeats)
         if args.evaluate_docs else None,
         "summary": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
@@ -336,6 +369,10 @@ def main() -> None:
             print(f"one {h['answer_mb']} MB cut-off answer: vlm evaluate peak RSS {h['with_huge']['peak_rss_mb']} MB "
                   f"in {h['with_huge']['seconds']} s (exit {h['with_huge']['exit']}); without it "
                   f"{h['without']['peak_rss_mb']} MB in {h['without']['seconds']} s; ratio {h['rss_ratio']}x")
+        for row in result["large_document"]:
+            print(f"one document of {row['rows']} rows vs a {row['answer']} copy, {row['engine']}: peak RSS "
+                  f"{row['peak_rss_mb']} MB in {row['seconds']} s (exit {row['exit']}"
+                  f"{', capped: an upper bound' if row['capped'] else ', exact'})")
         if result["evaluate"]:
             e = result["evaluate"]
             print(f"vlm evaluate --json, {e['documents']} documents x 2 groups, whole process (median s, peak MB):")
@@ -348,6 +385,7 @@ def main() -> None:
                   f"shared truths + memo {e['sharing_speedup']}x, "
                   f"compiled TED {e['compiled_speedup']}x; output identical: {e['identical']}")
     ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
+          and all(row["exit"] == 0 for row in result["large_document"])
           and (not result["evaluate"] or result["evaluate"]["identical"]))
     sys.exit(0 if ok else 1)
 

@@ -370,6 +370,13 @@ def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
         answers = answer_summary(g)
         _warn_about_answers(g.name, len(order), answers)
         entry = {"documents": len(order), **metrics, "answers": answers, "fields": field_breakdown(scores[g.name])}
+        capped = [d for d, c in zip(order, scores[g.name].ted_capped) if c]
+        if capped:  # only then: the output of every ordinary evaluation stays as it was
+            entry["ted_capped"] = {"documents": len(capped), "ids": capped[:20]}
+            warn(f"group {g.name}: {len(capped)} document{'s' if len(capped) > 1 else ''} too large for an exact "
+                 f"tree edit distance within its memory budget ({', '.join(capped[:5])}"
+                 f"{', ...' if len(capped) > 5 else ''}): nTED accuracy is a lower bound there "
+                 "(docs/evaluation.md#large-documents)")
         if g.name != base:
             ci = bootstrap_delta(scores[base], scores[g.name], len(order), resamples, seed)
             entry["delta"] = {k: {"delta": metrics[k] - base_metrics[k], "ci95": list(ci[k])}

@@ -29,6 +29,10 @@ Extras, reported under their own keys and never replacing the standard ones:
 * ``field_breakdown``: per key path (``menu.nm``, ``total.total_price``) the
   matched / predicted / gt pair counts behind F1, with P/R/F1.
 
+One document's tree edit distance may take at most ``ted.CELL_BUDGET`` cells per table: past it (two large,
+very different trees) the distance reported is an upper bound, so the nTED accuracy a lower bound, and the
+document is flagged (``ted_capped``; ``vlm.evaluation.ted._beyond_budget`` gives the rule).
+
 A ``None`` prediction (invalid JSON) is scored as ``{}``. ``score_documents``
 keeps every per-document count, so ``aggregate(scores, indices)`` (``vlm.evaluation.summary``) recomputes
 the summary over any resample (a paired bootstrap draws the same indices for
@@ -48,7 +52,7 @@ from vlm.evaluation.summary import aggregate as aggregate  # re-exported: caller
 from vlm.evaluation.summary import draw_counts as draw_counts
 from vlm.evaluation.summary import field_breakdown as field_breakdown
 from vlm.evaluation.summary import resampled as resampled
-from vlm.evaluation.ted import Tree, build_tree, c_build, tree_distances
+from vlm.evaluation.ted import Tree, bounded_distances, build_tree, c_build, tree_distances
 from vlm.inference.tolerant_json import Num
 from vlm.schema import HEADER_FIELDS
 
@@ -320,7 +324,7 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None,
         p, np_, tp, valid, fp = {}, {}, build_tree({}), False, []
     lits = literals(p) if p else {}
     key = _numnorm_key(lits, t.texts) if lits else number_key
-    d, d_num = tree_distances(tp, t.tree, key)
+    d, d_num, exact = bounded_distances(tp, t.tree, key)
     cp = _tally(fp)
     common = _common(cp, t.counts)
     return {
@@ -333,6 +337,7 @@ def score_document(pred: dict | None, gt: Any, valid: bool | None = None,
         "header": {path: None if want is None else _header_value(p, path) == want for path, want in t.header.items()},
         "menu": _pair_counts(_menu_rows(p, np_), t.menu),
         "fields": _fields_of(cp, t.counts, common, t.paths),
+        "ted_capped": not exact,  # past ted.CELL_BUDGET: both nTED accuracies are lower bounds
     }
 
 
@@ -355,4 +360,5 @@ def doc_scores(docs: list[dict[str, Any]]) -> DocScores:
         header={path: [d["header"][path] for d in docs] for path in HEADER_FIELDS},
         menu=[d["menu"] for d in docs],
         fields=[d["fields"] for d in docs],
+        ted_capped=[d["ted_capped"] for d in docs],
     )

@@ -25,6 +25,8 @@ class DocScores:
     header: dict[str, list[bool | None]]
     menu: list[Counts]
     fields: list[dict[str, Counts]]
+    # per document: True where the nTED distances are upper bounds (past ted.CELL_BUDGET), not exact
+    ted_capped: list[bool] = field(default_factory=list)
     _arrays: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:

@@ -12,13 +12,19 @@ leaf to non-leaf (either way) 1 + the leaf's text length, non-leaf to non-leaf
 0 when the labels match and 1 otherwise.
 
 The programme runs in C (``vlm.evaluation._ted.zs``, built from ``_ted.c`` by ``pip install``) or, where no
-compiler was at hand, as ``zhang_shasha`` below: the same cells, band and answers (tests/test_metrics.py holds
-each to the zss reference, tests/test_c_walk.py each to the other under any band). The C build also normalises
-documents and builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole build off, for pure Python
-everywhere.
+compiler was at hand, as ``zhang_shasha`` (``vlm.evaluation.ted_kernel``): the same cells, band and answers
+(tests/test_metrics.py holds each to the zss reference, tests/test_c_walk.py each to the other under any band).
+The C build also normalises documents and builds their trees (``_walk.c``); ``VLM_PURE_TED=1`` turns the whole
+build off, for pure Python everywhere.
 
 Exact shortcuts on top of the textbook programme: identical trees, a bare root
 on either side (closed form), and a band search for similar trees (``_search``).
+
+Memory: the kernel's tables hold only the band (rows x band width), and so do the leaves' Levenshtein
+distances for large documents (``_Lev``), so a large document against a similar one costs memory linear in
+its size. A pass whose band would take more than ``CELL_BUDGET`` cells (two large, very different documents)
+is not run: the distance is then searched under the widest band that fits, and where that cannot prove it
+exact, the least upper bound found is reported and flagged (``bounded_distances``, ``_beyond_budget``).
 """
 
 from __future__ import annotations
@@ -33,13 +39,19 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
+from vlm.evaluation.ted_kernel import zhang_shasha as zhang_shasha  # the programme in Python, re-exported
+
 try:
     from vlm.evaluation import _ted
-except ImportError:  # built without a C compiler: the Python below gives the same values
+except ImportError:  # built without a C compiler: zhang_shasha (ted_kernel) gives the same values
     _ted = None
 
 LEAF = "<leaf>"
-INF = 1 << 60  # a cell outside the band; no real distance comes near it
+# The most cells of each of the kernel's two tables in one pass (8 Mi: 64 MiB each in C, about 400 MB for both in
+# pure Python): what bounds the memory and time of one document. A whole table of a 400-row receipt fits, and so
+# does the band of a 3,000-row document against a similar one; past it, ``_beyond_budget`` gives an upper bound.
+CELL_BUDGET = 1 << 23
+LEV_WHOLE = 1 << 20  # up to this many pairs of leaves, their Levenshtein distances are computed as one matrix
 # The C build, or None where it is missing or VLM_PURE_TED=1 (read once: each document asks several times).
 _C: Any = None if os.environ.get("VLM_PURE_TED") else _ted
 _LABELS: dict[str, int] = {}  # key names -> ids, for the whole process (a vocabulary of keys, not of values)
@@ -161,97 +173,6 @@ def leaf_texts(t: Tree) -> list[str]:
     return [x for x, f in zip(t.texts, t.is_leaf) if f] if got is None else got
 
 
-def zhang_shasha(l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2, dmax: int, imax: int) -> int:
-    """TED of tree 1 into tree 2 over the cells with ``-imax <= x - y <= dmax``: ``_ted.zs`` in Python.
-
-    Per tree (``arrays``, 1-based postorder, index 0 padding): l = leftmost leaf, kr = keyroots, c = insert /
-    remove cost, lab = label id, lp = row among the leaves or -1. ``lev``: the leaves' Levenshtein distances;
-    ``k1``/``k2`` (or empty): number keys of the leaves, two leaves with equal keys updating for free.
-
-    The textbook programme: per keyroot pair (i, j), the forest distances fd of the prefixes of their subtrees,
-    and the tree distance td of every pair of nodes on their leftmost paths. Band: a mapping that removes at
-    most ``dmax`` nodes and inserts at most ``imax`` only passes through cells (x, y) with ``-imax <= x - y
-    <= dmax`` (x - y = nodes removed before x - nodes inserted before y), so the others read as INF. Each value
-    computed is still the cost of some mapping, so under ``band(n1, n2, b)`` (every node costing at least 1)
-    the result is exact whenever the distance is ``<= b`` and an upper bound otherwise. The boundary row and
-    column of each table (remove all, insert all) are always real.
-    """
-    l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2 = (
-        np.asarray(a).tolist() for a in (l1, kr1, c1, lab1, lp1, l2, kr2, c2, lab2, lp2, lev, k1, k2))
-    keys = len(k1) > 0
-    n1, n2 = len(l1) - 1, len(l2) - 1
-    td = [[INF] * (n2 + 1) for _ in range(n1 + 1)]
-    fd = [[0] * (n2 + 1) for _ in range(n1 + 1)]
-    for i in kr1:
-        li = l1[i]
-        for j in kr2:
-            lj = l2[j]
-            if j < li - dmax or lj > i + imax:  # no cell of this table lies in the band
-                continue
-            row = above_li = fd[li - 1]  # the boundary row: insert tree 2's prefixes
-            row[lj - 1] = 0
-            for y in range(lj, j + 1):
-                row[y] = row[y - 1] + c2[y]
-            for x in range(li, i + 1):
-                if x - dmax > j:  # this row and every later one lie past the band
-                    break
-                above, row, trow = row, fd[x], td[x]
-                cx, a = c1[x], l1[x] - 1
-                row[lj - 1] = above[lj - 1] + cx  # the boundary column: remove tree 1's prefixes
-                lo, hi = max(lj, x - dmax), min(j, x + imax)
-                up_hi = hi if x == li else min(hi, x - 1 + imax)  # above[y] is real (in the band) up to here
-                left = row[lj - 1] if lo == lj else INF
-                # Each cell: remove x, insert y, or (below) map x to y; written as `if w < v: v = w` rather than
-                # min(), which costs a call per cell and made this loop twice as slow.
-                if a != li - 1:  # x is off i's leftmost path: or the prefixes before x's and y's subtrees,
-                    # then those subtrees' tree distance (from an earlier pair)
-                    fa = fd[a]
-                    for y in range(lo, hi + 1):
-                        v = (above[y] if y <= up_hi else INF) + cx
-                        w = left + c2[y]
-                        if w < v:
-                            v = w
-                        b = l2[y] - 1
-                        if b == lj - 1 or -imax <= a - b <= dmax:  # fd[a][b] is real
-                            w = fa[b] + trow[y]
-                            if w < v:
-                                v = w
-                        if v > INF:
-                            v = INF
-                        row[y] = left = v
-                    continue
-                p = lp1[x]
-                for y in range(lo, hi + 1):
-                    v = (above[y] if y <= up_hi else INF) + cx
-                    w = left + c2[y]
-                    if w < v:
-                        v = w
-                    ly = l2[y]
-                    if ly == lj:  # both prefixes are whole trees: map x to y, for their tree distance
-                        q = lp2[y]
-                        if p >= 0 and q >= 0:
-                            upd = 0 if keys and k1[p] == k2[q] else lev[p][q]
-                        elif p >= 0 or q >= 0:
-                            upd = 1 + (cx if p >= 0 else c2[y])
-                        else:
-                            upd = lab1[x] != lab2[y]
-                        if x == li or y == lj or -imax <= x - y <= dmax:  # above[y - 1] is real
-                            w = above[y - 1] + upd
-                            if w < v:
-                                v = w
-                        if v > INF:
-                            v = INF
-                        trow[y] = v
-                    else:  # y is off j's leftmost path: or the boundary row before y's subtree, then td[x][y]
-                        w = above_li[ly - 1] + trow[y]
-                        if w < v:
-                            v = w
-                        if v > INF:
-                            v = INF
-                    row[y] = left = v
-    return td[n1][n2]
-
-
 def kernel() -> Callable[..., int]:
     """The programme that runs: the C build's ``zs``, else ``zhang_shasha`` (same arguments, same values)."""
     return _C.zs if _C else zhang_shasha
@@ -265,32 +186,112 @@ def band(n1: int, n2: int, bound: int | None) -> tuple[int, int]:
     return (bound + n1 - n2) // 2, (bound - n1 + n2) // 2
 
 
-def _search(t1: Tree, t2: Tree, args: tuple, upper: int | None = None) -> int:
-    """The exact distance, searched in a narrow band first; ``args``: the kernel's arguments but the band.
+def band_cells(n1: int, n2: int, bound: int | None) -> int:
+    """Cells in each of the kernel's two tables under ``band(n1, n2, bound)``: (n1 + 1) x the band's width."""
+    dmax, imax = band(n1, n2, bound)
+    return (n1 + 1) * max(1, min(dmax + imax + 1, n2 + 1))
+
+
+def widest_bound(n1: int, n2: int) -> int:
+    """The largest bound whose band fits ``CELL_BUDGET`` (for trees whose whole table does not)."""
+    b = CELL_BUDGET // (n1 + 1) - 1  # the band's width is at most bound + 1 ...
+    while band_cells(n1, n2, b + 1) <= CELL_BUDGET:  # ... and one less where band() rounds down
+        b += 1
+    return b
+
+
+class _Lev:
+    """The leaves' Levenshtein distances (rows: tree 1's leaves in postorder, columns: tree 2's), as the kernel
+    reads them under a band: the whole matrix up to ``LEV_WHOLE`` pairs (every receipt of CORD's size), else
+    per leaf of tree 1 the window of tree 2's leaves that its band reaches, so that a large document costs
+    memory in proportion to its band here too. ``get(dmax, imax)``: (matrix, the windows' first columns or None).
+    """
+
+    def __init__(self, t1: Tree, t2: Tree, leaves1: list[str], leaves2: list[str]) -> None:
+        self.leaves1, self.leaves2, self.last = leaves1, leaves2, None
+        if not leaves1 or not leaves2:
+            self.whole = np.zeros((max(len(leaves1), 1), max(len(leaves2), 1)), dtype=np.int64)
+        elif len(leaves1) * len(leaves2) <= LEV_WHOLE:
+            self.whole = cdist(leaves1, leaves2, scorer=Levenshtein.distance, dtype=np.int64)
+        else:
+            self.whole = None
+            self.at1, self.at2 = (np.flatnonzero(arrays(t)[4] >= 0) for t in (t1, t2))  # each leaf's node
+
+    def get(self, dmax: int, imax: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.whole is not None:
+            return self.whole, None
+        if self.last is None or self.last[0] < dmax or self.last[1] < imax:  # a wider band covers a narrower
+            self.last = (dmax, imax, *self._windows(dmax, imax))
+        return self.last[2], self.last[3]
+
+    def _windows(self, dmax: int, imax: int) -> tuple[np.ndarray, np.ndarray]:
+        # leaf p (node x) meets the leaves of tree 2 at nodes x - dmax .. x + imax: a window that only moves
+        # right as p does, so a block of rows is one rectangle of cdist, cut into the rows' windows
+        lo = np.searchsorted(self.at2, self.at1 - dmax, "left")
+        hi = np.maximum(np.searchsorted(self.at2, self.at1 + imax, "right"), lo)
+        width = max(1, int((hi - lo).max()))
+        out = np.zeros((len(lo), width), dtype=np.int64)
+        for s in range(0, len(lo), 256):
+            e = min(s + 256, len(lo))
+            a, b = int(lo[s]), int(hi[e - 1])
+            if b > a:
+                block = cdist(self.leaves1[s:e], self.leaves2[a:b], scorer=Levenshtein.distance, dtype=np.int64)
+                cols = (lo[s:e] - a)[:, None] + np.arange(width)
+                got = np.take_along_axis(block, np.minimum(cols, b - a - 1), axis=1)
+                out[s:e] = np.where(cols < (hi[s:e] - a)[:, None], got, 0)
+        return out, lo.astype(np.int64)
+
+
+def _search(t1: Tree, t2: Tree, run: Callable[[int | None], int], upper: int | None = None) -> tuple[int, bool]:
+    """(the distance, True), searched in a narrow band first; ``run(bound)``: the kernel under ``band(.., bound)``.
 
     The first pass bounds the distance by a small guess. If it finds a mapping
     within the guess, that is the distance; otherwise the mapping's cost bounds
     the distance and a second pass under that bound is exact. ``upper``, a known
     bound, replaces the guess. Needs every node to cost at least 1 (an empty leaf
-    costs 0); otherwise the full table is computed.
+    costs 0); otherwise the full table is computed. A pass whose band would take
+    more than ``CELL_BUDGET`` cells is not run: ``_beyond_budget`` answers instead.
     """
-    zs, n1, n2 = kernel(), t1.size, t2.size
+    n1, n2 = t1.size, t2.size
 
-    def under(bound: int | None) -> int:
-        return int(zs(*args, *band(n1, n2, bound)))
+    def fits(bound: int | None) -> bool:
+        return band_cells(n1, n2, bound) <= CELL_BUDGET
 
     if min(t1.cost[1:]) < 1 or min(t2.cost[1:]) < 1:
-        return under(None)
+        return (run(None), True) if fits(None) else _beyond_budget(t1, t2, run, upper, proven=False)
     if upper is None:
         low = max(abs(n1 - n2), abs(sum(t1.cost) - sum(t2.cost)))  # the distance is at least this
         guess = max(2 * low, 16)
         if guess >= n1 + n2:
-            return under(None)
-        d = under(guess)
-        if d <= guess:
-            return d
-        upper = d
-    return under(upper if upper < n1 + n2 else None)
+            if fits(None):
+                return run(None), True
+        elif fits(guess):
+            d = run(guess)
+            if d <= guess:
+                return d, True
+            upper = d
+    if upper is not None and fits(upper if upper < n1 + n2 else None):
+        return run(upper if upper < n1 + n2 else None), True
+    return _beyond_budget(t1, t2, run, upper)
+
+
+def _beyond_budget(t1: Tree, t2: Tree, run: Callable[[int | None], int], upper: int | None,
+                   proven: bool = True) -> tuple[int, bool]:
+    """The distance where the exact search needs more than ``CELL_BUDGET`` cells: the kernel under the widest
+    band that fits, exact (True) when the mapping it finds lies within that band's bound (and ``proven``:
+    every node costs at least 1); otherwise (d, False), d the least of that mapping's cost, ``upper`` and the
+    closed form (the roots kept, everything else removed and inserted), an upper bound of the distance."""
+    n1, n2 = t1.size, t2.size
+    best = t1.closed_form_insert_all() + t2.closed_form_insert_all()
+    if upper is not None:
+        best = min(best, upper)
+    cap = widest_bound(n1, n2)
+    if cap >= abs(n1 - n2):  # else no mapping lies in the band: the kernel would give INF
+        d = run(cap)
+        if proven and d <= cap:
+            return d, True
+        best = min(best, d)
+    return best, False
 
 
 def same_tree(t1: Tree, t2: Tree) -> bool:
@@ -312,35 +313,60 @@ def _numbered_keys(t: Tree, key: Callable[[str], str]) -> tuple[dict[str, int], 
     return got[1], got[2]
 
 
+def _new_free_update(leaves1: list[str], k1: np.ndarray, leaves2: list[str], k2: np.ndarray) -> bool:
+    """Whether a leaf of tree 1 and one of tree 2 have equal keys but different texts (a cost that keys make
+    0): per key, tree 2's texts, so linear in the leaves (the pairs, as a matrix, are not)."""
+    texts: dict[int, set[str]] = {}
+    for k, text in zip(k2.tolist(), leaves2):
+        texts.setdefault(k, set()).add(text)
+    for k, text in zip(k1.tolist(), leaves1):
+        got = texts.get(k)
+        if got is not None and (len(got) > 1 or text not in got):
+            return True
+    return False
+
+
 def tree_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) -> tuple[int, int | None]:
-    """TED(t1 -> t2), and with ``key`` also the TED in which two leaves with equal ``key(text)`` update for free.
+    """TED(t1 -> t2), and with ``key`` also the TED in which two leaves with equal ``key(text)`` update for free."""
+    return bounded_distances(t1, t2, key)[:2]
+
+
+def bounded_distances(t1: Tree, t2: Tree, key: Callable[[str], str] | None = None) -> tuple[int, int | None, bool]:
+    """``tree_distances``, and whether both are exact: False where a search needed more than ``CELL_BUDGET``
+    cells, and a distance is the upper bound ``_beyond_budget`` gives.
 
     The second distance reuses the first whenever no pair of different leaf
     texts across the trees shares a key (the costs are then equal), and
     otherwise searches under the first as its bound.
     """
     if same_tree(t1, t2):
-        return 0, (0 if key else None)
+        return 0, (0 if key else None), True
     if t1.size == 1 or t2.size == 1:
         # a bare root: the roots match and everything else is inserted (or removed)
         d = t2.closed_form_insert_all() if t1.size == 1 else t1.closed_form_insert_all()
-        return d, (d if key else None)
+        return d, (d if key else None), True
     a1, a2 = arrays(t1), arrays(t2)
     leaves1, leaves2 = leaf_texts(t1), leaf_texts(t2)  # in postorder: the rows and columns of lev
-    if leaves1 and leaves2:
-        lev = cdist(leaves1, leaves2, scorer=Levenshtein.distance, dtype=np.int64)
-    else:
-        lev = np.zeros((max(len(leaves1), 1), max(len(leaves2), 1)), dtype=np.int64)
-    d = _search(t1, t2, (*a1, *a2, lev, _NO_KEYS, _NO_KEYS))
+    lev, zs, n1, n2 = _Lev(t1, t2, leaves1, leaves2), kernel(), t1.size, t2.size
+
+    def runner(k1: np.ndarray, k2: np.ndarray) -> Callable[[int | None], int]:
+        def run(bound: int | None) -> int:
+            dmax, imax = band(n1, n2, bound)
+            m, lo = lev.get(dmax, imax)
+            return int(zs(*a1, *a2, m, k1, k2, dmax, imax, *(() if lo is None else (lo,))))
+        return run
+
+    d, exact = _search(t1, t2, runner(_NO_KEYS, _NO_KEYS))
     if key is None:
-        return d, None
+        return d, None, exact
     if not leaves1 or not leaves2:
-        return d, d
+        return d, d, exact
     # the kernel only asks whether k1[p] == k2[q]: t2's keys numbered (cached: t2 is the ground truth, shared
     # by every group), and t1's keys by the same numbers, -1 for a key t2 lacks
     ids, k2 = _numbered_keys(t2, key)
     get = ids.get
     k1 = np.array([get(k, -1) for k in map(key, leaves1)], dtype=np.int64)
-    if not ((k1[:, None] == k2[None, :]) & (lev > 0)).any():  # no new free update: the same distance
-        return d, d
-    return d, _search(t1, t2, (*a1, *a2, lev, k1, k2), d)
+    if not _new_free_update(leaves1, k1, leaves2, k2):  # no new free update: the same distance
+        return d, d, exact
+    d_num, exact_num = _search(t1, t2, runner(k1, k2), d)
+    return d, d_num, exact and exact_num
