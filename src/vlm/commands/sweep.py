@@ -10,36 +10,6 @@ import typer
 from vlm.commands.common import AugmentPolicy, ConfigArg, JsonOpt, command
 
 
-def _grid(text: str | None, kind: type, flag: str) -> list:
-    """``"1e-4,5e-5"`` as a list of distinct numbers."""
-    from vlm.errors import VlmError
-
-    if text is None:
-        return []
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        values = [kind(float(t)) if kind is int and float(t).is_integer() else kind(t) for t in items]
-    except ValueError:
-        raise VlmError(f"{flag} takes comma-separated numbers, got {text!r}", hint=f"e.g. {flag} 1e-4,5e-5") from None
-    if not values or len(set(values)) != len(values):
-        raise VlmError(f"{flag} needs distinct values, got {text!r}")
-    return values
-
-
-def _methods(text: str | None) -> list[str]:
-    from vlm.errors import VlmError
-    from vlm.training.config import METHODS
-
-    if text is None:
-        return []
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [m for m in items if m not in METHODS]
-    if bad or not items or len(set(items)) != len(items):
-        raise VlmError(f"--method takes distinct methods from {', '.join(METHODS)}, got {text!r}",
-                       hint="e.g. --method lora,full")
-    return items
-
-
 @command(
     "sweep",
     "vlm sweep configs/cord.yaml --lr 1e-4,5e-5 --lora-rank 8,16 --epochs 3,10",
@@ -94,89 +64,43 @@ def sweep(
     records plus that many augmented copies of each (a dataset derived beside the export before
     the configs are written; copies on disk are reused), so the leaderboard says, with a CI,
     whether augmentation helps."""
-    from contextlib import nullcontext
-
-    from vlm.errors import VlmError
     from vlm.output import info, print_json
     from vlm.output import out as stdout
-    from vlm.sweep.grid import AugmentAxis, train_commands, write_sweep
-    from vlm.sweep.run import sweep_lock
+    from vlm.sweep.plan import SweepSpec, plan_sweep
 
-    if run and print_commands:
-        raise VlmError("--run and --print-commands are alternatives",
-                       hint="--run trains here, one point after another; --print-commands hands them to a scheduler.")
-    grid = {"method": _methods(method), "learning_rate": _grid(lr, float, "--lr"),
-            "lora_rank": _grid(lora_rank, int, "--lora-rank"), "num_train_epochs": _grid(epochs, float, "--epochs")}
-    grid["num_train_epochs"] = [int(e) if e.is_integer() else e for e in grid["num_train_epochs"]]
-    copies = _grid(augment, int, "--augment")
-    if any(c < 0 or not isinstance(c, int) for c in copies):
-        raise VlmError(f"--augment takes whole numbers of copies, 0 or more, got {augment!r}",
-                       hint="e.g. --augment 0,2")
-    if not any(grid.values()) and not copies:
-        raise VlmError("nothing to sweep",
-                       hint="pass at least one of --lr, --lora-rank, --epochs, --method, --augment, "
-                            "e.g. --lr 1e-4,5e-5")
-    flags = (("lr", lr), ("lora-rank", lora_rank), ("epochs", epochs), ("method", method), ("augment", augment))
-    command = f"vlm sweep {config} " + " ".join(f"--{flag} {text}" for flag, text in flags if text)
-    if copies and (augment_policy != AugmentPolicy.medium or seed):
-        command += f" --augment-policy {augment_policy.value} --seed {seed}"
-    axis = AugmentAxis(copies, augment_policy.value, seed) if copies else None
-    # With --run, OUT_DIR is held from before its configs are written: a second sweep there cannot
-    # rewrite the files of points this one has yet to train.
-    with sweep_lock(out_dir) if run else nullcontext():
-        points, datasets = write_sweep(config, grid, out_dir, command, force, axis, show_progress=not as_json)
-        for d in datasets:
-            info(f"aug{d['copies_per_image']}: " + (
-                f"{d['name']}, the export's train dataset, unchanged" if not d["file"]
-                else f"{d['name']}: {d['originals']} originals + {d['copies']} copies ({d['made']} made, "
-                     f"{d['reused']} reused){'' if d['changed'] else ', unchanged'}"))
-        if run:
-            _run_grid(points, out_dir, f"{command} --out-dir {out_dir} --run", select, split, checkpoints,
-                      max_new_tokens, allow_truncation, as_json)
-            return
-    rows = [{"config": str(p.path), **p.settings, "dataset": p.config.get("dataset"),
-             "output_dir": p.config["output_dir"]} for p in points]
-    if print_commands:
-        lines = train_commands(points)
-        if as_json:
-            print_json([{**row, "command": line} for row, line in zip(rows, lines)])
-        else:
-            stdout.print("\n".join(lines), markup=False, highlight=False)
+    spec = SweepSpec(config, lr=lr, lora_rank=lora_rank, epochs=epochs, method=method, augment=augment,
+                     augment_policy=augment_policy.value, seed=seed, out_dir=out_dir, run=run,
+                     print_commands=print_commands, select=select, split=split, checkpoints=checkpoints,
+                     max_new_tokens=max_new_tokens, allow_truncation=allow_truncation, force=force)
+    result = plan_sweep(spec, show_progress=not as_json)
+    if "run" in result:
+        _print_run(result["run"], as_json)
         return
+    rows = result["rows"]
     if as_json:
         print_json(rows)
-        return
-    for row in rows:
-        stdout.print(row["config"], highlight=False)
-    info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, or all of them with --run")
+    elif print_commands:
+        stdout.print("\n".join(row["command"] for row in rows), markup=False, highlight=False)
+    else:
+        for row in rows:
+            stdout.print(row["config"], highlight=False)
+        info(f"{len(rows)} configs written and validated; train each with: vlm train CONFIG, or all of them with "
+             "--run")
 
 
-def _run_grid(points, out_dir: Path, command: str, select: bool, split: str, checkpoints: str, max_new_tokens: int,
-              allow_truncation: bool, as_json: bool) -> None:
-    """sweep --run: train, then rank this grid's finished points; print, and exit 130 / 1 as the run ended."""
+def _print_run(run: dict, as_json: bool) -> None:
+    """sweep --run's leaderboard and counts; exit 130 / 1 as the run ended."""
     from vlm.output import info, print_json
-    from vlm.sweep.run import STATUS_FILE, RunOptions, check_rank_options, rank, read_status, run_sweep, summary
 
-    read_status(out_dir)  # a damaged status file is refused before anything else
-    if select:
-        check_rank_options(points, split, checkpoints)
-    status = run_sweep(points, out_dir, command, RunOptions(allow_truncation))
-    counts = summary(status, len(points))
-    leaderboard = None
-    if select and not status.get("interrupted") and counts["done"]:
-        leaderboard = rank(status, len(points), out_dir, split, checkpoints, max_new_tokens,
-                           show_progress=not as_json)
-        if not as_json:
+    if as_json:
+        print_json(run)
+    else:
+        if run["leaderboard"]:
             from vlm.selection.report import print_selection
 
-            print_selection(leaderboard)
-    if as_json:
-        print_json({"status_file": str(out_dir / STATUS_FILE), **counts, "points": status["points"][: len(points)],
-                    "interrupted": status.get("interrupted", False), "leaderboard": leaderboard})
-    else:
-        info(f"sweep: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
-             f"({out_dir / STATUS_FILE})")
-    if status.get("interrupted"):
+            print_selection(run["leaderboard"])
+        info(f"sweep: {run['done']} done, {run['failed']} failed, {run['pending']} pending ({run['status_file']})")
+    if run["interrupted"]:
         raise typer.Exit(130)
-    if counts["failed"]:
+    if run["failed"]:
         raise typer.Exit(1)
