@@ -64,7 +64,8 @@ def _config(tmp_path: Path, **override) -> Path:
 
 
 @pytest.mark.parametrize("command", ["validate", "stats", "train"])
-def test_every_command_that_reads_a_config_refuses_it_the_same_way(command, tmp_path):
+def test_every_command_that_reads_a_config_refuses_it_the_same_way(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's output_dir is relative: a refused run must not create it here
     config = _config(tmp_path, cutoff_len=0, num_train_epochs=0)
     with pytest.raises(ConfigError) as e:
         invoke(command, str(config))

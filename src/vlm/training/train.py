@@ -207,12 +207,14 @@ def check_token_budget(cfg: dict[str, Any], allow_truncation: bool) -> dict[str,
     return report.to_dict()
 
 
-def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool) -> dict[str, Any]:
-    """The config (LLaMA-Factory's parser), the GPU, the datasets and the token budget: everything that can be
-    checked before spending GPU time; raises VlmError on the first failing step."""
+def check_config_gpu_and_data(cfg: dict[str, Any], allow_truncation: bool,
+                              validation: Validation | None = None) -> dict[str, Any]:
+    """The config (LLaMA-Factory's parser, unless ``validation`` holds its verdict), the GPU, the datasets and the
+    token budget: everything that can be checked before spending GPU time; raises VlmError on the first failing
+    step."""
     import torch
 
-    validation = validate_config(cfg)
+    validation = validation or validate_config(cfg)
     for line in validation.relaxed + validation.notes:
         info(f"[dim]config:[/dim] {line}")
     gpu = torch.cuda.is_available()
@@ -283,22 +285,24 @@ def train(spec: TrainSpec) -> TrainResult:
     if spec.dry_run:
         return result
     output_dir = Path(result.config["output_dir"])
-    # Before the preflight's seconds: a folder that cannot be written fails now, not after them.
+    # A config LLaMA-Factory would refuse is refused before anything is written: no output_dir, no lock in it.
+    validation = validate_config(result.config)
+    # Before the rest of the preflight's seconds: a folder that cannot be written fails now, not after them.
     ensure_dir(output_dir, "output_dir")
     ensure_dir(result.plan.log_path.parent, "log folder")
     lock = output_dir / f"vlm_train{_node_suffix(spec.scale)}"
     try:
         with try_lock(lock, note=f"pid {os.getpid()}"):
-            return _train_locked(spec, result)
+            return _train_locked(spec, result, validation)
     except LockedError as e:
         raise VlmError(f"another vlm train is running on {output_dir} ({e.holder or 'lock ' + str(e.path)})",
                        hint="wait for it to finish, or train into another output_dir=...") from None
 
 
-def _train_locked(spec: TrainSpec, result: TrainResult) -> TrainResult:
+def _train_locked(spec: TrainSpec, result: TrainResult, validation: Validation) -> TrainResult:
     """``train`` once this process holds the output_dir's lock: no other run writes its checkpoints."""
     cfg, plan = result.config, result.plan
-    checks = check_config_gpu_and_data(cfg, spec.allow_truncation)
+    checks = check_config_gpu_and_data(cfg, spec.allow_truncation, validation)
     header = [f"Resolved by vlm train from {spec.config} at {now()}; LLaMA-Factory reads this file.",
               f"Rerun: {plan.describe()}"]
     atomic_write_text(plan.config_path, render_yaml(cfg, header))
