@@ -36,6 +36,7 @@ def test_copy_bytes_are_a_function_of_seed_source_and_copy_index():
         assert im.size == (240, 360) and im.format == "JPEG"  # same size: same image tokens
 
 
+@pytest.mark.slow  # a vlm child that loads LLaMA-Factory, or photo-sized images: kept out of make test-fast
 def test_augmented_copies_only_in_train_recorded_and_reused_on_rerun(tmp_path: Path):
     source = make_photo_source(tmp_path / "src")
     out = tmp_path / "out"

@@ -170,6 +170,7 @@ def test_rerun_removes_only_its_own_temp_files(tmp_path: Path):
     assert not ours.exists()
 
 
+@pytest.mark.slow  # a vlm child that loads LLaMA-Factory, or photo-sized images: kept out of make test-fast
 def test_manifest_describes_every_split_in_the_folder(tmp_path: Path):
     """D3: exporting some splits into an existing export merges the manifest, also when two exports run at once."""
     src = make_source(tmp_path / "src", n=2)

@@ -13,6 +13,7 @@ from helpers import ENV, VLM, export_cord, invoke, make_photo_source, make_toy_d
 from vlm.errors import VlmError
 
 
+@pytest.mark.slow  # a vlm child that loads LLaMA-Factory, or photo-sized images: kept out of make test-fast
 def test_derived_dataset_is_the_originals_plus_deterministic_copies(tmp_path: Path):
     """From an export made with --augment 1: cord_train_aug2 holds the 4 originals (not the export's copies) and 2
     copies of each, made as export --augment makes them (its copy 0 is the export's file); a rerun changes no byte;
@@ -92,6 +93,7 @@ def _base(tmp_path: Path, **extra) -> tuple[Path, Path]:
     return data, write_config(tmp_path / "base.yaml", tmp_path / "no-model-needed", data, "saves/run", **extra)
 
 
+@pytest.mark.slow  # a vlm child that loads LLaMA-Factory, or photo-sized images: kept out of make test-fast
 def test_augment_axis_writes_runnable_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """--augment 0,2 --print-commands: one config per value, each naming a registered dataset whose file and images
     exist (vlm validate's data checks pass); 0 on an export without copies is its own train dataset."""

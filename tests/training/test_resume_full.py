@@ -58,6 +58,7 @@ def _config(path: Path, model: Path, data: Path, out: Path, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow  # a vlm child that loads LLaMA-Factory, or photo-sized images: kept out of make test-fast
 def test_a_resumed_run_that_logs_missing_keys_fails(tmp_path, tiny_model, toy_dataset):
     """Whatever the cause, a resume whose checkpoint did not load is not a finished run (exit 0 before)."""
     fake = tmp_path / "llamafactory-cli"
