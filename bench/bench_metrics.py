@@ -53,7 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # the zss reference metric lives with the tests that check against it
+sys.path.insert(0, str(ROOT / "tests" / "evaluation"))  # the zss reference lives with the tests that use it
 
 import reference_metric as R
 
