@@ -257,11 +257,13 @@ def run_evaluate(paths: list[Path], **env: str) -> dict:
             "stdout_sha256": digest, "capped": capped == "1"}
 
 
-def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
+def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3, against: str | None = None,
+                   only: list[str] | None = None) -> dict:
     """``vlm evaluate`` of n_docs documents x 2 groups (bootstrap CIs), whole process, with each speed-up
     turned off in turn, outputs compared: now; one worker (``VLM_WORKERS=1``, for the consistency checks
     too); no shared ground truths or memo either (``VLM_SCORE_PLAIN=1``); and no C build either, pure Python
-    (``VLM_PURE_TED=1``)."""
+    (``VLM_PURE_TED=1``). ``against`` adds another checkout's ``src`` (e.g. main before a change) as the arm
+    ``against``, run by the same interpreter; ``only`` keeps just the named arms."""
     gts = [ground_truth(r) for _ in range(n_docs)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -275,6 +277,9 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
         variants = {"now": {}, "serial": {"VLM_WORKERS": "1"},
                     "plain": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1"},
                     "interpreted": {"VLM_WORKERS": "1", "VLM_SCORE_PLAIN": "1", "VLM_PURE_TED": "1"}}
+        if against:
+            variants["against"] = {"PYTHONPATH": str(Path(against).resolve())}
+        variants = {name: env for name, env in variants.items() if not only or name in only}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         for k in range(repeats):
             for name, env in variants.items():
@@ -284,10 +289,12 @@ def bench_evaluate(r: random.Random, n_docs: int, repeats: int = 3) -> dict:
                   "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs), "runs": len(rs)}
            for name, rs in runs.items()}
     digests = {r["stdout_sha256"] for rs in runs.values() for r in rs}
-    return {"documents": n_docs, "groups": 2, **med,
-            "workers_speedup": round(med["serial"]["seconds"] / med["now"]["seconds"], 2),
-            "sharing_speedup": round(med["plain"]["seconds"] / med["serial"]["seconds"], 2),
-            "compiled_speedup": round(med["interpreted"]["seconds"] / med["plain"]["seconds"], 2),
+    ratios = {key: round(med[slow]["seconds"] / med[fast]["seconds"], 2)
+              for key, slow, fast in (("workers_speedup", "serial", "now"), ("sharing_speedup", "plain", "serial"),
+                                      ("compiled_speedup", "interpreted", "plain"),
+                                      ("now_vs_against", "against", "now"))
+              if slow in med and fast in med}
+    return {"documents": n_docs, "groups": 2, **med, **ratios,
             "identical": len(digests) == 1 and all(r["exit"] == 0 for rs in runs.values() for r in rs)}
 
 
@@ -301,6 +308,9 @@ def main() -> None:
     p.add_argument("--large-rows", default="750,1500,3000", help="menu rows of the large documents; 0 skips them")
     p.add_argument("--evaluate-docs", type=int, default=10000,
                    help="whole-process vlm evaluate, compiled vs interpreted TED; 0 skips it")
+    p.add_argument("--against", help="another checkout's src folder, an extra --evaluate-docs arm (e.g. main's)")
+    p.add_argument("--arms", help="comma-separated --evaluate-docs arms to run: now, serial, plain, interpreted, "
+                                  "against (default: all)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -341,7 +351,8 @@ def main() -> None:
         if args.bootstrap_docs else None,
         "huge_answer": bench_huge_answer(args.huge_mb) if args.huge_mb else None,
         "large_document": bench_large_document([int(n) for n in args.large_rows.split(",") if int(n)]),
-        "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs, args.repeats)
+        "evaluate": bench_evaluate(random.Random(args.seed + 2), args.evaluate_docs, args.repeats, args.against,
+                                   args.arms.split(",") if args.arms else None)
         if args.evaluate_docs else None,
         "summary": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
                            if k in ("valid_json", "ted_accuracy", "f1", "ted_accuracy_numnorm", "menu_f1")}
@@ -378,12 +389,15 @@ def main() -> None:
             print(f"vlm evaluate --json, {e['documents']} documents x 2 groups, whole process (median s, peak MB):")
             for name, label in (("now", "now"), ("serial", "one worker (VLM_WORKERS=1)"),
                                 ("plain", "no shared truths or memo (VLM_SCORE_PLAIN=1)"),
-                                ("interpreted", "and pure Python, no C build (VLM_PURE_TED=1)")):
-                print(f"  {label:48s} {e[name]['seconds']:7.2f} s {e[name]['peak_rss_mb']:6.0f} MB"
-                      f"  ({e[name]['runs']} runs)")
-            print(f"  ratios: workers {e['workers_speedup']}x, "
-                  f"shared truths + memo {e['sharing_speedup']}x, "
-                  f"compiled TED {e['compiled_speedup']}x; output identical: {e['identical']}")
+                                ("interpreted", "and pure Python, no C build (VLM_PURE_TED=1)"),
+                                ("against", f"--against {args.against}")):
+                if name in e:
+                    print(f"  {label:48s} {e[name]['seconds']:7.2f} s {e[name]['peak_rss_mb']:6.0f} MB"
+                          f"  ({e[name]['runs']} runs)")
+            ratios = (("workers_speedup", "workers"), ("sharing_speedup", "shared truths + memo"),
+                      ("compiled_speedup", "compiled TED"), ("now_vs_against", "now vs --against"))
+            print("  ratios: " + ", ".join(f"{label} {e[key]}x" for key, label in ratios if key in e)
+                  + f"; output identical: {e['identical']}")
     ok = (agree and (not result["bootstrap"] or result["bootstrap"]["identical"])
           and all(row["exit"] == 0 for row in result["large_document"])
           and (not result["evaluate"] or result["evaluate"]["identical"]))
