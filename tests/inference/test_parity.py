@@ -49,6 +49,17 @@ def run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
     return root
 
 
+def _corrupt(merged: Path, out: Path, key: str) -> Path:
+    """A copy of the merged model with one weight tensor doubled."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(merged, out)
+    weights = load_file(out / "model.safetensors")
+    weights[key] = weights[key] * 2
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
 @pytest.mark.slow
 def test_merged_model_matches_its_adapter(run: Path):
     assert (run / "merge.rc").read_text() == "0", (run / "merge.err").read_text()[-3000:]
@@ -56,17 +67,13 @@ def test_merged_model_matches_its_adapter(run: Path):
     assert (report["a"], report["b"]) == ("adapter", "merged")
     assert report["documents"] == 4 and report["matches"] == 4 and report["drifts"] == 0 and report["ok"]
     assert all(d["verdict"] == "match" and d["tokens_a"] == d["tokens_b"] > 10 for d in report["per_document"])
+    assert report["max_logit_diff"] < 1e-3  # measured 0.0: both load the base in float32 and add the same LoRA
     assert (run / "merged" / "config.json").is_file()
 
 
 @pytest.mark.slow
 def test_corrupted_merge_is_caught(run: Path, tmp_path: Path):
-    from safetensors.torch import load_file, save_file
-
-    bad = shutil.copytree(run / "merged", tmp_path / "bad")
-    weights = load_file(bad / "model.safetensors")
-    weights[CORRUPT] = weights[CORRUPT] * 2
-    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    bad = _corrupt(run / "merged", tmp_path / "bad", CORRUPT)
     r = run_vlm("merge", str(run / "run.yaml"), "--export-dir", str(bad), "--verify-only", "--verify", "4", *SHORT,
                 "--json", cwd=run)
     assert r.returncode == 1, r.stderr[-3000:]
@@ -76,9 +83,22 @@ def test_corrupted_merge_is_caught(run: Path, tmp_path: Path):
         if doc["verdict"] == "drift":
             assert doc["token_a"] != doc["token_b"] and doc["position"] is not None
             assert doc["margin_a"] > NEAR_TIE  # the adapter was sure of its token: not a near-tie
+    assert report["max_logit_diff"] > NEAR_TIE
     text = run_vlm("merge", str(run / "run.yaml"), "--export-dir", str(bad), "--verify-only", "--verify", "4",
                    *SHORT, cwd=run)
     assert text.returncode == 1 and "drift at token" in text.stdout, text.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_damage_that_leaves_the_answers_alone_shows_in_the_logits(run: Path, tmp_path: Path):
+    """Doubling a layer-1 MLP weight leaves the confident answers byte-identical (so the check passes), but the
+    report's logit difference shows the merged model is not the adapter's function (measured 3.5 to 4.7)."""
+    bad = _corrupt(run / "merged", tmp_path / "bad", "model.layers.1.mlp.down_proj.weight")
+    r = run_vlm("merge", str(run / "run.yaml"), "--export-dir", str(bad), "--verify-only", "--verify", "4", *SHORT,
+                "--json", cwd=run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)["verify"]
+    assert report["matches"] == 4 and report["max_logit_diff"] > 1.0
 
 
 @pytest.mark.slow

@@ -15,8 +15,12 @@ A divergence is a **near-tie** when both margins are at most ``NEAR_TIE`` logits
 equally likely on both sides, and rounding (bf16 weights, another kernel or batch shape) decided which one won.
 It is **drift** when either side preferred its token by more (or a token is outside vLLM's top 20): the two sides
 compute different functions. Only drift fails the check. Why 0.5: bf16 keeps 8 significant bits, so a logit near
-30 is rounded by up to 0.06 each time it is stored; a few such roundings stay well under 0.5, while a wrong
-weight, image resolution or template moves the winning logit by several units (see docs/prediction.md).
+30 is rounded by up to 0.06 each time it is stored; a few such roundings stay well under 0.5 (a bf16 copy of a
+float32 merge moved the medium test model's logits by at most 0.09), while a wrong weight or image resolution moved
+the winning token's lead by 1.3 to 13 logits (docs/prediction.md has the numbers).
+
+When both sides run on transformers, each document's largest logit difference over the tokens both sides generated
+is reported too (``max_logit_diff``): byte-identical answers can hide a damaged model, and this number shows it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class DocResult:
     margin_a: float | None = None
     margin_b: float | None = None
     context: str = ""  # the end of the shared prefix, for reading the report
+    max_logit_diff: float | None = None  # over the shared tokens, teacher-forced (transformers on both sides)
     text_a: str = ""
     text_b: str = ""
 
@@ -76,6 +81,11 @@ class ParityReport:
     def count(self, verdict: str) -> int:
         return sum(d.verdict == verdict for d in self.documents)
 
+    def max_logit_diff(self) -> float | None:
+        """The largest logit difference between the sides over the tokens both generated (None: not measured)."""
+        diffs = [d.max_logit_diff for d in self.documents if d.max_logit_diff is not None]
+        return max(diffs) if diffs else None
+
     @property
     def ok(self) -> bool:
         return self.count("drift") == 0
@@ -83,7 +93,7 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "documents": len(self.documents), "matches": self.count("match"),
                 "near_ties": self.count("near-tie"), "drifts": self.count("drift"), "ok": self.ok,
-                "near_tie_threshold": self.near_tie, "seconds": self.seconds,
+                "near_tie_threshold": self.near_tie, "max_logit_diff": self.max_logit_diff(), "seconds": self.seconds,
                 "per_document": [asdict(d) for d in self.documents]}
 
     def lines(self) -> list[str]:
@@ -92,6 +102,8 @@ class ParityReport:
         head = (f"{self.a} vs {self.b}: {self.count('match')}/{n} byte-identical, {self.count('near-tie')} near-ties "
                 f"(both margins <= {self.near_tie:g}), {self.count('drift')} drifts")
         rows = [head]
+        if self.max_logit_diff() is not None:
+            rows.append(f"  largest logit difference over the tokens both sides generated: {self.max_logit_diff():.3g}")
         for d in self.documents:
             if d.verdict == "match":
                 continue
@@ -117,6 +129,12 @@ class _Transformers:
         return [_until_stop(row, self.stops) for row in self.gen.generate_ids(records)]
 
     def scores(self, record: dict[str, Any], prefix: list[int], tokens: list[int]) -> list[float | None]:
+        row = self.logits(record, prefix)[-1]
+        return [float(row[t]) for t in tokens]
+
+    def logits(self, record: dict[str, Any], prefix: list[int]) -> Any:
+        """Teacher-forced logits over the prompt and ``prefix``: the rows that predict each prefix token, and the
+        next one (a float32 tensor on the CPU, ``len(prefix) + 1`` rows)."""
         import torch
 
         inputs = self.gen.encoder.batch([record], self.gen.model)
@@ -129,8 +147,7 @@ class _Transformers:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.gen.model.dtype)
         with torch.inference_mode():
-            logits = self.gen.model(**inputs).logits[0, -1].float()
-        return [float(logits[t]) for t in tokens]
+            return self.gen.model(**inputs).logits[0, -(len(prefix) + 1):].float().cpu()
 
 
 class _Vllm:
@@ -225,6 +242,11 @@ def _compare_one(record: dict[str, Any], ids_a: list[int], ids_b: list[int], eng
     text_b = eb.tokenizer.decode(ids_b, skip_special_tokens=True)
     result = DocResult(str(record.get("id")), "match", len(ids_a), len(ids_b))
     pos = first_divergence(ids_a, ids_b)
+    shared = ids_a[:pos] if pos is not None else ids_a[:-1]  # what both sides generated (a match: up to the end)
+    logits = None
+    if hasattr(ea, "logits") and hasattr(eb, "logits"):  # full rows on both sides: how far apart, matched or not
+        logits = ea.logits(record, shared), eb.logits(record, shared)
+        result.max_logit_diff = round(float((logits[0] - logits[1]).abs().max()), 6)
     if pos is None or text_a.encode() == text_b.encode():
         return result
     result.position, result.text_a, result.text_b = pos, text_a, text_b
@@ -234,7 +256,10 @@ def _compare_one(record: dict[str, Any], ids_a: list[int], ids_b: list[int], eng
     result.token_a = ea.tokenizer.decode([tok_a]) if tok_a is not None else "<max_new_tokens>"
     result.token_b = eb.tokenizer.decode([tok_b]) if tok_b is not None else "<max_new_tokens>"
     if tok_a is not None and tok_b is not None:
-        sa, sb = ea.scores(record, ids_a[:pos], [tok_a, tok_b]), eb.scores(record, ids_a[:pos], [tok_a, tok_b])
+        if logits:
+            sa, sb = ([float(side[-1, t]) for t in (tok_a, tok_b)] for side in logits)
+        else:
+            sa, sb = ea.scores(record, shared, [tok_a, tok_b]), eb.scores(record, shared, [tok_a, tok_b])
         result.margin_a = None if None in sa else round(sa[0] - sa[1], 4)
         result.margin_b = None if None in sb else round(sb[1] - sb[0], 4)
     result.verdict = verdict(result.margin_a, result.margin_b, near_tie)
