@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import run_vlm, vlm, write_receipts
 
+from vlm.commands.common import NEAR_TIE as CLI_NEAR_TIE
 from vlm.inference.parity import NEAR_TIE, first_divergence, verdict
 
 PIXELS = 20000
@@ -129,6 +130,7 @@ def test_first_divergence_and_verdict():
     assert verdict(0.1, 0.3, NEAR_TIE) == "near-tie"
     assert verdict(0.1, 2.0, NEAR_TIE) == "drift"
     assert verdict(None, 0.1, NEAR_TIE) == "drift"  # a token outside vLLM's top 20 is far from a tie
+    assert CLI_NEAR_TIE == NEAR_TIE  # --near-tie's default, kept off vlm --help's imports
 
 
 def test_parity_refuses_what_it_cannot_compare(toy_dataset: Path):

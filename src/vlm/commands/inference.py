@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import DEFAULT_STORE, Backend, JsonOpt, SplitOpt, StoreOpt, check_store, command
+from vlm.commands.common import (
+    DEFAULT_STORE,
+    NEAR_TIE,
+    Backend,
+    JsonOpt,
+    NearTieOpt,
+    SplitOpt,
+    StoreOpt,
+    check_store,
+    command,
+)
 
 
 @command(
@@ -152,9 +162,7 @@ def parity(
                         "changes.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="transformers' generation batch size.")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
-    near_tie: Annotated[float, typer.Option(
-        "--near-tie", min=0, help="Largest logit margin (on both sides) at which a differing token counts as a "
-                                  "near-tie, not drift.")] = 0.5,
+    near_tie: NearTieOpt = NEAR_TIE,
     work_dir: Annotated[Path, typer.Option(
         "--work-dir", help="Where vLLM's merged copy of an adapter is cached.")] = Path("runs/predict"),
     overrides: Annotated[list[str] | None, typer.Argument(

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, command
+from vlm.commands.common import NEAR_TIE, ConfigArg, DryRunOpt, JsonOpt, NearTieOpt, command
 
 OverridesArg = Annotated[
     list[str] | None,
@@ -322,9 +322,7 @@ def merge(
         "--verify-only", help="Check the merged model already in the export dir; merge nothing.")] = False,
     verify_tokens: Annotated[int, typer.Option(
         "--verify-max-new-tokens", min=1, help="Generation length limit of the check.")] = 1024,
-    near_tie: Annotated[float, typer.Option(
-        "--near-tie", min=0, help="Largest logit margin (on both models) at which a differing token counts as "
-                                  "a near-tie, not drift.")] = 0.5,
+    near_tie: NearTieOpt = NEAR_TIE,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -333,7 +331,7 @@ def merge(
     The check predicts N validation documents, greedy, on the transformers backend with the adapter and with the
     merged model, and compares: byte-identical answers, and for each difference the first differing token and both
     models' logit margins there. Exit 1 when a difference is drift (a margin above --near-tie), not a near-tie."""
-    from vlm.inference.merge_verify import VerifySpec, merge_and_verify
+    from vlm.inference.parity import VerifySpec, merge_and_verify
     from vlm.output import info, print_json
     from vlm.output import out as stdout
     from vlm.training.merge import MergeSpec

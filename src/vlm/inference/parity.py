@@ -19,6 +19,12 @@ compute different functions. Only drift fails the check. Why 0.5: bf16 keeps 8 s
 float32 merge moved the medium test model's logits by at most 0.09), while a wrong weight or image resolution moved
 the winning token's lead by 1.3 to 13 logits (docs/prediction.md has the numbers).
 
+``vlm merge --verify N`` (``merge_and_verify`` below) merges a LoRA adapter with ``vlm.training.merge``
+(``llamafactory-cli export``) and then compares the merged model with its adapter here: the check needs the
+prediction engines, which live in this stage, so the step that does both is here and ``vlm merge`` calls it. The
+first N documents of the run's validation split are predicted on the transformers backend, once by the base model
+with the adapter (as ``vlm predict`` loads it) and once by the merged model.
+
 When both sides run on transformers, each document's largest logit difference over the tokens both sides generated
 is reported too (``max_logit_diff``): byte-identical answers can hide a damaged model, and this number shows it.
 """
@@ -26,20 +32,25 @@ is reported too (``max_logit_diff``): byte-identical answers can hide a damaged 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vlm.data.records import load_documents
 from vlm.errors import VlmError
 from vlm.inference.predict import PredictSpec, resolve_settings, vllm_generator
 from vlm.inference.transformers_backend import TransformersGenerator
 from vlm.inference.vllm_backend import choose_backend, stdout_to_stderr
+from vlm.lf.cli import LaunchPlan
 from vlm.lf.data import read_dataset_info
 from vlm.lf.inputs import mm_token_type_ids
+from vlm.output import info
+from vlm.training.merge import MergeSpec, merge
 
 NEAR_TIE = 0.5  # logits; see the module docstring
 VLLM_TOP = 20  # log-probabilities vLLM returns per position (its default max_logprobs)
 PARITY_BACKENDS = ("transformers", "vllm")
+VERIFY_SPLIT = "validation"
 
 
 @dataclass
@@ -289,8 +300,6 @@ class ParitySpec:
 
 def run_parity(spec: ParitySpec) -> ParityReport:
     """The first ``limit`` documents of the split through both backends, compared (see ``compare``)."""
-    from vlm.data.records import load_documents
-
     if len(spec.backends) != 2:
         raise VlmError(f"--backends takes two backends, not {','.join(spec.backends)!r}",
                        hint="e.g. --backends transformers,vllm")
@@ -311,3 +320,51 @@ def run_parity(spec: ParitySpec) -> ParityReport:
                        hint="name two backends, or change one side with --set-b key=value.")
     records = load_documents(sides[0].settings["dataset_dir"], sides[0].settings["dataset"])[: spec.limit]
     return compare(sides[0], sides[1], records, spec.max_new_tokens, spec.batch_size, spec.near_tie, spec.work_dir)
+
+
+@dataclass
+class VerifySpec:
+    """How ``vlm merge`` checks its result; ``documents=0`` skips the check."""
+
+    documents: int = 8
+    near_tie: float = NEAR_TIE
+    max_new_tokens: int = 1024
+    batch_size: int = 8
+    only: bool = False  # check the model already in the export dir; merge nothing
+
+
+def merge_and_verify(spec: MergeSpec, verify: VerifySpec
+                     ) -> tuple[LaunchPlan, dict[str, Any], int | None, ParityReport | None]:
+    """Merge (unless ``verify.only``), then compare the merged model with its adapter on ``verify.documents``
+    validation documents. Returns the merge's plan, config and exit code, and the report (None when not checked)."""
+    if verify.only:
+        if not verify.documents:
+            raise VlmError("--verify-only with --no-verify (or --verify 0) checks nothing",
+                           hint="pass --verify N, N >= 1.")
+        plan, merged, _ = merge(replace(spec, dry_run=True))  # the same adapter and export dir, nothing run
+        if not (Path(merged["export_dir"]) / "config.json").is_file():
+            raise VlmError(f"no merged model (config.json) in {merged['export_dir']}",
+                           hint="merge first (drop --verify-only), or pass --export-dir of the merged model.")
+        code = 0
+    else:
+        plan, merged, code = merge(spec)
+    if spec.dry_run or code or not verify.documents:
+        return plan, merged, code, None
+    return plan, merged, code, verify_merge(spec.config, merged, verify)
+
+
+def verify_merge(config: Path, merged: dict[str, Any], verify: VerifySpec) -> ParityReport:
+    """The adapter (over its base model) against the merged model in ``merged['export_dir']``."""
+    adapter, export_dir = str(merged["adapter_name_or_path"]), str(merged["export_dir"])
+    try:
+        with_adapter = resolve_settings(PredictSpec(group="verify", config=config, adapter=adapter,
+                                                    split=VERIFY_SPLIT))
+        merged_model = resolve_settings(PredictSpec(group="verify", config=config, model=export_dir,
+                                                    no_adapter=True, split=VERIFY_SPLIT))
+        records = load_documents(with_adapter["dataset_dir"], with_adapter["dataset"])[: verify.documents]
+    except VlmError as e:
+        raise VlmError(f"the merged model is in {export_dir} but cannot be verified: {e.message}",
+                       hint=f"{e.hint + '; or ' if e.hint else ''}pass --no-verify to skip the check.") from None
+    info(f"verifying the merge on {len(records)} {with_adapter['dataset']} documents: adapter vs merged model")
+    return compare(Side("adapter", "transformers", with_adapter), Side("merged", "transformers", merged_model),
+                   records, verify.max_new_tokens, verify.batch_size, verify.near_tie)
