@@ -139,3 +139,25 @@ def test_parity_refuses_what_it_cannot_compare(toy_dataset: Path):
     r = run_vlm("parity", "--model", "some/model", "--dataset-dir", str(toy_dataset),
                 "--backends", "transformers,llamafactory")
     assert r.returncode == 2 and "not 'llamafactory'" in r.stderr
+
+
+def test_verify_names_what_is_missing(tmp_path: Path):
+    """--verify-only without a merged model, and a run without a validation split: one line and a hint each,
+    before any model is loaded."""
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"cord_train": {"file_name": "cord_train.json"}}))
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"model_name_or_path": str(tmp_path / "base"), "template": "qwen2_vl",
+                                  "finetuning_type": "lora", "dataset": "cord_train",
+                                  "dataset_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "adapter")}))
+    merged = tmp_path / "merged"
+    r = run_vlm("merge", str(config), "--export-dir", str(merged), "--verify-only", cwd=tmp_path)
+    assert r.returncode == 2 and f"no merged model (config.json) in {merged}" in r.stderr, r.stderr
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    r = run_vlm("merge", str(config), "--export-dir", str(merged), "--verify-only", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"the merged model is in {merged} but cannot be verified: dataset 'cord_validation'" in r.stderr
+    assert "--no-verify" in r.stderr
