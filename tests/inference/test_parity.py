@@ -141,6 +141,7 @@ def test_parity_refuses_what_it_cannot_compare(toy_dataset: Path):
     assert r.returncode == 2 and "not 'llamafactory'" in r.stderr
 
 
+@pytest.mark.slow  # two vlm children that import the prediction stack (about 4 s each)
 def test_verify_names_what_is_missing(tmp_path: Path):
     """--verify-only without a merged model, and a run without a validation split: one line and a hint each,
     before any model is loaded."""
