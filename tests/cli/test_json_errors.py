@@ -30,6 +30,7 @@ FAILING = [
     ("sweep", "missing.yaml", "--lr", "1e-4"),
     ("select", "missing.yaml"),
     ("predict", "--group", "g", "--config", "missing.yaml"),
+    ("parity", "--config", "missing.yaml", "--backends", "transformers,transformers"),
     ("save-cord-dataset-in-sharegpt-format", "out", "--source", "no-such-folder/"),
     ("register-dataset", "missing.json", "--name", "x"),
     ("evaluate", "--no-such-option"),  # a usage error, from click

@@ -85,3 +85,9 @@ def check_store(store: Path, write: bool = False) -> None:
                            hint="pass the store vlm predict wrote, or a new path.")
     if write:
         ensure_dir(store.absolute().parent, "store folder")
+
+
+NearTieOpt = Annotated[float, typer.Option(
+    "--near-tie", min=0, help="Largest logit margin (on both sides) at which a differing token counts as a near-tie, "
+                              "not drift.")]
+NEAR_TIE = 0.5  # vlm.inference.parity.NEAR_TIE, which commands do not import (a test checks they agree)

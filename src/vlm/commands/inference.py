@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import DEFAULT_STORE, Backend, JsonOpt, SplitOpt, StoreOpt, check_store, command
+from vlm.commands.common import (
+    DEFAULT_STORE,
+    NEAR_TIE,
+    Backend,
+    JsonOpt,
+    NearTieOpt,
+    SplitOpt,
+    StoreOpt,
+    check_store,
+    command,
+)
 
 
 @command(
@@ -124,3 +134,60 @@ def export_predictions(
     rows = flag_rows(rows, only_consistent)
     atomic_write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     info(f"wrote {len(rows)} predictions to {out_file}" + (f" ({stored} stored)" if only_consistent else ""))
+
+
+@command(
+    "parity",
+    "vlm parity --config configs/cord.yaml --backends transformers,vllm",
+    "vlm parity --config configs/cord.yaml --backends transformers,vllm --limit 32 --json",
+    "vlm parity --config configs/cord.yaml --backends transformers,transformers --set-b image_max_pixels=65536",
+)
+def parity(
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="The training YAML: model, template, image pixels, adapter dir.")] = None,
+    backends: Annotated[str, typer.Option(
+        "--backends", help="Two backends to compare, comma-separated: transformers, vllm.")] = "transformers,vllm",
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Base model (default: the config's model_name_or_path).")] = None,
+    adapter: Annotated[str | None, typer.Option(
+        "--adapter", help="LoRA adapter dir (default: the config's output_dir).")] = None,
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Compare the base model alone.")] = False,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Registered dataset (default: <name>_<split>).")] = None,
+    dataset_dir: Annotated[str | None, typer.Option("--dataset-dir", help="Folder with dataset_info.json.")] = None,
+    split: SplitOpt = "validation",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Compare the first N documents.")] = 8,
+    set_b: Annotated[list[str] | None, typer.Option(
+        "--set-b", help="key=value for the second backend only (repeatable), e.g. to test what a setting "
+                        "changes.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="transformers' generation batch size.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length limit.")] = 1024,
+    near_tie: NearTieOpt = NEAR_TIE,
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="Where vLLM's merged copy of an adapter is cached.")] = Path("runs/predict"),
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value settings for both backends (as vlm predict takes them).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict the same documents through two backends, greedy, and compare them token by token.
+
+    Reports how many answers are byte-identical and, for each difference, the first differing token and both
+    sides' logit margins there: a near-tie (both margins at most --near-tie) is rounding, anything else is drift
+    and exits 1. Use it when vLLM's numbers disagree with transformers'. Nothing is stored."""
+    from vlm.inference.parity import ParitySpec, run_parity
+    from vlm.output import out, print_json
+    from vlm.training.config import parse_overrides
+
+    spec = ParitySpec(config=config, model=model, adapter=adapter, no_adapter=no_adapter, dataset=dataset,
+                      dataset_dir=dataset_dir, split=split, limit=limit,
+                      backends=tuple(b.strip() for b in backends.split(",")),
+                      overrides=parse_overrides(overrides or []), overrides_b=parse_overrides(set_b or []),
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, near_tie=near_tie, work_dir=work_dir)
+    report = run_parity(spec)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            out.print(line, markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from vlm.commands.common import ConfigArg, DryRunOpt, JsonOpt, command
+from vlm.commands.common import NEAR_TIE, ConfigArg, DryRunOpt, JsonOpt, NearTieOpt, command
 
 OverridesArg = Annotated[
     list[str] | None,
@@ -300,6 +300,9 @@ def train(
     "vlm merge configs/cord.yaml --checkpoint best --export-dir saves/cord-best-merged",
     "vlm merge configs/cord.yaml --adapter saves/qwen2_vl-2b/lora/cord/checkpoint-500 "
     "--export-dir saves/merged",
+    "vlm merge configs/cord.yaml --verify 32 --json",
+    "vlm merge configs/cord.yaml --export-dir saves/merged --verify-only",
+    "vlm merge configs/cord.yaml --no-verify",
 )
 def merge(
     config: ConfigArg,
@@ -311,24 +314,44 @@ def merge(
     export_dir: Annotated[Path | None, typer.Option(
         "--export-dir", help="Where the merged model goes (default: ADAPTER-merged).")] = None,
     export_size: Annotated[int, typer.Option("--export-size", min=1, help="Shard size in GB.")] = 5,
+    verify: Annotated[int, typer.Option(
+        "--verify", min=0, help="After merging, predict the first N validation documents with the adapter and "
+                                "with the merged model and compare (0 or --no-verify: skip).")] = 8,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the check after merging.")] = False,
+    verify_only: Annotated[bool, typer.Option(
+        "--verify-only", help="Check the merged model already in the export dir; merge nothing.")] = False,
+    verify_tokens: Annotated[int, typer.Option(
+        "--verify-max-new-tokens", min=1, help="Generation length limit of the check.")] = 1024,
+    near_tie: NearTieOpt = NEAR_TIE,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU)."""
+    """Merge a trained LoRA adapter into its base model with llamafactory-cli export (on the CPU), then verify it.
+
+    The check predicts N validation documents, greedy, on the transformers backend with the adapter and with the
+    merged model, and compares: byte-identical answers, and for each difference the first differing token and both
+    models' logit margins there. Exit 1 when a difference is drift (a margin above --near-tie), not a near-tie."""
+    from vlm.inference.parity import VerifySpec, merge_and_verify
     from vlm.output import info, print_json
     from vlm.output import out as stdout
     from vlm.training.merge import MergeSpec
-    from vlm.training.merge import merge as run_merge
 
+    check = VerifySpec(0 if no_verify else verify, near_tie, verify_tokens, only=verify_only)
     try:
-        plan, merged, code = run_merge(MergeSpec(config, adapter, export_dir, export_size, dry_run, checkpoint))
+        plan, merged, code, report = merge_and_verify(
+            MergeSpec(config, adapter, export_dir, export_size, dry_run, checkpoint), check)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if as_json:
-        print_json({**plan.as_dict(), "config": merged, "exit_code": code})
+        print_json({**plan.as_dict(), "config": merged, "exit_code": code,
+                    "verify": report.to_dict() if report else None})
     elif dry_run:
         stdout.print(plan.describe(), markup=False, highlight=False)
     elif not code:
-        info(f"merged model in {merged['export_dir']}")
+        info(f"{'checked the' if verify_only else ''} merged model in {merged['export_dir']}".strip())
+        for line in report.lines() if report else []:
+            stdout.print(line, markup=False, highlight=False)
     if code:
         raise typer.Exit(code)
+    if report and not report.ok:
+        raise typer.Exit(1)

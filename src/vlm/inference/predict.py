@@ -216,13 +216,19 @@ def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_
     _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
         return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size).generate
+    return vllm_generator(settings, info, spec, pending).generate
 
+
+def vllm_generator(settings: dict[str, Any], info: dict[str, Any], spec: PredictSpec,
+                   pending: list[dict[str, Any]]) -> VllmGenerator:
+    """The vLLM engine for these settings: an adapter is merged first (cached under the work dir) unless
+    ``vllm_lora`` applies it at run time; room is reserved for the most images one pending document has."""
     merged = None
     if settings.get("adapter_name_or_path") and not as_bool(settings.get("vllm_lora", False)):
         key = _digest([_model_hash(settings["model_name_or_path"]), _adapter_hash(settings["adapter_name_or_path"])])
         merged = merged_model(settings, key, spec.work_dir / "merged")
     max_images = max(len(d.get("images") or []) for d in pending)
-    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images).generate
+    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images)
 
 
 def _stored_backend(spec: PredictSpec) -> str | None:

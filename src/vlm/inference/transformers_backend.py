@@ -51,7 +51,18 @@ class TransformersGenerator:
             texts += self._generate(records[start: start + self.batch_size])
         return texts
 
+    def generate_ids(self, records: list[dict[str, Any]]) -> list[list[int]]:
+        """Each record's generated token ids as ``generate`` decodes them (stop and padding tokens included):
+        what ``vlm merge --verify`` and ``vlm parity`` compare token by token."""
+        rows: list[list[int]] = []
+        for start in range(0, len(records), self.batch_size):
+            rows += self._answer_ids(records[start: start + self.batch_size])
+        return rows
+
     def _generate(self, records: list[dict[str, Any]]) -> list[str]:
+        return self.encoder.tokenizer.batch_decode(self._answer_ids(records), skip_special_tokens=True)
+
+    def _answer_ids(self, records: list[dict[str, Any]]) -> list[list[int]]:
         import torch
 
         inputs = self.encoder.batch(records, self.model)
@@ -63,8 +74,7 @@ class TransformersGenerator:
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                       repetition_penalty=self.repetition_penalty,
                                       eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
-        answers = out[:, inputs["input_ids"].shape[1]:]
-        return tokenizer.batch_decode(answers.tolist(), skip_special_tokens=True)
+        return out[:, inputs["input_ids"].shape[1]:].tolist()
 
 
 def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
