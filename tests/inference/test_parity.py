@@ -160,5 +160,10 @@ def test_verify_names_what_is_missing(tmp_path: Path):
     (merged / "config.json").write_text("{}")
     r = run_vlm("merge", str(config), "--export-dir", str(merged), "--verify-only", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert f"the merged model is in {merged} but cannot be verified: dataset 'cord_validation'" in r.stderr
+    assert "cannot verify the merge: dataset 'cord_validation'" in r.stderr
     assert "--no-verify" in r.stderr
+    # a merge that could not be verified is refused before it runs: nothing is written to its export dir
+    fresh = tmp_path / "fresh-merge"
+    r = run_vlm("merge", str(config), "--export-dir", str(fresh), cwd=tmp_path)
+    assert r.returncode == 2 and "cannot verify the merge: dataset 'cord_validation'" in r.stderr, r.stderr
+    assert not fresh.exists()

@@ -336,35 +336,40 @@ class VerifySpec:
 def merge_and_verify(spec: MergeSpec, verify: VerifySpec
                      ) -> tuple[LaunchPlan, dict[str, Any], int | None, ParityReport | None]:
     """Merge (unless ``verify.only``), then compare the merged model with its adapter on ``verify.documents``
-    validation documents. Returns the merge's plan, config and exit code, and the report (None when not checked)."""
+    validation documents. Returns the merge's plan, config and exit code, and the report (None when not checked).
+
+    The documents are found before the merge runs: a run without a validation split is refused before minutes of
+    merging, not after them."""
+    if verify.only and not verify.documents:
+        raise VlmError("--verify-only with --no-verify (or --verify 0) checks nothing", hint="pass --verify N, N >= 1.")
+    plan, merged, code = merge(replace(spec, dry_run=True))  # the adapter and export dir, nothing run
+    if verify.only and not (Path(merged["export_dir"]) / "config.json").is_file():
+        raise VlmError(f"no merged model (config.json) in {merged['export_dir']}",
+                       hint="merge first (drop --verify-only), or pass --export-dir of the merged model.")
+    inputs = _verify_inputs(spec.config, merged, verify) if verify.documents and not spec.dry_run else None
     if verify.only:
-        if not verify.documents:
-            raise VlmError("--verify-only with --no-verify (or --verify 0) checks nothing",
-                           hint="pass --verify N, N >= 1.")
-        plan, merged, _ = merge(replace(spec, dry_run=True))  # the same adapter and export dir, nothing run
-        if not (Path(merged["export_dir"]) / "config.json").is_file():
-            raise VlmError(f"no merged model (config.json) in {merged['export_dir']}",
-                           hint="merge first (drop --verify-only), or pass --export-dir of the merged model.")
         code = 0
-    else:
+    elif not spec.dry_run:
         plan, merged, code = merge(spec)
-    if spec.dry_run or code or not verify.documents:
+    if code or inputs is None:
         return plan, merged, code, None
-    return plan, merged, code, verify_merge(spec.config, merged, verify)
-
-
-def verify_merge(config: Path, merged: dict[str, Any], verify: VerifySpec) -> ParityReport:
-    """The adapter (over its base model) against the merged model in ``merged['export_dir']``."""
-    adapter, export_dir = str(merged["adapter_name_or_path"]), str(merged["export_dir"])
-    try:
-        with_adapter = resolve_settings(PredictSpec(group="verify", config=config, adapter=adapter,
-                                                    split=VERIFY_SPLIT))
-        merged_model = resolve_settings(PredictSpec(group="verify", config=config, model=export_dir,
-                                                    no_adapter=True, split=VERIFY_SPLIT))
-        records = load_documents(with_adapter["dataset_dir"], with_adapter["dataset"])[: verify.documents]
-    except VlmError as e:
-        raise VlmError(f"the merged model is in {export_dir} but cannot be verified: {e.message}",
-                       hint=f"{e.hint + '; or ' if e.hint else ''}pass --no-verify to skip the check.") from None
+    with_adapter, records = inputs
+    export_dir = str(merged["export_dir"])
+    merged_model = resolve_settings(PredictSpec(group="verify", config=spec.config, model=export_dir,
+                                                no_adapter=True, split=VERIFY_SPLIT))
     info(f"verifying the merge on {len(records)} {with_adapter['dataset']} documents: adapter vs merged model")
-    return compare(Side("adapter", "transformers", with_adapter), Side("merged", "transformers", merged_model),
-                   records, verify.max_new_tokens, verify.batch_size, verify.near_tie)
+    return plan, merged, code, compare(Side("adapter", "transformers", with_adapter),
+                                       Side("merged", "transformers", merged_model), records, verify.max_new_tokens,
+                                       verify.batch_size, verify.near_tie)
+
+
+def _verify_inputs(config: Path, merged: dict[str, Any], verify: VerifySpec
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The adapter's prediction settings and the first ``verify.documents`` validation documents."""
+    try:
+        with_adapter = resolve_settings(PredictSpec(group="verify", config=config,
+                                                    adapter=str(merged["adapter_name_or_path"]), split=VERIFY_SPLIT))
+        return with_adapter, load_documents(with_adapter["dataset_dir"], with_adapter["dataset"])[: verify.documents]
+    except VlmError as e:
+        raise VlmError(f"cannot verify the merge: {e.message}",
+                       hint=f"{e.hint + '; or ' if e.hint else ''}merge with --no-verify.") from None
