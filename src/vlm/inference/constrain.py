@@ -20,17 +20,21 @@ Grammar options, and why:
 * no keys beyond the schema's (xgrammar's strict mode: ``additionalProperties`` is false unless the schema says
   otherwise).
 * CORD's strings are at most ``MAX_STRING`` characters and its lists at most ``MAX_ROWS`` rows (far above any
-  receipt's), so the grammar always has a way to close.
+  receipt's), so a model that repeats itself inside a value is made to close it. xgrammar 0.2.7 turns a string with
+  ``maxLength`` into a rule whose characters include raw control characters and exclude escapes (so answers would
+  not be valid JSON, and a value with a quote could not be written); ``_json_string_characters`` puts JSON's own
+  string characters back into those rules.
 
 A grammar guarantees the form of a finished answer, not that it finishes: an answer still open at
-``--max-new-tokens`` is cut like any other (stored as it is, scored as truncated). Give a constrained run the token
-budget an unconstrained one needs.
+``--max-new-tokens`` is cut like any other (stored as it is, scored as truncated, counted in ``vlm evaluate``'s
+"cut at the token limit"). Give a constrained run the token budget an unconstrained one needs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +43,14 @@ from vlm.errors import VlmError
 from vlm.schema import CORD_SCHEMA, MENU_SUB_KEYS
 
 CONSTRAINTS = ("none", "json", "schema")
-MAX_WHITESPACE = 32  # a pretty-printed answer needs a newline and the indent of its depth (4 levels x 4 spaces)
+MAX_WHITESPACE = 32  # a pretty-printed answer needs a newline and the indent of its depth (5 levels x 4 spaces)
 MAX_STRING = 256  # characters in one CORD value (a receipt line)
 MAX_ROWS = 128  # rows in one CORD list (menu, void_menu, a row's sub)
 # CORD groups whose value is a list of rows; a single row is sometimes stored as an object, so both are allowed.
 _ROW_LISTS = ("menu", "void_menu")
 # The xgrammar options every constrained run uses (part of the generation hash: changing them is a new setting).
 GRAMMAR_OPTIONS = {"library": "xgrammar", "any_order": True, "any_whitespace": True,
-                   "max_whitespace_cnt": MAX_WHITESPACE, "strict_mode": True}
+                   "max_whitespace_cnt": MAX_WHITESPACE, "strict_mode": True, "json_string_characters": True}
 
 
 def _row(keys: tuple[str, ...], sub: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -161,7 +165,27 @@ def grammar_text(constraint: Constraint, where: str = "the schema") -> str:
         raise VlmError(f"{where} cannot be compiled to a grammar: {type(e).__name__}: {e}",
                        hint="simplify the schema (xgrammar supports most of JSON Schema; see docs/prediction.md).") \
             from None
-    return str(grammar)
+    return _json_string_characters(str(grammar))
+
+
+# xgrammar 0.2.7's rule for one character of a string with maxLength (JSON text, EBNF-escaped), and JSON's own: any
+# character but a control character, a quote or a backslash, or an escape (which decodes to one character).
+_LENIENT_CHARACTER = r'(([^\"\\\r\n]))'
+_JSON_CHARACTER = (r'(([^\0-\x1f\"\\]) | ("\\" (([\"\\/bfnrt]) | '
+                   r'("u" [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9]))))')
+_CHARACTER_RULE = re.compile(r"^(\S+_characters) ::= (.*)$", re.MULTILINE)
+
+
+def _json_string_characters(ebnf: str) -> str:
+    """The grammar with JSON's string characters in xgrammar's maxLength rules (see the module docstring). A rule
+    of another shape is refused rather than left as it is: an xgrammar whose output changed must be looked at."""
+    def fix(match: re.Match) -> str:
+        if match.group(2) != _LENIENT_CHARACTER:
+            raise VlmError(f"unexpected xgrammar string rule {match.group(0)!r}",
+                           hint="vlm expects xgrammar 0.2.7 (requirements.lock); reinstall it (make setup).")
+        return f"{match.group(1)} ::= {_JSON_CHARACTER}"
+
+    return _CHARACTER_RULE.sub(fix, ebnf)
 
 
 class GrammarMasks:

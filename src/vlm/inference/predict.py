@@ -280,11 +280,11 @@ def _prepare(spec: PredictSpec, constraint: Constraint | None = None,
     stored = _stored_backend(spec) if spec.backend == "auto" else None
     backend = choose_backend(stored or spec.backend)
     settings = resolve_settings(spec)
-    check_backend(backend, settings["model_name_or_path"], stored=stored is not None)
     if constraint.active and backend == "llamafactory":
         raise VlmError(f"--constrain {constraint.kind} needs the transformers or vllm backend "
                        "(LLaMA-Factory's do_predict takes no logits processor)",
                        hint="use --backend transformers or --backend vllm.")
+    check_backend(backend, settings["model_name_or_path"], stored=stored is not None)
     docs = load_documents(settings["dataset_dir"], settings["dataset"])
     if spec.limit:
         docs = docs[: spec.limit]
