@@ -6,6 +6,7 @@ import csv
 import io
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from vlm.evaluation import format_content
@@ -93,7 +94,7 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
     table = Table(title=f"{result['documents']} documents; deltas with 95% paired-bootstrap CIs")
     table.add_column("metric")
     for h in headers:
-        table.add_column(h, justify="right")
+        table.add_column(escape(h), justify="right")  # "[constrain: schema]" is text, not rich markup
     for label, cells in rows:
         table.add_row(label, *cells)
     out.print(table)
@@ -105,7 +106,7 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
         table = Table(title="format and content apart (the groups differ in constraint)")
         table.add_column("")
         for h in fc_headers:
-            table.add_column(h, justify="right")
+            table.add_column(escape(h), justify="right")
         for label, cells in fc_rows:
             table.add_row(label, *cells)
         out.print(table)
