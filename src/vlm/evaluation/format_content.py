@@ -94,4 +94,4 @@ def note(fc: dict[str, Any]) -> str:
                 "content cannot be compared apart from format.")
     return (f"The groups differ in constraint. Format rows measure the answers' form; content rows their reading. "
             f"On the {fc['all_valid_documents']} of {fc['documents']} documents every group answered with valid "
-            "JSON, format is not the difference: a fine-tune ahead there taught reading, not only the format.")
+            "JSON, format is not the difference: a group ahead there learned more than the format.")
