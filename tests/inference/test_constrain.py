@@ -109,7 +109,7 @@ def test_a_json_schema_file_constrains_the_answers(tmp_path: Path, tiny_model: P
     store = tmp_path / "preds.sqlite"
     out = json.loads(vlm(*_predict(tiny_model, exported, store, "invoice", "--constrain", "schema", "--json-schema",
                                    str(tmp_path / "invoice.json"), "--json"), cwd=tmp_path).stdout)
-    assert out["constrain"] == f"schema ({tmp_path / 'invoice.json'})"
+    assert out["constrain"] == "schema (invoice.json)"
     answers = _answers(store, "invoice")
     assert len(answers) == 6
     for doc, raw in answers.items():
@@ -170,6 +170,9 @@ def test_the_constraint_is_part_of_the_generation_hash(tmp_path: Path):
     made["a"] = run(constrain="schema", json_schema=tmp_path / "a.json")[1]["gen_hash"]
     made["b"] = run(constrain="schema", json_schema=tmp_path / "b.json")[1]["gen_hash"]
     assert len({plain["gen_hash"], *made.values()}) == 5
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.json").write_text((tmp_path / "a.json").read_text())
+    assert run(constrain="schema", json_schema=tmp_path / "sub" / "a.json")[1]["gen_hash"] == made["a"]
     assert run(constrain="schema")[0]["grammar"]["any_order"] is True
 
 

@@ -25,7 +25,7 @@ CONTENT = ("f1", "ted_accuracy", "f1_numnorm", "menu_f1")
 
 def constraint_label(run: dict[str, Any] | None) -> str:
     """How a stored group's latest run was constrained: ``none``, ``json``, ``schema (cord)`` or
-    ``schema (FILE)``; runs from before constraints existed were unconstrained."""
+    ``schema (FILE NAME)``; runs from before constraints existed were unconstrained."""
     generation = (run or {}).get("generation") or {}
     kind = generation.get("constrain") or "none"
     return f"{kind} ({generation.get('schema_source')})" if kind == "schema" else kind

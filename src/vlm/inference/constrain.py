@@ -98,6 +98,11 @@ class Constraint:
     def active(self) -> bool:
         return self.kind != "none"
 
+    @property
+    def name(self) -> str | None:
+        """``cord``, or the schema file's name: its folder is left out of the settings, so the same file named
+        from another folder (``./s.json``, ``s.json``) is the same setting; its content is in the hash."""
+        return None if self.source is None or self.kind != "schema" else Path(self.source).name
     def schema_hash(self) -> str | None:
         if self.schema is None:
             return None
@@ -108,12 +113,12 @@ class Constraint:
         the hashes of unconstrained runs are what they were before constraints existed."""
         if not self.active:
             return {}
-        return {"constrain": self.kind, "schema_source": self.source, "schema_hash": self.schema_hash(),
+        return {"constrain": self.kind, "schema_source": self.name, "schema_hash": self.schema_hash(),
                 "grammar": GRAMMAR_OPTIONS}
 
     def label(self) -> str:
-        """``schema (cord)``, ``schema (FILE)``, ``json`` or ``none``: for reports."""
-        return f"{self.kind} ({self.source})" if self.kind == "schema" else self.kind
+        """``schema (cord)``, ``schema (FILE NAME)``, ``json`` or ``none``: for reports."""
+        return f"{self.kind} ({self.name})" if self.kind == "schema" else self.kind
 
 
 def resolve_constraint(kind: str, json_schema: Path | None = None) -> Constraint:
