@@ -27,8 +27,8 @@ class Constrain(str, Enum):
     "vlm predict --group best-checkpoint --config configs/cord.yaml --checkpoint best",
     "vlm predict --group finetuned-vllm --config configs/cord.yaml --backend vllm vllm_gpu_util=0.5",
     "vlm predict --group vanilla-schema --config configs/cord.yaml --no-adapter --constrain schema",
-    "vlm predict --group invoices-schema --config configs/invoices.yaml --constrain schema "
-    "--json-schema schemas/invoice.json",
+    "vlm predict --group finetuned-own-schema --config configs/cord.yaml --constrain schema "
+    "--json-schema my-schema.json",
 )
 def predict(
     group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
