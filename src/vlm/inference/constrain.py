@@ -205,7 +205,7 @@ class GrammarMasks:
         # vocab_size: the model's logits width, which can exceed the tokenizer's (padding rows); stop tokens: what
         # generation stops on, so a finished answer may end with any of them and an unfinished one with none.
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
-        self.compiled = xgr.GrammarCompiler(info, max_threads=1).compile_grammar(grammar_text(constraint))
+        self.compiled = xgr.GrammarCompiler(info).compile_grammar(grammar_text(constraint))
 
     def processor(self) -> Any:
         from xgrammar.contrib.hf import LogitsProcessor
