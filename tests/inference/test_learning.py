@@ -114,3 +114,29 @@ def test_do_predict_backend_is_refused_for_mrope_models(trained: Path):
     assert "mm_token_type_ids" in r.stderr and "--backend transformers" in r.stderr
     assert not (trained / "runs" / "predict" / "lf").exists()
     assert yaml.safe_load((trained / "run.yaml").read_text())["template"] == "qwen2_vl"
+
+
+@pytest.mark.slow
+def test_constrained_answers_equal_the_unconstrained_ones_where_those_fit_the_schema(trained: Path):
+    """A grammar mask only removes tokens: where the fine-tune's greedy answer already fits the CORD schema, the
+    constrained answer is the same text, byte for byte (same batches, so the same left padding)."""
+    import jsonschema
+
+    from vlm.inference.constrain import cord_json_schema
+
+    vlm("predict", "--group", "finetuned-schema", "--config", "run.yaml", "--split", "train", "--max-new-tokens", "48",
+        "--batch-size", "3", "--constrain", "schema", cwd=trained)
+    texts = {}
+    for group in ("finetuned-model", "finetuned-schema"):
+        vlm("export-predictions", "--group", group, "--split", "train", f"{group}.jsonl", cwd=trained)
+        rows = map(json.loads, (trained / f"{group}.jsonl").read_text().splitlines())
+        texts[group] = {row["id"]: row["prediction"] for row in rows}
+    fitting = []
+    for doc, raw in texts["finetuned-model"].items():
+        try:
+            jsonschema.validate(json.loads(raw), cord_json_schema())
+        except (ValueError, jsonschema.ValidationError):
+            continue
+        fitting.append(doc)
+    assert len(fitting) == 4  # the fine-tune reproduces its four targets, each inside the schema
+    assert {d: texts["finetuned-schema"][d] for d in fitting} == {d: texts["finetuned-model"][d] for d in fitting}

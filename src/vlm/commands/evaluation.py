@@ -90,6 +90,8 @@ def evaluate(
         raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
     result = evaluate_groups(loaded, resamples=resamples, seed=seed)
     extra = {}
+    if "format_content" in result:  # groups predicted under different --constrain settings
+        extra["format_content"] = result["format_content"]
     if worst:
         extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
     if changes:

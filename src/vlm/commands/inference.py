@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,14 @@ from vlm.commands.common import (
 )
 
 
+class Constrain(str, Enum):
+    """``--constrain`` choices (vlm.inference.constrain.CONSTRAINTS; a test checks they agree)."""
+
+    none = "none"
+    json = "json"
+    schema = "schema"
+
+
 @command(
     "predict",
     "vlm predict --group vanilla-model --config configs/cord.yaml --no-adapter",
@@ -27,6 +36,9 @@ from vlm.commands.common import (
     "vlm predict --group finetuned-model --config configs/cord.yaml --batch-size 16 --overwrite",
     "vlm predict --group best-checkpoint --config configs/cord.yaml --checkpoint best",
     "vlm predict --group finetuned-vllm --config configs/cord.yaml --backend vllm vllm_gpu_util=0.5",
+    "vlm predict --group vanilla-schema --config configs/cord.yaml --no-adapter --constrain schema",
+    "vlm predict --group finetuned-own-schema --config configs/cord.yaml --constrain schema "
+    "--json-schema my-schema.json",
 )
 def predict(
     group: Annotated[str, typer.Option("--group", help="Name of this prediction group, e.g. finetuned-model.")],
@@ -56,6 +68,11 @@ def predict(
         "--chunk-size", min=1, help="Documents per generation call, saved when done (default: one batch for "
                                     "transformers, 32 for llamafactory, 256 for vllm).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Predict only the first N documents.")] = None,
+    constrain: Annotated[Constrain, typer.Option(
+        "--constrain", help="Hold answers to a grammar while they are generated: schema (CORD's fields, from "
+                            "vlm.schema, or --json-schema FILE), json (any JSON object), or none.")] = Constrain.none,
+    json_schema: Annotated[Path | None, typer.Option(
+        "--json-schema", help="A JSON Schema file for --constrain schema, for datasets other than CORD.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo documents already in the store.")] = False,
     store: StoreOpt = DEFAULT_STORE,
     work_dir: Annotated[Path, typer.Option(
@@ -74,6 +91,11 @@ def predict(
     and cutoff_len come from the training config, so inference matches training. A killed run resumes with only
     the missing documents;
     --overwrite redoes them. A group keeps one backend: switching needs --overwrite or a new group name.
+
+    --constrain schema masks, at every step, the tokens that would leave the answer schema, so every finished
+    answer is valid JSON with only the schema's keys and string values: predict the base model so, beside the
+    fine-tune, to tell what fine-tuning taught about reading from what it taught about format. Where the model's
+    own greedy answer already fits the schema it is unchanged. An answer still open at --max-new-tokens is cut.
     """
     from vlm.inference.predict import PredictSpec, run_predict
     from vlm.output import info, print_json
@@ -84,12 +106,13 @@ def predict(
                        dataset=dataset, dataset_dir=dataset_dir, split=split, store=store, work_dir=work_dir,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, chunk_size=chunk_size, limit=limit,
                        overwrite=overwrite, backend=backend.value, overrides=parse_overrides(overrides or []),
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, constrain=constrain.value, json_schema=json_schema)
     result = run_predict(spec, show_progress=not as_json)
     if as_json:
         print_json(result)
     else:
-        info(f"{result['group']} ({result['backend']}): {result['predicted']} predicted, "
+        constrained = "" if result["constrain"] == "none" else f", constrained: {result['constrain']}"
+        info(f"{result['group']} ({result['backend']}{constrained}): {result['predicted']} predicted, "
              f"{result['skipped_done']} already stored "
              f"({result['documents']} documents of {result['dataset']}) -> {result['store']}")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from vlm.data.records import jsonl_lines
 from vlm.errors import VlmError
+from vlm.evaluation.format_content import constraint_label, differ, format_and_content
 from vlm.evaluation.ground_truths import check_same_ground_truths, refuse_short_answers
 from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
 from vlm.evaluation.scoring import heap_frozen, score_groups
@@ -42,6 +43,7 @@ class Group:
     lines: list[int] | None = None  # file line of each document, for messages
     raws: list[Any] | None = None  # the answers as read, for tasks scored on text (QA: qa.prediction_text)
     keys: list[str | None] | None = None  # each answer's text where short: identical answers are scored once
+    constrain: str | None = None  # how the store's run constrained the answers (vlm predict --constrain); files: None
 
     @property
     def preds(self) -> list[dict | None]:
@@ -111,7 +113,8 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                 rows = store.load(name, split)
                 groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
                                     [r.ground_truth for r in rows], raws=[r.raw for r in rows],
-                                    keys=[_memo_key(r.raw) for r in rows]))
+                                    keys=[_memo_key(r.raw) for r in rows],
+                                    constrain=constraint_label(store.last_run(name, split))))
         _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
 
@@ -224,7 +227,7 @@ def _subset(g: Group, idx: list[int], ids: list[str]) -> Group:
     return Group(g.name, ids, [g.answers[k] for k in idx], [g.gts[k] for k in idx],
                  lines=None if g.lines is None else [g.lines[k] for k in idx],
                  raws=None if g.raws is None else [g.raws[k] for k in idx],
-                 keys=None if g.keys is None else [g.keys[k] for k in idx])
+                 keys=None if g.keys is None else [g.keys[k] for k in idx], constrain=g.constrain)
 
 
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
@@ -365,11 +368,15 @@ def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
     base = groups[0].name
     result: dict[str, Any] = {"documents": len(order), "baseline": base, "groups": {}}
     base_metrics = aggregate(scores[base])
+    labels = {g.name: g.constrain for g in groups}
+    constrained = any((label or "none") != "none" for label in labels.values())
     for g in groups:
         metrics = aggregate(scores[g.name])
         answers = answer_summary(g)
         _warn_about_answers(g.name, len(order), answers)
         entry = {"documents": len(order), **metrics, "answers": answers, "fields": field_breakdown(scores[g.name])}
+        if constrained:  # only then: unconstrained evaluations print and write what they did before
+            entry["constrain"] = labels[g.name] or "unknown"
         capped = [d for d, c in zip(order, scores[g.name].ted_capped) if c]
         if capped:  # only then: the output of every ordinary evaluation stays as it was
             entry["ted_capped"] = {"documents": len(capped), "ids": capped[:20]}
@@ -390,6 +397,8 @@ def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
         for g in groups
     }
 
+    if differ(labels):
+        result["format_content"] = format_and_content(groups, scores, labels)
     add_trust(result, groups, scores)
     return result
 

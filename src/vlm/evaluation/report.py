@@ -6,8 +6,10 @@ import csv
 import io
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
+from vlm.evaluation import format_content
 from vlm.output import out
 
 LABELS = {
@@ -25,12 +27,18 @@ LABELS = {
 }
 
 
+def group_header(result: dict[str, Any], name: str) -> str:
+    """A group's column header: its name, and its constraint when any compared group was constrained."""
+    label = result["groups"][name].get("constrain")
+    return f"{name} [constrain: {label}]" if label else name
+
+
 def metric_rows(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """Column headers and (label, cells) per metric: each group's value, then each later group's
     delta against the baseline with its 95% bootstrap interval."""
     groups = list(result["groups"])
     base = groups[0]
-    headers = groups + [f"Δ {g} vs {base} [95% CI]" for g in groups[1:]]
+    headers = [group_header(result, g) for g in groups] + [f"Δ {g} vs {base} [95% CI]" for g in groups[1:]]
     first = result["groups"][base]
     keys = [k for k in first
             if k not in ("documents", "fields", "delta") and isinstance(first[k], (int, float, type(None)))]
@@ -86,12 +94,23 @@ def print_tables(result: dict[str, Any], show_fields: bool = True) -> None:
     table = Table(title=f"{result['documents']} documents; deltas with 95% paired-bootstrap CIs")
     table.add_column("metric")
     for h in headers:
-        table.add_column(h, justify="right")
+        table.add_column(escape(h), justify="right")  # "[constrain: schema]" is text, not rich markup
     for label, cells in rows:
         table.add_row(label, *cells)
     out.print(table)
     for line in answer_lines(result):
         out.print(line, highlight=False)
+    fc = result.get("format_content")
+    if fc:
+        fc_headers, fc_rows = format_content.rows(fc)
+        table = Table(title="format and content apart (the groups differ in constraint)")
+        table.add_column("")
+        for h in fc_headers:
+            table.add_column(escape(h), justify="right")
+        for label, cells in fc_rows:
+            table.add_row(label, *cells)
+        out.print(table)
+        out.print(format_content.note(fc), highlight=False)
     if show_fields:
         fields = Table(title="per-field F1 (micro, over documents)")
         fields.add_column("field")
@@ -112,13 +131,19 @@ def markdown(result: dict[str, Any]) -> str:
         return "\n".join(lines)
 
     metric_headers, metric_table = metric_rows(result)
+    fc = result.get("format_content")
+    fc_section = ""
+    if fc:
+        fc_headers, fc_rows = format_content.rows(fc)
+        fc_section = (f"## Format and content\n\n{format_content.note(fc)}\n\n"
+                      f"{table(fc_headers, fc_rows, 'measure')}\n\n")
     return (
         f"# Evaluation\n\n{result['documents']} documents. Deltas are against `{result['baseline']}`, "
         "with 95% paired-bootstrap confidence intervals over documents.\n\n"
         f"{table(metric_headers, metric_table, 'metric')}\n\n## Answers\n\n"
         "Valid JSON: one JSON object once code fences and prose are removed. Recovered: an object was read, "
-        "with the repairs listed.\n\n" + "".join(f"- {line}\n" for line in answer_lines(result)) +
-        "\n## Per-field F1\n\n"
+        "with the repairs listed.\n\n" + "".join(f"- {line}\n" for line in answer_lines(result)) + "\n" +
+        fc_section + "## Per-field F1\n\n"
         f"{table(groups + ['gt count'], field_rows(result), 'field')}\n\n"
         "![comparison](chart.png)\n"
     )

@@ -32,6 +32,7 @@ from vlm.data.records import (
 from vlm.data.registry import sharegpt_entry
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from vlm.inference.constrain import Constraint, resolve_constraint
 from vlm.inference.parsing import parse_prediction
 from vlm.inference.store import Prediction, Store
 from vlm.inference.transformers_backend import TransformersGenerator
@@ -71,6 +72,8 @@ class PredictSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # best (vlm select's winner), final, N or checkpoint-N of the config's run
     weights_hash: str | None = None  # vlm select's hash of a whole model's weights (its model hash names no weights)
+    constrain: str = "none"  # none, json (any object) or schema (CORD's, or json_schema's): vlm.inference.constrain
+    json_schema: Path | None = None
 
 
 def resolve_settings(spec: PredictSpec) -> dict[str, Any]:
@@ -187,9 +190,11 @@ def _run_chunk(records: list[dict[str, Any]], settings: dict[str, Any], spec: Pr
     return [line.get("predict", "") for line in lines]
 
 
-def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
-               backend: str) -> tuple[dict[str, Any], dict[str, str | None]]:
+def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec, backend: str,
+               constraint: Constraint | None = None) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Generation settings and the hashes that tell one group's runs apart (mixing them is refused)."""
+    if constraint is None:
+        constraint = resolve_constraint(spec.constrain, spec.json_schema)
     gen: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "do_sample": False}
     if backend == "llamafactory":  # the same keys as before the other backends, so stored groups stay resumable
         gen["batch_size"] = spec.batch_size
@@ -198,6 +203,7 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
     else:
         gen.update(backend=backend, runtime_lora=as_bool(settings.get("vllm_lora", False)),
                    **{k: settings.get(k) for k in ("infer_dtype", "vllm_config", "repetition_penalty")})
+    gen.update(constraint.settings())  # nothing for --constrain none: unconstrained groups keep their hashes
     model_hash = _model_hash(settings["model_name_or_path"])
     if spec.weights_hash:  # a checkpoint retrained in place keeps its path and config.json, not its weights
         model_hash = _digest([model_hash, spec.weights_hash])
@@ -208,19 +214,19 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec,
 
 
 def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path,
-               pending: list[dict[str, Any]]) -> Callable[[list[dict[str, Any]]], list[str]]:
+               pending: list[dict[str, Any]], constraint: Constraint) -> Callable[[list[dict[str, Any]]], list[str]]:
     """A function from a chunk of records to their raw generations, for the chosen backend."""
     if backend == "llamafactory":
         return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
 
     _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
-        return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size).generate
-    return vllm_generator(settings, info, spec, pending).generate
+        return TransformersGenerator(settings, info, spec.max_new_tokens, spec.batch_size, constraint).generate
+    return vllm_generator(settings, info, spec, pending, constraint).generate
 
 
 def vllm_generator(settings: dict[str, Any], info: dict[str, Any], spec: PredictSpec,
-                   pending: list[dict[str, Any]]) -> VllmGenerator:
+                   pending: list[dict[str, Any]], constraint: Constraint | None = None) -> VllmGenerator:
     """The vLLM engine for these settings: an adapter is merged first (cached under the work dir) unless
     ``vllm_lora`` applies it at run time; room is reserved for the most images one pending document has."""
     merged = None
@@ -228,7 +234,8 @@ def vllm_generator(settings: dict[str, Any], info: dict[str, Any], spec: Predict
         key = _digest([_model_hash(settings["model_name_or_path"]), _adapter_hash(settings["adapter_name_or_path"])])
         merged = merged_model(settings, key, spec.work_dir / "merged")
     max_images = max(len(d.get("images") or []) for d in pending)
-    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images)
+    return VllmGenerator(settings, info, spec.max_new_tokens, merged=merged, max_images=max_images,
+                         constraint=constraint)
 
 
 def _stored_backend(spec: PredictSpec) -> str | None:
@@ -270,18 +277,25 @@ def _plan(spec: PredictSpec, docs: list[dict[str, Any]], hashes: dict[str, str |
     return [d for d in docs if d["id"] not in done]
 
 
-def _prepare(spec: PredictSpec) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def _prepare(spec: PredictSpec, constraint: Constraint | None = None,
+             ) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The backend, settings, documents, generation settings and hashes of a run; writes nothing."""
+    if constraint is None:
+        constraint = resolve_constraint(spec.constrain, spec.json_schema)
     # auto keeps the backend a group already has, so installing vLLM does not strand half-predicted groups.
     stored = _stored_backend(spec) if spec.backend == "auto" else None
     backend = choose_backend(stored or spec.backend)
     settings = resolve_settings(spec)
+    if constraint.active and backend == "llamafactory":
+        raise VlmError(f"--constrain {constraint.kind} needs the transformers or vllm backend "
+                       "(LLaMA-Factory's do_predict takes no logits processor)",
+                       hint="use --backend transformers or --backend vllm.")
     check_backend(backend, settings["model_name_or_path"], stored=stored is not None)
     docs = load_documents(settings["dataset_dir"], settings["dataset"])
     if spec.limit:
         docs = docs[: spec.limit]
     prompt = docs[0]["messages"][0]["content"] if docs else ""
-    gen, hashes = run_hashes(settings, prompt, spec, backend)
+    gen, hashes = run_hashes(settings, prompt, spec, backend, constraint)
     return backend, settings, docs, gen, hashes
 
 
@@ -307,7 +321,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     Nothing is written until the inputs, the store and the generator are known to be good; then each
     chunk is committed in one transaction as it finishes.
     """
-    backend, settings, docs, gen, hashes = _prepare(spec)
+    constraint = resolve_constraint(spec.constrain, spec.json_schema)  # a bad --json-schema fails first
+    backend, settings, docs, gen, hashes = _prepare(spec, constraint)
     pending = _plan(spec, docs, hashes, backend)
     for doc in pending:  # before the model loads and anything is written
         missing = [p for p in doc.get("images") or [] if isinstance(p, str) and not Path(p).is_file()]
@@ -315,7 +330,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
             raise VlmError(f"image {missing[0]} of document {doc['id']} not found",
                            hint="re-export the data (vlm save-cord-dataset-in-sharegpt-format DIR), or fix the path.")
     work = spec.work_dir / spec.group / spec.split
-    generate = _generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending) if pending else None
+    generate = (_generator(backend, settings, spec, work / f"chunk-{os.getpid()}", pending, constraint)
+                if pending else None)
     with Store(spec.store, write=True) as store:
         store.log_run(spec.group, spec.split, {"settings": settings, "generation": gen, **hashes,
                                                "pending": len(pending), "spec": asdict(spec)})
@@ -352,7 +368,8 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
     return {"group": spec.group, "split": spec.split, "backend": backend, "dataset": settings["dataset"],
             "documents": len(docs),
             "predicted": predicted, "skipped_done": len(docs) - predicted, "store": str(spec.store),
-            "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"], **hashes}
+            "adapter": settings["adapter_name_or_path"], "model": settings["model_name_or_path"],
+            "constrain": constraint.label(), **hashes}
 
 
 def chunk_size(spec: PredictSpec, backend: str) -> int:

@@ -26,6 +26,7 @@ import copy
 from typing import Any
 
 from vlm.errors import VlmError
+from vlm.inference.constrain import Constraint, GrammarMasks
 from vlm.lf.data import quiet
 from vlm.lf.inputs import PromptEncoder
 
@@ -37,13 +38,17 @@ class TransformersGenerator:
     """One model for the whole run; ``generate`` takes a chunk of records and returns raw texts in order."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
-                 batch_size: int):
+                 batch_size: int, constraint: Constraint | None = None):
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.repetition_penalty = float(settings.get("repetition_penalty", 1.0))
         with quiet():
             self.encoder = PromptEncoder(settings, dataset_info, expand_images=True)
             self.model = _load_model(settings, self.encoder)
         self.device = next(self.model.parameters()).device
+        self.masks = None  # --constrain: the grammar's token masks, applied to the logits at every step
+        if constraint is not None and constraint.active:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self.masks = GrammarMasks(constraint, self.encoder.tokenizer, width, self.encoder.stop_token_ids)
 
     def generate(self, records: list[dict[str, Any]]) -> list[str]:
         texts: list[str] = []
@@ -73,6 +78,7 @@ class TransformersGenerator:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                       repetition_penalty=self.repetition_penalty,
+                                      logits_processor=[self.masks.processor()] if self.masks else None,
                                       eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
         return out[:, inputs["input_ids"].shape[1]:].tolist()
 

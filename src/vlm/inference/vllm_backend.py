@@ -33,6 +33,7 @@ from typing import Any
 
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text
+from vlm.inference.constrain import Constraint, grammar_text
 from vlm.lf.cli import find_llamafactory_cli, merge_config
 from vlm.lf.inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
 from vlm.procs import log_tail, run_child
@@ -119,10 +120,12 @@ class VllmGenerator:
     """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
-                 merged: Path | None = None, max_images: int = 1):
+                 merged: Path | None = None, max_images: int = 1, constraint: Constraint | None = None):
         """``merged``: the adapter already merged into the model (see ``merged_model``), so no run-time LoRA.
-        ``max_images``: the most images one document has (vLLM reserves room for that many)."""
+        ``max_images``: the most images one document has (vLLM reserves room for that many).
+        ``constraint``: --constrain, applied by vLLM's structured outputs."""
         self.merged, self.max_images = merged, max(1, max_images)
+        self.constraint = constraint or Constraint()
         # vLLM and LLaMA-Factory log to stdout; keep stdout for --json and the summary line.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -133,6 +136,7 @@ class VllmGenerator:
         try:
             from vllm import LLM, SamplingParams
             from vllm.lora.request import LoRARequest
+            from vllm.sampling_params import StructuredOutputsParams
         except Exception as e:  # a broken install raises more than ImportError
             raise VlmError(f"vLLM is installed but cannot be imported: {type(e).__name__}: {e}",
                            hint="reinstall it (make setup-vllm), or use --backend transformers.") from None
@@ -169,9 +173,14 @@ class VllmGenerator:
                            hint="check the GPU with nvidia-smi, lower vllm_gpu_util=0.5, "
                                 "or use --backend transformers.") from e
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+        # --constrain: vLLM's structured outputs get the grammar the transformers backend applies (xgrammar EBNF
+        # of the same schema, with the same options), not the schema, whose conversion could differ.
+        structured = (StructuredOutputsParams(grammar=grammar_text(self.constraint))
+                      if self.constraint.active else None)
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
                                      stop_token_ids=self.encoder.stop_token_ids,
-                                     repetition_penalty=_number(settings, "repetition_penalty", 1.0, float))
+                                     repetition_penalty=_number(settings, "repetition_penalty", 1.0, float),
+                                     structured_outputs=structured)
 
     def generate(self, records: list[dict[str, Any]]) -> list[str]:
         with stdout_to_stderr():
