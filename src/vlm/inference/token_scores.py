@@ -66,10 +66,11 @@ def unpack(blob: bytes | None) -> TokenScores | None:
 
 
 def as_json(scores: TokenScores | None) -> dict[str, list] | None:
-    """The scores in a prediction file's row (``vlm export-predictions``): rounded far below any threshold."""
+    """The scores in a prediction file's row (``vlm export-predictions``), unrounded: a file read back gives the
+    same confidences as the store, so a threshold taken at one field's confidence keeps that field."""
     if scores is None:
         return None
-    return {"logprobs": [round(x, 6) for x in scores.logprobs], "ends": list(scores.ends)}
+    return {"logprobs": list(scores.logprobs), "ends": list(scores.ends)}
 
 
 def from_json(value: Any) -> TokenScores | None:
