@@ -126,9 +126,8 @@ def _write_held_out(root: Path) -> Path:
     slightly changed, and that receipt's answer; odd ones have a colour and a size never trained on and a new
     name and price. Every receipt has ``cnt`` 1, as every trained one has: structure and frequent values
     are known, the rest is not."""
-    from PIL import Image
-
     from helpers import RECEIPT_COLOURS, RECEIPT_SIZES
+    from PIL import Image
 
     info = {}
     for split, offset in (("validation", 0), ("test", 1)):
