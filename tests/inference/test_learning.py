@@ -171,6 +171,24 @@ def test_field_confidence_separates_right_from_wrong_fields_on_held_out_receipts
     assert c["auroc_ci95"][0] > 0.5, c
     assert report["confidence_auroc"] == c["auroc"]["confidence"]
 
+    # On the model's own answers, every value of a valid one spans exactly its characters, and its tokens.
+    from vlm.evaluation.confidence import field_confidences
+    from vlm.inference.parsing import parse_prediction
+    from vlm.inference.store import Store
+
+    with Store(trained / "runs" / "predictions.sqlite") as store:
+        rows = store.load("finetuned-model", "test")
+    checked = 0
+    for row in rows:
+        parsed = parse_prediction(row.raw)
+        fields = field_confidences(row.raw, parsed.value, parsed.valid, row.scores)
+        assert fields is not None and row.scores.ends[-1] == len(row.raw)
+        for f in fields if parsed.valid else []:
+            assert row.raw[f.span[0]: f.span[1]] == json.dumps(f.text, ensure_ascii=False)[1:-1], (row.raw, f)
+            assert f.tokens >= 1 and not f.repaired
+            checked += 1
+    assert checked >= 3 * HELD_OUT
+
     # Calibrated on validation, the threshold keeps test fields at the target precision within its CI.
     cal = json.loads(vlm("calibrate", "--group", "finetuned-model", "--target-precision", "0.9", "--output",
                          "cal.json", "--json", cwd=trained).stdout)

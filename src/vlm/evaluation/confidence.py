@@ -68,9 +68,10 @@ def _find(raw: str, text: str, start: int) -> tuple[tuple[int, int], bool] | Non
     if not text:
         return None
     escaped = json.dumps(text, ensure_ascii=False)[1:-1]
-    m = re.compile(r'"[ \t]*(' + re.escape(escaped) + r')[ \t]*"(?![ \t\r\n]*:)').search(raw, start)
-    if m:
-        return (m.start(1), m.end(1)), True
+    for form in dict.fromkeys((escaped, json.dumps(text)[1:-1])):  # as written, or with \uXXXX escapes
+        m = re.compile(r'"[ \t]*(' + re.escape(form) + r')[ \t]*"(?![ \t\r\n]*:)').search(raw, start)
+        if m:
+            return (m.start(1), m.end(1)), True
     # a bare number or literal; a decimal the parser shortened is matched by its printed zeros (31.000 for 31.0)
     m = re.compile(r"(?<![\w.\"])" + re.escape(text) + ("0*" if "." in text else "") + r"(?![\w.\"])").search(
         raw, start)
