@@ -148,6 +148,32 @@ def threshold_for(scores: Any, labels: Any, target: float) -> dict[str, Any] | N
             "coverage": float(k[i] / len(s))}
 
 
+def coverage_at_precision(scores: Any, labels: Any, target: float, weights: Any = None) -> float:
+    """The largest share of (weighted) fields a confidence threshold keeps at precision >= ``target`` on these
+    fields (0 when none): how much of a model's output could be accepted unread, thresholds chosen here."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, float)
+    w = np.ones_like(scores) if weights is None else np.asarray(weights, float)
+    if not len(scores) or w.sum() <= 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    s, kept, right = scores[order], np.cumsum(w[order]), np.cumsum((w * labels)[order])
+    ends = np.r_[s[1:] != s[:-1], True] & (kept > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = np.flatnonzero(ends & (right >= target * kept - 1e-12))
+    return float(kept[ok[-1]] / kept[-1]) if len(ok) else 0.0
+
+
+def coverage_delta_ci(base: dict[str, np.ndarray], other: dict[str, np.ndarray], n_docs: int, target: float,
+                      resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95% CI of coverage_at_precision(other) - (base) over a paired bootstrap of documents (``doc``: the
+    documents' shared indices)."""
+    counts = np.random.default_rng(seed).multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=resamples)
+    deltas = [coverage_at_precision(other["confidence"], other["label"], target, c[other["doc"].astype(int)])
+              - coverage_at_precision(base["confidence"], base["label"], target, c[base["doc"].astype(int)])
+              for c in counts]
+    return [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
+
+
 def kept_precision_ci(scores: Any, labels: Any, doc: Any, threshold: float, resamples: int = 1000,
                       seed: int = 0) -> dict[str, Any]:
     """Coverage and precision of the fields scoring >= ``threshold``, each with a 95% document-bootstrap CI."""
