@@ -146,5 +146,5 @@ def accepted_fields(row: dict[str, Any], min_confidence: float) -> dict[str, Any
         return out | {"fields": [], "rejected_fields": None, "confidence": None,
                       "note": "no token scores (predicted before vlm kept them): nothing accepted"}
     kept = [f for f in fields if f.confidence >= min_confidence]
-    return out | {"fields": [{"path": f.path, "value": f.text, "confidence": round(f.confidence, 6)} for f in kept],
+    return out | {"fields": [{"path": f.path, "value": f.text, "confidence": f.confidence} for f in kept],
                   "rejected_fields": len(fields) - len(kept), "confidence": document_confidence(fields)}
