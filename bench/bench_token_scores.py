@@ -85,8 +85,10 @@ def _store_sizes(work: Path) -> dict[str, int]:
             db.commit()
         db.execute("VACUUM")
         db.close()
-    tokens = sum(len(b) - 7 for (b,) in sqlite3.connect(with_scores).execute("SELECT token_scores FROM predictions")
-                 if b) // 6
+    from vlm.inference.token_scores import unpack
+
+    tokens = sum(len(unpack(b)) for (b,) in sqlite3.connect(with_scores).execute("SELECT token_scores FROM "
+                                                                                  "predictions") if b)
     return {"with_scores": with_scores.stat().st_size, "without_scores": without.stat().st_size, "tokens": tokens}
 
 

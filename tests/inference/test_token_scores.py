@@ -136,7 +136,9 @@ def test_packed_scores_round_trip_at_float32_precision():
     back = unpack(pack(scores))
     assert back.ends == scores.ends
     assert max(abs(a - b) for a, b in zip(back.logprobs, scores.logprobs)) < 1e-6
-    assert len(pack(scores)) == 7 + 6 * 4
+    assert len(pack(scores)) == 7 + 5 * 4  # one byte per width
+    wide = TokenScores((-1.0, -2.0), (300, 301))  # a token of 300 characters: two bytes per width
+    assert unpack(pack(wide)) == wide and len(pack(wide)) == 7 + 6 * 2
     assert unpack(None) is None and unpack(b"") is None
 
 

@@ -5,8 +5,8 @@ model's unprocessed distribution: a logits processor that masks or penalises tok
 the character offset in the raw answer where each token's text ends. ``vlm.evaluation.confidence`` maps a
 field's value to the tokens that wrote it with these offsets.
 
-Stored packed (``pack``/``unpack``): a little-endian float32 per token, then a uint16 per token for the
-number of characters it adds to the answer: 6 bytes a token. A token that ends inside a multi-byte
+Stored packed (``pack``/``unpack``): a little-endian float32 per token, then the number of characters it adds
+to the answer, one byte per token (two where a token adds 256 or more): 5 bytes a token. A token that ends inside a multi-byte
 character adds 0 characters; the token that completes it adds the character. The end-of-sequence token is
 kept (its probability is the model's belief that the answer is complete) and adds nothing.
 
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-_MAGIC = b"TS1"  # format marker, so a later layout can be told apart
+_MAGIC = b"TS1"  # format marker, so a later layout can be told apart: widths as uint16
+_MAGIC_NARROW = b"TS2"  # the same with widths as uint8 (every token under 256 characters)
 _MAX_WIDTH = 0xFFFF
 
 
@@ -52,16 +53,17 @@ def pack(scores: TokenScores | None) -> bytes | None:
     widths = np.diff(np.asarray((0, *scores.ends), dtype=np.int64))
     if len(widths) and (widths.min() < 0 or widths.max() > _MAX_WIDTH):
         return None  # offsets that go backwards cannot map spans; such a row gets no confidence
-    return (_MAGIC + np.uint32(len(scores)).tobytes() + np.asarray(scores.logprobs, dtype="<f4").tobytes()
-            + widths.astype("<u2").tobytes())
+    narrow = not len(widths) or widths.max() <= 0xFF  # nearly always: a token rarely writes 256 characters
+    return ((_MAGIC_NARROW if narrow else _MAGIC) + np.uint32(len(scores)).tobytes()
+            + np.asarray(scores.logprobs, dtype="<f4").tobytes() + widths.astype("u1" if narrow else "<u2").tobytes())
 
 
 def unpack(blob: bytes | None) -> TokenScores | None:
-    if not blob or not blob.startswith(_MAGIC):
+    if not blob or blob[:3] not in (_MAGIC, _MAGIC_NARROW):
         return None
     n = int(np.frombuffer(blob, dtype="<u4", count=1, offset=3)[0])
     logprobs = np.frombuffer(blob, dtype="<f4", count=n, offset=7)
-    widths = np.frombuffer(blob, dtype="<u2", count=n, offset=7 + 4 * n)
+    widths = np.frombuffer(blob, dtype="u1" if blob[:3] == _MAGIC_NARROW else "<u2", count=n, offset=7 + 4 * n)
     return TokenScores(tuple(logprobs.astype(float).tolist()), tuple(np.cumsum(widths, dtype=np.int64).tolist()))
 
 
