@@ -6,9 +6,10 @@ the character offset in the raw answer where each token's text ends. ``vlm.evalu
 field's value to the tokens that wrote it with these offsets.
 
 Stored packed (``pack``/``unpack``): a little-endian float32 per token, then the number of characters it adds
-to the answer, one byte per token (two where a token adds 256 or more): 5 bytes a token. A token that ends inside a multi-byte
-character adds 0 characters; the token that completes it adds the character. The end-of-sequence token is
-kept (its probability is the model's belief that the answer is complete) and adds nothing.
+to the answer, one byte per token (two where a token adds 256 or more): 5 bytes a token. A token that ends
+inside a multi-byte character adds 0 characters; the token that completes it adds the character. The
+end-of-sequence token is kept (its probability is the model's belief that the answer is complete) and adds
+nothing.
 
 Rows predicted before this existed have no scores (``None``): they get no confidence, and say so.
 """
