@@ -9,6 +9,7 @@ import pytest
 
 from vlm.evaluation import calibration
 from vlm.evaluation import confidence_metrics as cm
+from vlm.evaluation.confidence_report import apply_calibration
 
 
 def _pairs_auroc(scores, labels, weights) -> float:
@@ -93,7 +94,7 @@ def test_calibration_fitted_on_validation_reaches_its_target_on_test_within_the_
     cal = calibration.fit(_table(200, 0), 0.9, method)
     assert cal["threshold"] is not None and cal["validation"]["precision"] >= 0.9
     assert cal["ece_after"] <= cal["ece_before"] + 1e-9
-    got = calibration.apply_calibration(cal, _table(200, 1), resamples=300)
+    got = apply_calibration(cal, _table(200, 1), resamples=300)
     assert got["reached"] and got["precision_ci95"][0] <= 0.9 + 0.05 and "auto-accepted" in got["message"]
 
 
@@ -104,4 +105,4 @@ def test_calibration_says_when_it_cannot():
                    "doc": np.arange(400.0)}
     none = calibration.fit(unreachable, 0.9)
     assert none["threshold"] is None and "no confidence threshold" in none["reason"]
-    assert "no threshold" in calibration.apply_calibration(none, _table(200, 1))["message"]
+    assert "no threshold" in apply_calibration(none, _table(200, 1))["message"]

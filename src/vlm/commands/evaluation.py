@@ -173,7 +173,7 @@ def calibrate(
     Says why there is no threshold when there are too few scored fields (3 / (1 - target) are needed) or no
     threshold reaches the target.
     """
-    from vlm.evaluation.calibrate import calibrate_group
+    from vlm.evaluation.calibration import calibrate_group
     from vlm.output import info, print_json
 
     if group is not None:

@@ -1,4 +1,4 @@
-"""The calibration behind ``vlm calibrate``: field confidence fitted to field correctness, and a threshold.
+"""``vlm calibrate``: field confidence fitted to field correctness on the validation split, and a threshold.
 
 The fit maps a field's confidence (``vlm.evaluation.confidence``) to the probability that it is right:
 
@@ -10,7 +10,11 @@ whose kept validation fields reach ``target_precision``. Below ``min_fields(targ
 times 1/(1 - target): with fewer, one error more or less moves precision past the target) or when no
 threshold reaches the target, the file says why and has no threshold. ``vlm evaluate --calibration FILE``
 then reports, on the test split, the coverage and the precision at the threshold with document-bootstrap CIs
-(``apply_calibration``), and says when the target is not reached within the CI.
+(``confidence_report.apply_calibration``), and says when the target is not reached within the CI.
+
+``calibrate_group`` reads and scores the group as ``vlm evaluate`` does (``compare.evaluate_groups``), so
+the fields, their correctness and their confidence are the ones the report shows; the file is written
+atomically, and only when the group has scored fields.
 """
 
 from __future__ import annotations
@@ -24,15 +28,13 @@ import numpy as np
 
 from vlm.errors import VlmError
 from vlm.evaluation import confidence_metrics as cm
+from vlm.evaluation.compare import evaluate_groups, group_from_file, groups_from_store
 from vlm.evaluation.confidence import DEFAULT, REPAIRED_FACTOR
+from vlm.evaluation.confidence_report import field_table, min_fields
 from vlm.fsutil import atomic_write_json
 
 METHODS = ("isotonic", "temperature")
 FORMAT = 1
-
-
-def min_fields(target: float) -> int:
-    return math.ceil(3 / max(1e-9, 1 - target))
 
 
 def _temperature(conf: np.ndarray, y: np.ndarray) -> float:
@@ -108,29 +110,24 @@ def read(path: Path) -> dict[str, Any]:
     return cal
 
 
-def apply_calibration(cal: dict[str, Any], table: dict[str, np.ndarray], resamples: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
-    """Coverage and precision at the calibration's threshold on these fields, with 95% CIs and a message."""
-    target = cal["target_precision"]
-    out: dict[str, Any] = {"target_precision": target, "threshold": cal.get("threshold"), "reached": False}
-    if cal.get("threshold") is None:
-        out["message"] = f"no threshold for precision {target:g}: {cal.get('reason', 'none was found')}"
-        return out
-    conf, y = table["confidence"], table["label"]
-    kept = cm.kept_precision_ci(conf, y, table["doc"], cal["threshold"], resamples, seed)
-    out.update(kept)
-    if len(y) < min_fields(target):
-        out["message"] = (f"too few fields to check precision {target:g}: {len(y)} scored, {min_fields(target)} "
-                          "needed")
-        return out
-    if not kept["kept"]:
-        out["message"] = f"no field reaches the threshold {cal['threshold']:.4f}"
-        return out
-    ci = kept["precision_ci95"] or [kept["precision"], kept["precision"]]
-    out["reached"] = ci[1] >= target
-    cov_ci = kept["coverage_ci95"]
-    out["message"] = (f"{100 * kept['coverage']:.1f}% of fields auto-accepted [{100 * cov_ci[0]:.1f}, "
-                      f"{100 * cov_ci[1]:.1f}] at {100 * kept['precision']:.1f}% precision [{100 * ci[0]:.1f}, "
-                      f"{100 * ci[1]:.1f}] (target {100 * target:g}%"
-                      + ("" if out["reached"] else ", not reached within the CI") + ")")
-    return out
+def calibrate_group(output: Path, target: float, method: str = "isotonic", store: Path | None = None,
+                    group: str | None = None, predictions: Path | None = None,
+                    split: str = "validation") -> dict[str, Any]:
+    """Fit the calibration of ``group`` (from ``store``) or of a prediction file, write it to ``output``."""
+    if (group is None) == (predictions is None):
+        raise VlmError("calibrate one group", hint="pass --group NAME (from the store) or --predictions FILE.")
+    if output.is_dir():
+        raise VlmError(f"{output} is a directory", hint="name the JSON file to write, e.g. runs/calibration.json.")
+    loaded = groups_from_store(store, [group], split) if group is not None else [group_from_file(predictions)]
+    result = evaluate_groups(loaded, resamples=100)
+    name = loaded[0].name
+    table = field_table(loaded[0], result["per_document"][name])
+    if table is None or not len(table["label"]):
+        raise VlmError(f"group {name!r} on {split} has no fields with token scores to fit",
+                       hint="predict it with this version (vlm predict --overwrite), with the transformers or "
+                            "vllm backend.")
+    cal = fit(table, target, method)
+    source = {"group": name, "split": split, "store": str(store) if group is not None else None,
+              "predictions": str(predictions) if predictions is not None else None}
+    write(output, cal, source)
+    return cal | {"output": str(output), "fitted_on": source}

@@ -11,7 +11,8 @@ equal to the truth's field; an extra field is wrong. For every group whose answe
   ranking of ``trust`` (each field ranked by its document's rule key: not JSON, failed checks, no check,
   repairs) and for the ``combined`` trust score: the confidence halved per failed consistency check. The
   combined score is reported as the better one only where its AURC is lower on the same fields;
-* with a calibration file (``vlm.evaluation.calibration``): coverage and precision at its threshold, with CIs.
+* with a calibration file (``vlm.evaluation.calibration``; ``apply_calibration``): coverage and precision
+  at its threshold, with CIs.
 
 The scalar ``confidence_auroc`` (and ``coverage@P`` with a calibration) join the group's metrics, so the
 console table, metrics.json and ``vlm select`` see them. Each per-document row gets ``confidence`` (its
@@ -20,17 +21,50 @@ least confident field's), ``least_confident`` and ``field_confidence`` (by the f
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from vlm.evaluation import confidence_metrics as cm
-from vlm.evaluation.calibration import apply_calibration
 from vlm.evaluation.confidence import DEFAULT, KINDS, document_confidence, field_confidences
 from vlm.evaluation.docdiff import CORRECT, align
 from vlm.evaluation.trust import confidence_key
 
 CHECK_FACTOR = 0.5  # the combined score: confidence times this per failed consistency check
+
+
+def min_fields(target: float) -> int:
+    """Scored fields needed to check a precision: 3 / (1 - target) (with fewer, one error moves it past)."""
+    return math.ceil(3 / max(1e-9, 1 - target))
+
+
+def apply_calibration(cal: dict[str, Any], table: dict[str, np.ndarray], resamples: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Coverage and precision at the calibration's threshold on these fields, with 95% CIs and a message."""
+    target = cal["target_precision"]
+    out: dict[str, Any] = {"target_precision": target, "threshold": cal.get("threshold"), "reached": False}
+    if cal.get("threshold") is None:
+        out["message"] = f"no threshold for precision {target:g}: {cal.get('reason', 'none was found')}"
+        return out
+    conf, y = table["confidence"], table["label"]
+    kept = cm.kept_precision_ci(conf, y, table["doc"], cal["threshold"], resamples, seed)
+    out.update(kept)
+    if len(y) < min_fields(target):
+        out["message"] = (f"too few fields to check precision {target:g}: {len(y)} scored, {min_fields(target)} "
+                          "needed")
+        return out
+    if not kept["kept"]:
+        out["message"] = f"no field reaches the threshold {cal['threshold']:.4f}"
+        return out
+    ci = kept["precision_ci95"] or [kept["precision"], kept["precision"]]
+    out["reached"] = ci[1] >= target
+    cov_ci = kept["coverage_ci95"]
+    out["message"] = (f"{100 * kept['coverage']:.1f}% of fields auto-accepted [{100 * cov_ci[0]:.1f}, "
+                      f"{100 * cov_ci[1]:.1f}] at {100 * kept['precision']:.1f}% precision [{100 * ci[0]:.1f}, "
+                      f"{100 * ci[1]:.1f}] (target {100 * target:g}%"
+                      + ("" if out["reached"] else ", not reached within the CI") + ")")
+    return out
 
 
 def field_table(g: Any, rows: list[dict[str, Any]]) -> dict[str, np.ndarray] | None:
