@@ -123,3 +123,27 @@ def test_answers_without_token_scores_have_no_confidence_and_export_accepts_noth
     assert row["fields"] == [] and row["rejected_fields"] == 1
     row = accepted_fields({"id": "d", "prediction": raw, "token_scores": as_json(_char_scores(raw, set()))}, 0.5)
     assert row["fields"] == [{"path": "total.total_price", "value": "40,000", "confidence": 0.95}]
+
+
+def test_evaluate_reports_confidence_where_answers_have_scores_and_says_where_they_have_none(tmp_path):
+    from trust_fixtures import make_store
+
+    from vlm.evaluation.compare import evaluate_groups, groups_from_store
+    from vlm.evaluation.confidence_report import markdown
+    from vlm.evaluation.report import per_document_csv
+
+    store = make_store(tmp_path, scores=True)  # the fine-tune's answers have token scores, the base model's not
+    result = evaluate_groups(groups_from_store(store, ["vanilla-model", "finetuned-model"], "test"), resamples=100)
+    vanilla, tuned = (result["groups"][g]["confidence"] for g in ("vanilla-model", "finetuned-model"))
+    assert vanilla["fields"] == 0 and vanilla["documents_without_scores"] == 6 and "no token scores" in vanilla["note"]
+    assert tuned["fields"] > 0 and tuned["documents_without_scores"] == 0
+    assert result["groups"]["vanilla-model"]["confidence_auroc"] is None
+    assert result["groups"]["finetuned-model"]["confidence_auroc"] == tuned["auroc"]["confidence"]
+    rows = result["per_document"]["finetuned-model"]
+    assert all(abs(r["confidence"] - min(r["field_confidence"].values())) < 1e-4 for r in rows if r["field_confidence"])
+    text = markdown(result)
+    assert "vanilla-model: no token scores" in text and "reliability.png" in text
+    assert per_document_csv(result).splitlines()[0].endswith("confidence,least_confident_field,fields_scored")
+    plain = evaluate_groups(groups_from_store(make_store(tmp_path / "plain"), ["finetuned-model"], "test"),
+                            resamples=100)
+    assert "reliability.png" not in markdown(plain) and "confidence_auroc" not in plain["groups"]["finetuned-model"]

@@ -196,7 +196,8 @@ def markdown(result: dict[str, Any]) -> str:
             "a wrong one (0.5 is chance), with a 95% CI over documents. AURC: mean share of wrong fields kept as "
             "fields are kept most trusted first (lower is better), beside the rule-based ranking.\n\n"
             + "".join(f"- {line}\n" for line in lines)
-            + "\n![reliability](reliability.png)\n\n![risk-coverage](risk_coverage.png)\n")
+            + ("\n![reliability](reliability.png)\n\n![risk-coverage](risk_coverage.png)\n"
+               if any((e.get("confidence") or {}).get("fields") for e in result["groups"].values()) else ""))
 
 
 def charts(result: dict[str, Any]) -> dict[str, bytes]:
