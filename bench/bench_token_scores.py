@@ -8,7 +8,9 @@ medians are compared, so the number is the cost of the scores alone, not of load
 Whole ``vlm predict`` runs add model loading, so their ratio is closer to 1.
 
 Size: ``vlm predict`` writes a store; a copy with the token_scores column emptied (then both VACUUMed)
-is what the same rows took before.
+is what the same rows took before. The random model writes no JSON, so no parsed copy is stored (the worst
+case); a second pair of stores holds answers shaped like real ones (each ground truth as the answer, with
+as many tokens as the model's tokenizer makes of it).
 
     python bench/bench_token_scores.py [--docs 16] [--batch-size 8] [--max-new-tokens 128] [--rounds 5] [--json]
 """
@@ -92,6 +94,40 @@ def _store_sizes(work: Path) -> dict[str, int]:
     return {"with_scores": with_scores.stat().st_size, "without_scores": without.stat().st_size, "tokens": tokens}
 
 
+def _truth_shaped_sizes(work: Path) -> dict[str, int]:
+    """Store sizes for answers shaped like real ones: each document's ground-truth JSON as the answer (parsed,
+    so stored twice, as a valid answer is), tokenised by the model's tokenizer, with and without scores. What
+    scores cost depends on the number of tokens, not on their probabilities."""
+    import transformers
+
+    from vlm.data.records import ground_truth, load_documents
+    from vlm.inference.parsing import parse_prediction
+    from vlm.inference.store import Prediction, Store
+    from vlm.inference.token_scores import TokenScores, token_ends
+
+    tok = transformers.AutoTokenizer.from_pretrained(work / "model")
+    docs = load_documents(str(work / "data"), "cord_test")
+    out = {}
+    for name, keep in (("with_scores", True), ("without_scores", False)):
+        path = work / f"truth-{name}.sqlite"
+        with Store(path, write=True) as store:
+            rows = []
+            for d in docs:
+                raw = d["messages"][-1]["content"]
+                p = parse_prediction(raw)
+                ids = tok(raw, add_special_tokens=False)["input_ids"]
+                scores = TokenScores(tuple(-0.01 for _ in ids), token_ends(tok, ids, raw)) if keep else None
+                rows.append(Prediction("g", "test", d["id"], raw, p.value, p.error, p.repairs, ground_truth(d),
+                                       0.1, "m" * 16, None, "p" * 16, "g" * 16, scores=scores))
+            store.put_many(rows)
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("VACUUM")
+        db.close()
+        out[name] = path.stat().st_size
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=16)
@@ -113,12 +149,15 @@ def main() -> None:
               str(args.batch_size), "--store", "predictions.sqlite", "template=qwen2_vl", "image_max_pixels=16384",
               "cutoff_len=1024", "infer_dtype=float32"], work)
         sizes = _store_sizes(work)
+        truth = _truth_shaped_sizes(work)
         times = _generation_times(work, args)
     result = {"docs": args.docs, "model_size": args.model_size, "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
               "seconds": {k: round(v, 3) for k, v in times.items()},
               "time_ratio": round(times["with_scores"] / times["without_scores"], 3),
-              "store_bytes": sizes, "size_ratio": round(sizes["with_scores"] / sizes["without_scores"], 3)}
+              "store_bytes": sizes, "size_ratio": round(sizes["with_scores"] / sizes["without_scores"], 3),
+              "truth_shaped_store_bytes": truth,
+              "truth_shaped_size_ratio": round(truth["with_scores"] / truth["without_scores"], 3)}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -126,7 +165,10 @@ def main() -> None:
           f"medians of {args.rounds} interleaved rounds: generation {times['without_scores']:.2f}s without scores, "
           f"{times['with_scores']:.2f}s with -> {result['time_ratio']}x")
     print(f"store: {sizes['without_scores']:,} bytes without scores, {sizes['with_scores']:,} with "
-          f"({sizes['tokens']:,} tokens) -> {result['size_ratio']}x")
+          f"({sizes['tokens']:,} tokens) -> {result['size_ratio']}x (the random model's answers are not JSON, so "
+          f"nothing parsed is stored: the worst case)")
+    print(f"store of answers shaped like the truth (valid JSON): {truth['without_scores']:,} bytes without scores, "
+          f"{truth['with_scores']:,} with -> {result['truth_shaped_size_ratio']}x")
 
 
 if __name__ == "__main__":
