@@ -133,9 +133,10 @@ def add_confidence(result: dict[str, Any], groups: list, resamples: int = 1000, 
         entry = result["groups"][g.name]
         missing = sum(r.get("confidence") is None and r.get("field_confidence") is None for r in rows)
         if t is None or not len(t["label"]):
-            entry["confidence"] = {"fields": 0, "documents_without_scores": missing,
-                                   "note": "no token scores: these answers were predicted before vlm kept them, or "
-                                           "by a backend that does not (redo with vlm predict --overwrite)"}
+            note = ("no token scores: these answers were predicted before vlm kept them, or by a backend that does "
+                    "not (redo with vlm predict --overwrite)") if t is None else \
+                "no predicted field to score (no answer with token scores holds a field)"
+            entry["confidence"] = {"fields": 0, "documents_without_scores": missing, "note": note}
             continue
         tables[g.name] = t
         entry["confidence"] = summarise(t, resamples, seed) | {"documents_without_scores": missing}
