@@ -209,6 +209,7 @@ def test_fields_carry_confidence_colours_and_least_confident_sort_works(browser,
                       "td.classList.contains(+td.dataset.conf >= 0.9 ? 'conf-hi' : +td.dataset.conf >= 0.5 ? "
                       "'conf-mid' : 'conf-lo'))")
     assert browser.js("document.querySelectorAll('#sort option[value=\"0:conf\"]').length") == 0  # no scores
+    assert "AUROC" in browser.js("document.querySelector('#confidence').textContent")
     browser.js("const s = document.querySelector('#sort'); s.value = '1:conf'; s.dispatchEvent(new Event('change'))")
     assert _shown(browser) == by_conf
     assert browser.errors() == []

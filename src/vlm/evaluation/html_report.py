@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from vlm.data.records import load_documents
+from vlm.evaluation.confidence_report import confidence_lines
 from vlm.evaluation.docdiff import align
 from vlm.evaluation.report import metric_rows
 from vlm.evaluation.trust import trust_tables
@@ -129,4 +130,5 @@ def render_html(result: dict[str, Any], candidates: list[dict[str, Any]], images
         metric_rows=rows, trust=trust_tables(result), gt_consistent=result["ground_truth_checks"]["consistent"],
         charts={k: _png_uri(v) for k, v in charts.items()}, candidates=len(candidates), data=data,
         scored=[any(r.get("field_confidence") is not None for r in result["per_document"][n]) for n in names],
+        confidence=confidence_lines(result),
     )
