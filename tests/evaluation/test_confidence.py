@@ -147,3 +147,21 @@ def test_evaluate_reports_confidence_where_answers_have_scores_and_says_where_th
     plain = evaluate_groups(groups_from_store(make_store(tmp_path / "plain"), ["finetuned-model"], "test"),
                             resamples=100)
     assert "reliability.png" not in markdown(plain) and "confidence_auroc" not in plain["groups"]["finetuned-model"]
+
+
+def test_a_prediction_file_with_token_scores_gives_the_stores_confidence(tmp_path):
+    from trust_fixtures import make_store
+
+    from vlm.evaluation.compare import evaluate_groups, group_from_file, groups_from_store
+    from vlm.inference.store import Store
+
+    store = make_store(tmp_path, scores=True)
+    with Store(store) as s:
+        rows = s.export_jsonl("finetuned-model", "test")
+    path = tmp_path / "finetuned-model.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from_store = evaluate_groups(groups_from_store(store, ["finetuned-model"], "test"), resamples=100)
+    from_file = evaluate_groups([group_from_file(path)], resamples=100)
+    a, b = from_store["groups"]["finetuned-model"]["confidence"], from_file["groups"]["finetuned-model"]["confidence"]
+    assert a["fields"] > 0 and {k: a[k] for k in ("fields", "auroc", "auroc_ci95", "ece", "aurc")} == \
+        {k: b[k] for k in ("fields", "auroc", "auroc_ci95", "ece", "aurc")}

@@ -204,6 +204,8 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
             lines.append(n)
     if not ids:
         raise VlmError(f"{path} holds no predictions")
+    if all(sc is None for sc in scores):  # a file without token scores reads as it always did
+        raws = scores = None
     if name is None:
         name = path.parent.name if path.stem == "generated_predictions" else path.stem
     missing = [n for n, d in zip(lines, ids) if d is None]

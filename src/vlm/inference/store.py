@@ -263,7 +263,9 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Add the columns newer versions write to a store made before them; its rows keep NULL there. Under the
-    write lock, so two runs opening the same old store do not both add a column."""
+    write lock (taken only when a column is missing), so two runs opening the same old store do not both add it."""
+    if {name for name, _ in _ADDED} <= {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
+        return
     with db:
         db.execute("BEGIN IMMEDIATE")
         have = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
