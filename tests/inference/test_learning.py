@@ -10,7 +10,10 @@ size and content. Then:
   processor, ``mm_token_type_ids`` included; the same reference without ``mm_token_type_ids`` (what
   LLaMA-Factory 0.9.5's do_predict does under transformers 5.6) writes something else, so this test
   tells the two apart;
-* LLaMA-Factory's do_predict backend is refused for this model instead of scoring it silently.
+* LLaMA-Factory's do_predict backend is refused for this model instead of scoring it silently;
+* on held-out receipts it half-knows, field confidence from its token probabilities separates right fields
+  from wrong ones (AUROC's CI above 0.5), a calibration fitted on validation keeps the test fields at its
+  target precision, and only the accepted fields are exported.
 """
 
 from __future__ import annotations
