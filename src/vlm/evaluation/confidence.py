@@ -22,6 +22,7 @@ its printed form (``31.000`` for the parsed 31.0).
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -68,7 +69,10 @@ def _find(raw: str, text: str, start: int) -> tuple[tuple[int, int], bool] | Non
     if not text:
         return None
     escaped = json.dumps(text, ensure_ascii=False)[1:-1]
-    for form in dict.fromkeys((escaped, json.dumps(text)[1:-1])):  # as written, or with \uXXXX escapes
+    at = raw.find(f'"{escaped}"', start)  # the common case, without a regex: the value quoted as is
+    if at >= 0 and not raw[at + len(escaped) + 2:].lstrip().startswith(":"):
+        return (at + 1, at + 1 + len(escaped)), True
+    for form in dict.fromkeys((escaped, json.dumps(text)[1:-1])):  # spaces inside quotes, or \uXXXX escapes
         m = re.compile(r'"[ \t]*(' + re.escape(form) + r')[ \t]*"(?![ \t\r\n]*:)').search(raw, start)
         if m:
             return (m.start(1), m.end(1)), True
@@ -102,14 +106,16 @@ def _token_range(scores: TokenScores, span: tuple[int, int]) -> list[float]:
     """Log-probabilities of the tokens whose text overlaps ``span`` (a token that only began a character
     covers nothing, and is counted with the token that completes it when that one overlaps)."""
     lo, hi = span
-    starts = scores.starts()
-    picked = [i for i, (s, e) in enumerate(zip(starts, scores.ends)) if s < hi and e > lo]
-    if picked:  # zero-width tokens just before the first: the first bytes of its character
-        first = picked[0]
-        while first > 0 and starts[first - 1] == scores.ends[first - 1] == starts[picked[0]]:
-            first -= 1
-        picked = list(range(first, picked[-1] + 1))
-    return [scores.logprobs[i] for i in picked]
+    ends = scores.ends
+    first = bisect.bisect_right(ends, lo)  # the first token that ends after the span starts
+    last = bisect.bisect_left(ends, hi)  # the token that reaches the span's end
+    last = min(last, len(ends) - 1)
+    if first > last or first >= len(ends):
+        return []
+    start = ends[first - 1] if first else 0
+    while first > 0 and ends[first - 1] == start and (ends[first - 2] if first > 1 else 0) == start:
+        first -= 1  # zero-width tokens just before it: the first bytes of its first character
+    return list(scores.logprobs[first: last + 1])
 
 
 def field_confidences(raw: Any, parsed: dict | None, valid: bool,
