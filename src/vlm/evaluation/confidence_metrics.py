@@ -32,14 +32,17 @@ def _tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-def _auroc_sorted(pos: np.ndarray, neg: np.ndarray, starts: np.ndarray) -> float | None:
-    """AUROC from per-field positive and negative weights already in score order (ties grouped at ``starts``)."""
-    p, n = np.add.reduceat(pos, starts), np.add.reduceat(neg, starts)
-    total_p, total_n = p.sum(), n.sum()
-    if total_p <= 0 or total_n <= 0:
-        return None
-    below = np.cumsum(n) - n  # negative weight strictly below each run of ties
-    return float((p * (below + 0.5 * n)).sum() / (total_p * total_n))
+def _auroc_sorted(pos: np.ndarray, neg: np.ndarray, starts: np.ndarray) -> Any:
+    """AUROC from per-field positive and negative weights already in score order (ties grouped at ``starts``);
+    the weights may be rows of several draws at once (then one AUROC per row, NaN where a class is absent)."""
+    p, n = np.add.reduceat(pos, starts, axis=-1), np.add.reduceat(neg, starts, axis=-1)
+    total_p, total_n = p.sum(axis=-1), n.sum(axis=-1)
+    below = np.cumsum(n, axis=-1) - n  # negative weight strictly below each run of ties
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (p * (below + 0.5 * n)).sum(axis=-1) / (total_p * total_n)
+    if np.ndim(value) == 0:
+        return float(value) if total_p > 0 and total_n > 0 else None
+    return np.where((total_p > 0) & (total_n > 0), value, np.nan)
 
 
 def auroc(scores: Any, labels: Any, weights: Any = None) -> float | None:
@@ -52,12 +55,19 @@ def auroc(scores: Any, labels: Any, weights: Any = None) -> float | None:
     return _auroc_sorted((w * labels)[order], (w * (1 - labels))[order], starts)
 
 
+def doc_draws(n_docs: int, resamples: int, seed: int, chunk: int = 32) -> Any:
+    """Bootstrap draws of documents, ``chunk`` at a time: (draws, n_docs) counts of each document per draw.
+    In chunks, so memory stays small however many fields the documents hold."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        yield (rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=size) if n_docs
+               else np.zeros((size, 0), dtype=int))
+
+
 def doc_weights(doc: np.ndarray, n_docs: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, fields): each field's weight in a bootstrap draw of documents (how often its document was drawn)."""
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=resamples) if n_docs else \
-        np.zeros((resamples, 0))
-    return counts[:, doc]
+    return np.concatenate([counts[:, doc] for counts in doc_draws(n_docs, resamples, seed)])
 
 
 def auroc_ci(scores: Any, labels: Any, doc: Any, resamples: int = 1000, seed: int = 0) -> list[float] | None:
@@ -67,9 +77,10 @@ def auroc_ci(scores: Any, labels: Any, doc: Any, resamples: int = 1000, seed: in
         return None
     docs, doc = np.unique(doc, return_inverse=True)
     order, starts = _tie_groups(scores)
-    pos, neg = labels[order], 1 - labels[order]
-    w = doc_weights(doc, len(docs), resamples, seed)[:, order]
-    values = [v for v in (_auroc_sorted(pos * wi, neg * wi, starts) for wi in w) if v is not None]
+    pos, neg, doc = labels[order], 1 - labels[order], doc[order]
+    values = np.concatenate([_auroc_sorted(pos * w, neg * w, starts)
+                             for w in (counts[:, doc] for counts in doc_draws(len(docs), resamples, seed))])
+    values = values[np.isfinite(values)]
     if len(values) < resamples / 2:  # most draws hold one class only: no interval worth printing
         return None
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
@@ -167,10 +178,9 @@ def coverage_delta_ci(base: dict[str, np.ndarray], other: dict[str, np.ndarray],
                       resamples: int = 1000, seed: int = 0) -> list[float]:
     """95% CI of coverage_at_precision(other) - (base) over a paired bootstrap of documents (``doc``: the
     documents' shared indices)."""
-    counts = np.random.default_rng(seed).multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=resamples)
     deltas = [coverage_at_precision(other["confidence"], other["label"], target, c[other["doc"].astype(int)])
               - coverage_at_precision(base["confidence"], base["label"], target, c[base["doc"].astype(int)])
-              for c in counts]
+              for counts in doc_draws(n_docs, resamples, seed) for c in counts]
     return [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
 
 
@@ -185,11 +195,13 @@ def kept_precision_ci(scores: Any, labels: Any, doc: Any, threshold: float, resa
     if not len(scores):
         return out | {"coverage_ci95": None, "precision_ci95": None}
     docs, doc = np.unique(doc, return_inverse=True)
-    w = doc_weights(doc, len(docs), resamples, seed)
-    kept_w = w @ keep
-    cov = kept_w / w.sum(axis=1)
+    # per document: its fields, the kept ones, the kept right ones; a draw is then a weighted sum of documents
+    per_doc = np.stack([np.bincount(doc, minlength=len(docs)), np.bincount(doc, keep, len(docs)),
+                        np.bincount(doc, keep * labels, len(docs))], axis=1).astype(float)
+    sums = np.concatenate([counts @ per_doc for counts in doc_draws(len(docs), resamples, seed)])
+    cov = sums[:, 1] / sums[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        prec = (w @ (keep * labels)) / kept_w
+        prec = sums[:, 2] / sums[:, 1]
     prec = prec[np.isfinite(prec)]
     out["coverage_ci95"] = [float(np.percentile(cov, 2.5)), float(np.percentile(cov, 97.5))]
     out["precision_ci95"] = ([float(np.percentile(prec, 2.5)), float(np.percentile(prec, 97.5))]
