@@ -139,7 +139,7 @@ def main() -> None:
                     done[arm][1] += time.perf_counter() - t0
                     done[arm][0] += counter.tokens
                     if arm == "schema":
-                        valid += sum(_is_json(t) for t in texts)
+                        valid += sum(_is_json(g.text) for g in texts)
             for arm, (n, dt) in done.items():
                 rates[arm].append(n / dt)
                 tokens[arm] += n

@@ -29,6 +29,12 @@ $VLM predict --group vanilla-schema --config "$OUT/demo.yaml" --no-adapter --con
 $VLM predict --group finetuned-model --config "$OUT/demo.yaml" --store "$OUT/predictions.sqlite" \
   --work-dir "$OUT/predict" --max-new-tokens 160
 
-step "7. compare"
+step "7. field confidence: fit it on the validation split (threshold for 90% field precision)"
+$VLM predict --group finetuned-model --config "$OUT/demo.yaml" --split validation --store "$OUT/predictions.sqlite" \
+  --work-dir "$OUT/predict" --max-new-tokens 160
+$VLM calibrate --group finetuned-model --store "$OUT/predictions.sqlite" --target-precision 0.9 \
+  --output "$OUT/calibration.json"
+
+step "8. compare (each field's confidence, the coverage at 90% precision on the test split, and format vs content)"
 $VLM evaluate --groups vanilla-model vanilla-schema finetuned-model --store "$OUT/predictions.sqlite" \
-  --output "$OUT/report" --no-fields
+  --output "$OUT/report" --no-fields --calibration "$OUT/calibration.json"

@@ -9,6 +9,7 @@ takes a screenshot, and fails on any console error or uncaught exception. Skippe
 from __future__ import annotations
 
 import base64
+import csv
 import fcntl
 import json
 import os
@@ -115,8 +116,8 @@ class Browser:
         os.close(self._res_r)
 
 
-def _report(root: Path, repeat: int) -> Path:
-    store = make_store(root, repeat=repeat)
+def _report(root: Path, repeat: int, scores: bool = False) -> Path:
+    store = make_store(root, repeat=repeat, scores=scores)
     out = root / "report"
     r = subprocess.run([*VLM, "evaluate", "--groups", "vanilla-model", "finetuned-model", "--store", str(store),
                         "--output", str(out), "--bootstrap", "100", "--json"], capture_output=True, text=True)
@@ -190,4 +191,25 @@ def test_rows_render_lazily(browser, tmp_path):
     browser.js("document.querySelector('[data-filter=label]').click()")
     assert _shown(browser)[:3] == sorted(expected_ids("label", 100))[:3]  # the store orders ids as text
     assert browser.js("document.querySelector('#docs').dataset.matching") == "100"
+    assert browser.errors() == []
+
+
+def test_fields_carry_confidence_colours_and_least_confident_sort_works(browser, tmp_path):
+    html = _report(tmp_path, repeat=1, scores=True)
+    with open(html.parent / "per_document.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["group"] == "finetuned-model"]
+    by_conf = [r["id"] for r in sorted(rows, key=lambda r: (float(r["confidence"]) if r["confidence"] else 9,
+                                                            int(r["id"][3:])))]
+    scored = sum(int(r["fields_scored"] or 0) for r in rows)
+    _open(browser, html)
+    # Every predicted field of the fine-tune (the group with scores) carries its confidence as a colour.
+    coloured = browser.js("document.querySelectorAll('td.conf-hi, td.conf-mid, td.conf-lo').length")
+    assert coloured == scored > 0
+    assert browser.js("Array.from(document.querySelectorAll('td[data-conf]')).every(td => "
+                      "td.classList.contains(+td.dataset.conf >= 0.9 ? 'conf-hi' : +td.dataset.conf >= 0.5 ? "
+                      "'conf-mid' : 'conf-lo'))")
+    assert browser.js("document.querySelectorAll('#sort option[value=\"0:conf\"]').length") == 0  # no scores
+    assert "AUROC" in browser.js("document.querySelector('#confidence').textContent")
+    browser.js("const s = document.querySelector('#sort'); s.value = '1:conf'; s.dispatchEvent(new Event('change'))")
+    assert _shown(browser) == by_conf
     assert browser.errors() == []

@@ -62,10 +62,23 @@ def expected_ids(kind: str, repeat: int = 1) -> list[str]:
     return [f"doc{i}" for i in range(len(GTS) * repeat) if i % len(GTS) in EXPECTED[kind]]
 
 
-def make_store(root: Path, repeat: int = 1) -> Path:
+def char_scores(raw: str, seed: int):
+    """Token scores for ``raw`` as if each character were one token, with probabilities between 0.3 and 1
+    that vary by character and ``seed`` (a stand-in for what vlm predict stores; the tokens are real in
+    tests/inference/test_token_scores.py)."""
+    import math
+
+    from vlm.inference.token_scores import TokenScores
+
+    probs = [0.3 + 0.7 * (((seed * 7 + k * 13) % 11) / 10) for k in range(len(raw))]
+    return TokenScores(tuple(math.log(min(p, 1.0)) for p in probs), tuple(range(1, len(raw) + 1)))
+
+
+def make_store(root: Path, repeat: int = 1, scores: bool = False) -> Path:
     """``root/predictions.sqlite`` with groups vanilla-model and finetuned-model on split test, and the
     images and dataset_info.json their logged runs point to; ``repeat`` copies of the six receipts
-    (doc ids doc0, doc1, ...). Returns the store's path."""
+    (doc ids doc0, doc1, ...). ``scores``: the fine-tune's answers carry token scores (``char_scores``).
+    Returns the store's path."""
     from PIL import Image, ImageDraw
 
     from vlm.inference.parsing import parse_prediction
@@ -94,6 +107,7 @@ def make_store(root: Path, repeat: int = 1) -> Path:
             rows = []
             for i, (raw, gt) in enumerate(zip(raws * repeat, gts)):
                 p = parse_prediction(raw)
-                rows.append(Prediction(group, "test", f"doc{i}", raw, p.value, p.error, p.repairs, gt))
+                sc = char_scores(raw, i) if scores and group == "finetuned-model" else None
+                rows.append(Prediction(group, "test", f"doc{i}", raw, p.value, p.error, p.repairs, gt, scores=sc))
             s.put_many(rows)
     return store

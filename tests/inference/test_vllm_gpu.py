@@ -153,3 +153,23 @@ def test_vllm_constrained_answers_fit_the_schema(work):
           f"{_agreement(texts['transformers'], texts['vllm']):.0%}; e.g. {next(iter(texts['vllm'].values()))[:80]!r}")
     assert finished["vllm"] > 0
     assert _agreement(texts["transformers"], texts["vllm"], chars=8) >= 0.75
+
+
+def test_vllm_stores_token_scores_close_to_the_transformers_backends(work):
+    """vLLM's logprobs=1 of the sampled token, stored as the transformers backend stores its own: on the base
+    model (identical greedy outputs) every token's log-probability agrees within bf16 noise, and the token
+    ends give back the answer."""
+    from vlm.inference.store import Store
+
+    for group, backend in (("scores-hf", "transformers"), ("scores-vllm", "vllm")):
+        _predict(work, group, backend, "--no-adapter", *(["--batch-size", "8"] if backend == "transformers" else []))
+    with Store(work / "store.sqlite") as store:
+        hf = {p.doc_id: p for p in store.load("scores-hf", "test")}
+        vl = {p.doc_id: p for p in store.load("scores-vllm", "test")}
+    assert hf.keys() == vl.keys() and len(vl) == 16
+    for doc_id, row in vl.items():
+        assert row.scores is not None and row.scores.ends[-1] == len(row.raw)
+        if row.raw == hf[doc_id].raw:
+            diffs = [abs(a - b) for a, b in zip(row.scores.logprobs, hf[doc_id].scores.logprobs)]
+            # (vLLM may leave the stop token out of its token ids: at most that one token less)
+            assert 0 <= len(hf[doc_id].scores) - len(row.scores) <= 1 and max(diffs) < 0.1, (doc_id, max(diffs))

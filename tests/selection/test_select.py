@@ -57,7 +57,8 @@ def _adapter(folder: Path, weights: bytes, step: int | None) -> None:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
 
 
-def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str], run: str = "saves/lora"):
+def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list[str], run: str = "saves/lora",
+                   scores: list | None = None):
     """Store a checkpoint's answers as `vlm select` would have predicted them (same group and hashes)."""
     from vlm.data.records import ground_truth
     from vlm.inference.predict import _prepare
@@ -68,8 +69,9 @@ def _store_answers(cfg: Path, store: Path, label: str, path: Path, answers: list
     spec = _spec(candidate, SelectOptions(store=store))
     _, _, docs, _, hashes = _prepare(spec)
     with Store(store, write=True) as s:
-        s.put_many([Prediction(spec.group, "validation", d["id"], raw, None, None, [], ground_truth(d), **hashes)
-                    for d, raw in zip(docs, answers)])
+        s.put_many([Prediction(spec.group, "validation", d["id"], raw, None, None, [], ground_truth(d), **hashes,
+                               scores=scores[k] if scores else None)
+                    for k, (d, raw) in enumerate(zip(docs, answers))])
 
 
 @pytest.fixture
@@ -114,6 +116,46 @@ def test_select_ranks_stored_checkpoints_and_calls_a_tie_a_tie(faked: Path):
     selection = json.loads((faked / "saves" / "lora" / "selection.json").read_text())
     assert selection["winner"]["label"] == "checkpoint-20" and selection["tied_with"] == ["final"]
     assert (faked / "saves" / "lora" / "selection.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _sure_except(raw: str, unsure: list[str]):
+    """Token scores for ``raw``, one token per character: probability 0.99, 0.3 over the values in ``unsure``."""
+    import math
+
+    from vlm.inference.token_scores import TokenScores
+
+    low = {k for v in unsure for k in range(raw.index(f'"{v}"') + 1, raw.index(f'"{v}"') + 1 + len(v))}
+    return TokenScores(tuple(math.log(0.3 if k in low else 0.99) for k in range(len(raw))),
+                       tuple(range(1, len(raw) + 1)))
+
+
+def test_coverage_at_a_precision_ranks_checkpoints_that_f1_cannot_tell_apart(faked: Path):
+    """checkpoint-20 and checkpoint-30 give the same answers (five prices wrong), so the same F1; 20 is unsure
+    of exactly its wrong prices, 30 is sure of them and unsure of five right names instead."""
+    cfg, store, out = faked / "run.yaml", faked / "preds.sqlite", faked / "saves" / "lora"
+    wrong = [dict(_answer(i), menu=[dict(_answer(i)["menu"][0], price="9,999")]) if i < 5 else _answer(i)
+             for i in range(N_DOCS)]
+    raws = [json.dumps(a) for a in wrong]
+    assert run_vlm("select", "run.yaml", "--store", "preds.sqlite", "--metric", "coverage@0.95",
+                   cwd=faked).stderr.count("needs token scores") == 1
+    store.unlink()
+    _store_answers(cfg, store, "checkpoint-10", out / "checkpoint-10", ["{}"] * N_DOCS,
+                   scores=[_sure_except("{}", [])] * N_DOCS)
+    _store_answers(cfg, store, "checkpoint-20", out / "checkpoint-20", raws,
+                   scores=[_sure_except(r, ["9,999"] if i < 5 else []) for i, r in enumerate(raws)])
+    _store_answers(cfg, store, "checkpoint-30", out / "checkpoint-30", raws,
+                   scores=[_sure_except(r, [f"item {i}"] if 10 <= i < 15 else []) for i, r in enumerate(raws)])
+    result = json.loads(vlm("select", "run.yaml", "--store", "preds.sqlite", "--metric", "coverage@0.95", "--json",
+                            "--no-plot", cwd=faked).stdout)
+    rows = {r["label"]: r for r in result["leaderboard"]}
+    assert [r["label"] for r in result["leaderboard"]] == ["checkpoint-20", "final", "checkpoint-10"]
+    assert rows["checkpoint-20"]["metrics"]["f1"] == rows["final"]["metrics"]["f1"] < 1
+    # 20 keeps every field but its five unsure prices, all right; 30's sure fields hold its five wrong prices.
+    assert rows["checkpoint-20"]["metrics"]["coverage@0.95"] == (4 * N_DOCS - 5) / (4 * N_DOCS)
+    assert rows["final"]["metrics"]["coverage@0.95"] == 0.0
+    assert rows["checkpoint-10"]["metrics"]["coverage@0.95"] == 0.0
+    r = vlm("select", "run.yaml", "--store", "preds.sqlite", "--metric", "coverage@0.95", "--no-plot", cwd=faked)
+    assert "best by coverage@0.95: checkpoint-20" in r.stdout
 
 
 def test_checkpoint_best_uses_the_winner_and_refuses_a_stale_selection(faked: Path):

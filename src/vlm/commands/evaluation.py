@@ -23,6 +23,7 @@ class Task(str, Enum):
     "vlm evaluate --predictions saves/lf/generated_predictions.jsonl --predictions api.jsonl --json",
     "vlm evaluate --groups vanilla-model finetuned-model --output reports/cord --label-errors 50",
     "vlm evaluate --task qa --groups vanilla-docvqa finetuned-docvqa --split test --output reports/forgetting",
+    "vlm evaluate --groups finetuned-model --calibration runs/calibration.json --output reports/cord",
 )
 def evaluate(
     groups: Annotated[list[str] | None, typer.Option(
@@ -46,6 +47,9 @@ def evaluate(
     task: Annotated[Task, typer.Option(
         "--task", help="extraction: JSON fields (CORD metrics); qa: short text answers scored by "
                        "ANLS and exact match (the forgetting check).")] = Task.extraction,
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="A vlm calibrate file: report the share of fields auto-accepted at its target "
+                              "precision, with CIs.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare groups side by side: valid JSON, Donut nTED accuracy and field F1, header exact match, menu rows.
@@ -60,6 +64,10 @@ def evaluate(
     --task qa scores short text answers (a QA export) with ANLS and exact match instead, with the same paired
     CIs: predict the base and the fine-tuned model on a general QA set; a negative ANLS delta whose CI excludes
     0 is forgetting.
+
+    Answers predicted with token scores (vlm predict keeps them) also get a confidence per field: the AUROC of
+    field confidence against field correctness with its CI, calibration error, and a risk-coverage curve beside
+    the rule-based one (reliability.png, risk_coverage.png).
     """
     if task is Task.qa:
         _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json)
@@ -88,7 +96,12 @@ def evaluate(
         loaded.append(group_from_file(path))
     if not loaded:
         raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
-    result = evaluate_groups(loaded, resamples=resamples, seed=seed)
+    cal = None
+    if calibration is not None:
+        from vlm.evaluation.calibration import read
+
+        cal = read(calibration)
+    result = evaluate_groups(loaded, resamples=resamples, seed=seed, calibration=cal)
     extra = {}
     if "format_content" in result:  # groups predicted under different --constrain settings
         extra["format_content"] = result["format_content"]
@@ -111,6 +124,10 @@ def evaluate(
         print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
         return
     print_tables(result, show_fields=fields)
+    from vlm.evaluation.confidence_report import confidence_lines
+
+    for line in confidence_lines(result):
+        out.print(f"field confidence: {line}", highlight=False)
     trust.print_trust(result, extra.get("label_errors"))
     for g, rows in extra.get("worst", {}).items():
         out.print(f"[bold]{worst} worst documents of {g}[/bold]: "
@@ -132,3 +149,44 @@ def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, se
         print_json(dict(result["groups"]) | {"verdicts": forgetting_verdicts(result)})
     else:
         print_result(result, worst)
+
+
+@command(
+    "calibrate",
+    "vlm calibrate --group finetuned-model --output runs/calibration.json",
+    "vlm calibrate --group finetuned-model --target-precision 0.95 --method temperature --output runs/cal95.json",
+)
+def calibrate(
+    output: Annotated[Path, typer.Option("--output", help="The calibration JSON file to write.")],
+    group: Annotated[str | None, typer.Option("--group", help="Stored group to fit on.")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Or a prediction JSONL file with token scores (vlm export-predictions).")] = None,
+    split: Annotated[str, typer.Option("--split", help="The split to fit on (not the one you report).")] = "validation",
+    store: StoreOpt = DEFAULT_STORE,
+    target: Annotated[float, typer.Option(
+        "--target-precision", help="Field precision the threshold must reach.")] = 0.99,
+    method: Annotated[str, typer.Option("--method", help="isotonic or temperature.")] = "isotonic",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit field confidence to field correctness on the validation split and find the threshold that reaches a
+    target field precision; write both to a JSON file for vlm evaluate --calibration and vlm
+    export-predictions --calibration.
+
+    Says why there is no threshold when there are too few scored fields (3 / (1 - target) are needed) or no
+    threshold reaches the target.
+    """
+    from vlm.evaluation.calibration import calibrate_group
+    from vlm.output import info, print_json
+
+    if group is not None:
+        check_store(store)
+    cal = calibrate_group(output, target, method, store=store, group=group, predictions=predictions, split=split)
+    if as_json:
+        print_json(cal)
+        return
+    if cal["threshold"] is None:
+        info(f"no threshold: {cal['reason']}; wrote {output}")
+        return
+    v = cal["validation"]
+    info(f"threshold {cal['threshold']:.4f}: {100 * v['coverage']:.1f}% of {cal['fields']} {split} fields kept at "
+         f"{100 * v['precision']:.1f}% precision (target {100 * target:g}%); wrote {output}")

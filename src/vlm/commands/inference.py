@@ -121,6 +121,8 @@ def predict(
     "export-predictions",
     "vlm export-predictions --group finetuned-model runs/finetuned.jsonl",
     "vlm export-predictions --group finetuned-model runs/trusted.jsonl --only-consistent",
+    "vlm export-predictions --group finetuned-model runs/accepted.jsonl --calibration runs/calibration.json",
+    "vlm export-predictions --group finetuned-model runs/accepted.jsonl --min-confidence 0.9",
 )
 def export_predictions(
     group: Annotated[str, typer.Option("--group", help="Stored group to export.")],
@@ -130,11 +132,20 @@ def export_predictions(
     only_consistent: Annotated[bool, typer.Option(
         "--only-consistent", help="Only predictions that pass every consistency check that applies (one or "
                                   "more).")] = False,
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", min=0.0, max=1.0, help="Write only the fields whose confidence reaches this, each "
+                                                   "with its confidence.")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="Like --min-confidence, at the threshold of a vlm calibrate file.")] = None,
 ) -> None:
     """Export a stored group to JSONL ({"id", "prediction", "ground_truth", "flags", ...} per line).
 
     flags: the consistency verdict (consistent, inconsistent or unchecked), the failed checks, and every check's
     status (pass, fail or n/a), so a pipeline can send inconsistent extractions to a person.
+
+    --min-confidence (or --calibration) writes instead, per document, only the fields the model was sure of
+    ({"id", "fields": [{"path", "value", "confidence"}], "rejected_fields", "confidence"}): the rest go to a
+    person. Documents predicted without token scores accept no field.
     """
     import json
 
@@ -155,6 +166,19 @@ def export_predictions(
         raise VlmError(f"no predictions for group {group!r} on split {split!r}")
     stored = len(rows)
     rows = flag_rows(rows, only_consistent)
+    if calibration is not None:
+        from vlm.evaluation.calibration import read
+
+        cal = read(calibration)
+        if cal.get("threshold") is None:
+            raise VlmError(f"{calibration} has no threshold: {cal.get('reason')}",
+                           hint="fit on more validation documents, lower --target-precision, or pass "
+                                "--min-confidence.")
+        min_confidence = cal["threshold"] if min_confidence is None else max(min_confidence, cal["threshold"])
+    if min_confidence is not None:
+        from vlm.evaluation.confidence import accepted_fields
+
+        rows = [accepted_fields(r, min_confidence) for r in rows]
     atomic_write_text(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     info(f"wrote {len(rows)} predictions to {out_file}" + (f" ({stored} stored)" if only_consistent else ""))
 

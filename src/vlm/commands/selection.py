@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,17 +10,13 @@ import typer
 from vlm.commands.common import DEFAULT_STORE, Backend, JsonOpt, StoreOpt, check_store, command
 
 
-class Metric(str, Enum):
-    f1 = "f1"
-    ted_accuracy = "ted_accuracy"
-
-
 @command(
     "select",
     "vlm select configs/cord.yaml",
     "vlm select configs/cord.yaml --checkpoints last-3 --metric ted_accuracy --limit 100",
     "vlm select configs/sweep/cord_lr1e-4.yaml configs/sweep/cord_lr5e-5.yaml --out reports/leaderboard.json",
     "vlm select --sweep configs/sweep --sweep configs/sweep-full --json",
+    "vlm select configs/cord.yaml --metric coverage@0.99",
     "vlm predict --group best --config configs/cord.yaml --checkpoint best",
 )
 def select(
@@ -34,9 +29,11 @@ def select(
     split: Annotated[str, typer.Option("--split", help="The split every checkpoint is scored on.")] = "validation",
     checkpoints: Annotated[str, typer.Option(
         "--checkpoints", help="all, or last-N: the N newest checkpoints (the final model is always scored).")] = "all",
-    metric: Annotated[Metric, typer.Option(
-        "--metric", help="What ranks the checkpoints: f1 (field F1, exact keys and values) or ted_accuracy "
-                         "(Donut's nTED accuracy); the other is shown and breaks ties.")] = Metric.f1,
+    metric: Annotated[str, typer.Option(
+        "--metric", help="What ranks the checkpoints: f1 (field F1, exact keys and values), ted_accuracy "
+                         "(Donut's nTED accuracy; f1 and ted_accuracy break each other's ties) or coverage@P (the "
+                         "share of fields a confidence threshold keeps at field precision P, e.g. coverage@0.99; "
+                         "needs token scores).")] = "f1",
     store: StoreOpt = DEFAULT_STORE,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Scratch folder for prediction runs.")] = Path(
         "runs/predict"),
@@ -79,7 +76,7 @@ def select(
     paths = list(configs or [])
     for folder in sweeps or []:
         paths += sweep_configs(folder)
-    opts = SelectOptions(split=split, checkpoints=checkpoints, metric=metric.value, store=store, work_dir=work_dir,
+    opts = SelectOptions(split=split, checkpoints=checkpoints, metric=metric, store=store, work_dir=work_dir,
                          batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, backend=backend.value,
                          overwrite=overwrite, resamples=resamples, seed=seed, out=out, sweeps=list(sweeps or []),
                          plot=plot, command=shlex.join(["vlm", *sys.argv[1:]]))

@@ -20,6 +20,7 @@ import numpy as np
 
 from vlm.data.records import jsonl_lines
 from vlm.errors import VlmError
+from vlm.evaluation.confidence_report import add_confidence
 from vlm.evaluation.format_content import constraint_label, differ, format_and_content
 from vlm.evaluation.ground_truths import check_same_ground_truths, refuse_short_answers
 from vlm.evaluation.metrics import aggregate, draw_counts, field_breakdown, resampled
@@ -27,6 +28,7 @@ from vlm.evaluation.scoring import heap_frozen, score_groups
 from vlm.evaluation.trust import add_trust  # consistency verdicts, accuracy by verdict, coverage curves
 from vlm.inference.parsing import DECODER, MAX_NODES, ParseResult, api_envelope, count_nodes, parse_prediction
 from vlm.inference.store import Store
+from vlm.inference.token_scores import TokenScores, from_json
 from vlm.output import warn
 from vlm.schema import unknown_keys
 
@@ -44,6 +46,7 @@ class Group:
     raws: list[Any] | None = None  # the answers as read, for tasks scored on text (QA: qa.prediction_text)
     keys: list[str | None] | None = None  # each answer's text where short: identical answers are scored once
     constrain: str | None = None  # how the store's run constrained the answers (vlm predict --constrain); files: None
+    scores: list[TokenScores | None] | None = None  # each answer's token log-probabilities, where it has them
 
     @property
     def preds(self) -> list[dict | None]:
@@ -114,7 +117,8 @@ def groups_from_store(store_path: Path, names: list[str], split: str) -> list[Gr
                 groups.append(Group(name, [r.doc_id for r in rows], [read_answer(r.raw) for r in rows],
                                     [r.ground_truth for r in rows], raws=[r.raw for r in rows],
                                     keys=[_memo_key(r.raw) for r in rows],
-                                    constrain=constraint_label(store.last_run(name, split))))
+                                    constrain=constraint_label(store.last_run(name, split)),
+                                    scores=[r.scores for r in rows]))
         _warn_on_mixed_settings({name: store.last_run(name, split) for name in names})
     return groups
 
@@ -152,8 +156,8 @@ def _as_json(value: Any) -> Any:
     return value
 
 
-def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
-    """(answer, ground truth, id or None) of one line of a prediction file."""
+def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None, TokenScores | None]:
+    """(answer, ground truth, id or None, token scores or None) of one line of a prediction file."""
     try:
         row = DECODER.decode(line)  # keeps 31.000 as printed, for the numnorm variants
     except (json.JSONDecodeError, RecursionError) as e:
@@ -177,7 +181,7 @@ def _row(path: Path, n: int, line: str) -> tuple[Any, Any, str | None]:
                        hint="an extraction ground truth is a JSON object; a short-answer QA set is scored with "
                             "--task qa.")
     doc_id = row.get("id")
-    return raw, gt, None if doc_id is None else str(doc_id)
+    return raw, gt, None if doc_id is None else str(doc_id), from_json(row.get("token_scores"))
 
 
 def group_from_file(path: Path, name: str | None = None) -> Group:
@@ -187,21 +191,25 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
     paired by position. Repeated ids and lines that are not objects are refused, naming the lines.
     """
     ids: list[str | None] = []
-    answers, gts, lines, keys = [], [], [], []
+    answers, gts, lines, keys, raws, scores = [], [], [], [], [], []
     # line by line: one huge answer is read once, then cut by the parser
     with _collector_paused():
         for n, line in jsonl_lines(path):
             if not line.strip():
                 continue
-            raw, gt, doc_id = _row(path, n, line)
+            raw, gt, doc_id, sc = _row(path, n, line)
             del line
             answers.append(read_answer(raw))
             keys.append(_memo_key(raw))
+            raws.append(raw if sc is not None else None)  # kept only to map scored fields to their tokens
+            scores.append(sc)
             ids.append(doc_id)
             gts.append(gt)
             lines.append(n)
     if not ids:
         raise VlmError(f"{path} holds no predictions")
+    if all(sc is None for sc in scores):  # a file without token scores reads as it always did
+        raws = scores = None
     if name is None:
         name = path.parent.name if path.stem == "generated_predictions" else path.stem
     missing = [n for n, d in zip(lines, ids) if d is None]
@@ -209,7 +217,8 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         raise VlmError(f"{path}:{missing[0]} has no id, but other lines have ids ({len(missing)} lines lack one)",
                        hint="give every line an id, or none (then the file is paired with the others by line).")
     if missing:
-        return Group(name, [str(k) for k in range(len(ids))], answers, gts, positional=True, lines=lines, keys=keys)
+        return Group(name, [str(k) for k in range(len(ids))], answers, gts, positional=True, lines=lines, keys=keys,
+                     raws=raws, scores=scores)
     first: dict[str, int] = {}
     repeats: dict[str, list[int]] = {}
     for n, d in zip(lines, ids):
@@ -220,14 +229,15 @@ def group_from_file(path: Path, name: str | None = None) -> Group:
         shown = "; ".join(f"{d!r} on lines {', '.join(map(str, ns))}" for d, ns in list(repeats.items())[:5])
         raise VlmError(f"{path}: {len(repeats)} ids repeat ({shown})",
                        hint="keep one line per document id; which copy to score is not guessed.")
-    return Group(name, [str(d) for d in ids], answers, gts, lines=lines, keys=keys)
+    return Group(name, [str(d) for d in ids], answers, gts, lines=lines, keys=keys, raws=raws, scores=scores)
 
 
 def _subset(g: Group, idx: list[int], ids: list[str]) -> Group:
     return Group(g.name, ids, [g.answers[k] for k in idx], [g.gts[k] for k in idx],
                  lines=None if g.lines is None else [g.lines[k] for k in idx],
                  raws=None if g.raws is None else [g.raws[k] for k in idx],
-                 keys=None if g.keys is None else [g.keys[k] for k in idx], constrain=g.constrain)
+                 keys=None if g.keys is None else [g.keys[k] for k in idx], constrain=g.constrain,
+                 scores=None if g.scores is None else [g.scores[k] for k in idx])
 
 
 def align(groups: list[Group]) -> tuple[list[str], list[Group]]:
@@ -351,16 +361,18 @@ def _warn_about_answers(name: str, n: int, s: dict[str, Any]) -> None:
         warn(f"group {name}: {note}")
 
 
-def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Score every group, with deltas and bootstrap intervals against the first group."""
+def evaluate_groups(groups: list[Group], resamples: int = 1000, seed: int = 0,
+                    calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score every group, with deltas and bootstrap intervals against the first group; field confidence where
+    the answers have token scores (``calibration``: a ``vlm calibrate`` file's content, applied)."""
     if len({g.name for g in groups}) != len(groups):
         raise VlmError("group names must be unique", hint="rename a prediction file or pass distinct --groups.")
     refuse_short_answers(groups)
     with heap_frozen():  # the groups just read: no collection walks them again
-        return _evaluate(groups, resamples, seed)
+        return _evaluate(groups, resamples, seed, calibration)
 
 
-def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
+def _evaluate(groups: list[Group], resamples: int, seed: int, calibration: dict[str, Any] | None) -> dict[str, Any]:
     order, groups = align(groups)
     scored = score_groups([g.preds for g in groups], [g.gts for g in groups],
                           [[a.valid for a in g.answers] for g in groups], [g.keys for g in groups])
@@ -400,6 +412,7 @@ def _evaluate(groups: list[Group], resamples: int, seed: int) -> dict[str, Any]:
     if differ(labels):
         result["format_content"] = format_and_content(groups, scores, labels)
     add_trust(result, groups, scores)
+    add_confidence(result, groups, resamples, seed, calibration)
     return result
 
 

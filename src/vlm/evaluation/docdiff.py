@@ -63,8 +63,10 @@ def _pair_rows(gt_rows: list[dict], pred_rows: list[dict]) -> list[tuple[int | N
     return pairs
 
 
-def _paired_leaves(gt: dict, pred: dict) -> list[tuple[str, str | None, str | None]]:
-    out: list[tuple[str, str | None, str | None]] = []
+def _paired_leaves(gt: dict, pred: dict) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(path, gt text, pred text, the field's path in the prediction) of every field; a paired row's path is
+    numbered as the truth's row, its prediction path as the prediction's."""
+    out: list[tuple[str, str | None, str | None, str | None]] = []
     keys = list(gt) + [k for k in pred if k not in gt]
     for key in keys:
         g, p = gt.get(key), pred.get(key)
@@ -72,20 +74,34 @@ def _paired_leaves(gt: dict, pred: dict) -> list[tuple[str, str | None, str | No
             g_rows, p_rows = _rows(g), _rows(p)
             for gi, pi in _pair_rows(g_rows, p_rows):
                 if gi is not None and pi is not None:
-                    out += _merge(_leaves(g_rows[gi], f"{key}[{gi}]"), _leaves(p_rows[pi], f"{key}[{gi}]"))
+                    out += _merge(_leaves(g_rows[gi], f"{key}[{gi}]"), _leaves(p_rows[pi], f"{key}[{gi}]"),
+                                  (f"{key}[{gi}]", f"{key}[{pi}]"))
                 elif gi is not None:
-                    out += [(path, text, None) for path, text in _leaves(g_rows[gi], f"{key}[{gi}]")]
+                    out += [(path, text, None, None) for path, text in _leaves(g_rows[gi], f"{key}[{gi}]")]
                 else:
-                    out += [(path, None, text) for path, text in _leaves(p_rows[pi], f"{key}[+{pi}]")]
+                    out += [(path, None, text, f"{key}[{pi}]" + path[len(f"{key}[+{pi}]"):])
+                            for path, text in _leaves(p_rows[pi], f"{key}[+{pi}]")]
         else:
             out += _merge(_leaves(g, key) if g is not None else [], _leaves(p, key) if p is not None else [])
     return out
 
 
-def _merge(g: list[tuple[str, str]], p: list[tuple[str, str]]) -> list[tuple[str, str | None, str | None]]:
+def _merge(g: list[tuple[str, str]], p: list[tuple[str, str]],
+           renumber: tuple[str, str] | None = None) -> list[tuple[str, str | None, str | None, str | None]]:
     pv = dict(p)
     gv = dict(g)
-    return [(path, text, pv.get(path)) for path, text in g] + [(path, None, text) for path, text in p if path not in gv]
+
+    def pred_path(path: str) -> str:
+        return path if renumber is None else renumber[1] + path[len(renumber[0]):]
+
+    return ([(path, text, pv.get(path), pred_path(path) if path in pv else None) for path, text in g]
+            + [(path, None, text, pred_path(path)) for path, text in p if path not in gv])
+
+
+def prediction_fields(pred: Any) -> list[tuple[str, str]]:
+    """(path, text) of every field of a prediction, in its own order, numbered as ``align``'s ``pred_path``."""
+    pred = pred if isinstance(pred, dict) else {}
+    return [(path, p) for _, _, p, path in _paired_leaves({}, pred) if p is not None and path is not None]
 
 
 @lru_cache(maxsize=65536)  # the same misreadings recur across documents and groups; callers do not modify it
@@ -104,14 +120,15 @@ def char_diff(truth: str, found: str) -> list[list[str]]:
 
 
 def align(gt: Any, pred: Any) -> list[dict[str, Any]]:
-    """Rows ``{"path", "gt", "pred", "status"[, "diff"]}``: ground-truth fields first, then extras.
+    """Rows ``{"path", "gt", "pred", "status"[, "diff"][, "pred_path"]}``: ground-truth fields first, then extras.
+    ``pred_path``: where a predicted field is in the prediction (its row numbered as the prediction's).
 
     ``pred`` ``None`` (not JSON) is an empty prediction: every field is missing.
     """
     gt = gt if isinstance(gt, dict) else {}
     pred = pred if isinstance(pred, dict) else {}
     rows = []
-    for path, g, p in _paired_leaves(gt, pred):
+    for path, g, p, pred_path in _paired_leaves(gt, pred):
         if g is None:
             status = EXTRA
         elif p is None:
@@ -121,5 +138,7 @@ def align(gt: Any, pred: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"path": path, "gt": g, "pred": p, "status": status}
         if status == WRONG:
             row["diff"] = char_diff(g, p)
+        if pred_path is not None:
+            row["pred_path"] = pred_path
         rows.append(row)
     return rows

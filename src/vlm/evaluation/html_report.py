@@ -3,7 +3,9 @@
 The page holds the metric table (with the bootstrap intervals), the charts and the consistency tables, then
 one row per document: a receipt thumbnail (click for the full image), and the ground truth beside each
 group's prediction as aligned key/value rows coloured correct, wrong, missing or extra, with a character
-diff. Filters: fixed, broken, worst N, inconsistent, label-error candidates; sortable by any group's nTED.
+diff. Filters: fixed, broken, worst N, inconsistent, label-error candidates; sortable by any group's nTED, or
+by its least confident field where the answers have token scores (each field then shows its confidence as a
+coloured bar and a number).
 
 Everything is inlined (no server, no CDN): charts and thumbnails as base64, the documents as JSON in a
 ``<script type="application/json">`` block that a small script renders a screenful at a time, so 1,000
@@ -22,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from vlm.data.records import load_documents
+from vlm.evaluation.confidence_report import confidence_lines
 from vlm.evaluation.docdiff import align
 from vlm.evaluation.report import metric_rows
 from vlm.evaluation.trust import trust_tables
@@ -90,6 +93,9 @@ def document_rows(result: dict[str, Any], candidates: list[dict[str, Any]], imag
                 entry = table.setdefault(a["path"], {"k": a["path"], "gt": a["gt"], "c": [None] * len(names)})
                 if a["status"] != "missing":
                     entry["c"][gi] = {"t": a["pred"], "s": a["status"], **({"d": a["diff"]} if "diff" in a else {})}
+                    conf = (row.get("field_confidence") or {}).get(a.get("pred_path"))
+                    if conf is not None:
+                        entry["c"][gi]["p"] = conf
                 else:
                     entry["c"][gi] = {"t": None, "s": "missing"}
         image = images.get(base["id"])
@@ -99,6 +105,7 @@ def document_rows(result: dict[str, Any], candidates: list[dict[str, Any]], imag
             "verdict": [r.get("verdict", "unchecked") for r in per],
             "failed": [[c for c, s in r.get("checks", {}).items() if s == "fail"] for r in per],
             "valid": [bool(r["valid"]) for r in per],
+            "conf": [None if r.get("confidence") is None else round(r["confidence"], 4) for r in per],
             "label": flagged.get(base["id"], []),
             "rows": list(table.values()),
             "thumb": thumbnail(image) if image else None,
@@ -122,4 +129,6 @@ def render_html(result: dict[str, Any], candidates: list[dict[str, Any]], images
         documents=result["documents"], baseline=result["baseline"], groups=names, metric_headers=headers,
         metric_rows=rows, trust=trust_tables(result), gt_consistent=result["ground_truth_checks"]["consistent"],
         charts={k: _png_uri(v) for k, v in charts.items()}, candidates=len(candidates), data=data,
+        scored=[any(r.get("field_confidence") is not None for r in result["per_document"][n]) for n in names],
+        confidence=confidence_lines(result),
     )

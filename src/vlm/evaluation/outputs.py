@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import VlmError
-from vlm.evaluation import html_report, qa, report, trust
+from vlm.evaluation import confidence_report, html_report, qa, report, trust
 from vlm.fsutil import TEMP_MARK, dumps_json
 
 
@@ -56,7 +56,8 @@ def write_files(out_dir: Path, files: dict[str, str | bytes]) -> list[Path]:
 
 def write_extraction_report(result: dict[str, Any], out_dir: Path, candidates: list[dict[str, Any]], limit: int,
                             store: Path | None = None, split: str = "test", aligned: dict | None = None) -> list[Path]:
-    """report.md, metrics.json, per_document.csv, chart.png, coverage.png and report.html in ``out_dir``.
+    """report.md, metrics.json, per_document.csv, chart.png, coverage.png and report.html in ``out_dir``; with
+    field confidence also reliability.png and risk_coverage.png.
 
     ``store``: the prediction store the groups came from, to find each document's image (none: no thumbnails).
     ``aligned``: what ``trust.label_error_candidates`` aligned, reused (and emptied) by the HTML report.
@@ -64,13 +65,17 @@ def write_extraction_report(result: dict[str, Any], out_dir: Path, candidates: l
     out_dir = Path(out_dir)
     chart, coverage = report.chart_png(result), trust.coverage_png(result)
     images = html_report.image_paths(Path(store), list(result["groups"]), split) if store else {}
-    charts = {"comparison": chart, "coverage": coverage}
+    confidence = confidence_report.charts(result)  # reliability.png, risk_coverage.png where answers have scores
+    charts = {"comparison": chart, "coverage": coverage, "reliability": confidence.get("reliability.png"),
+              "risk_coverage": confidence.get("risk_coverage.png")}
     return write_files(out_dir, {
-        "report.md": report.markdown(result) + trust.markdown(result, candidates, limit),
+        "report.md": report.markdown(result) + confidence_report.markdown(result)
+        + trust.markdown(result, candidates, limit),
         "metrics.json": _metrics_json(result),
         "per_document.csv": report.per_document_csv(result),
         "chart.png": chart,
         "coverage.png": coverage,
+        **confidence,
         "report.html": html_report.render_html(result, candidates, images, out_dir.resolve(), charts, aligned),
     })
 

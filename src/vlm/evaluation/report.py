@@ -22,6 +22,7 @@ LABELS = {
     "menu_recall": "menu rows recall",
     "menu_f1": "menu rows F1",
     "consistent": "consistent (checks pass)",
+    "confidence_auroc": "field confidence AUROC",
     "anls": "ANLS (τ=0.5)",
     "exact_match": "exact match",
 }
@@ -152,11 +153,19 @@ def markdown(result: dict[str, Any]) -> str:
 def per_document_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["group", "id", "valid_json", "ted_accuracy", "repairs"])
+    # field confidence columns only where some answer has token scores (vlm.evaluation.confidence_report)
+    scored = any(r.get("field_confidence") is not None for rows in result["per_document"].values() for r in rows)
+    writer.writerow(["group", "id", "valid_json", "ted_accuracy", "repairs"]
+                    + (["confidence", "least_confident_field", "fields_scored"] if scored else []))
     for group, rows in result["per_document"].items():
         for r in rows:
+            extra = []
+            if scored:
+                conf = r.get("confidence")
+                extra = ["" if conf is None else f"{conf:.6f}", r.get("least_confident") or "",
+                         "" if r.get("field_confidence") is None else len(r["field_confidence"])]
             writer.writerow([group, r["id"], int(bool(r["valid"])), f"{r['ted_accuracy']:.6f}",
-                             " ".join(r.get("repairs", []))])
+                             " ".join(r.get("repairs", []))] + extra)
     return buf.getvalue()
 
 

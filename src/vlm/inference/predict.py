@@ -35,6 +35,7 @@ from vlm.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from vlm.inference.constrain import Constraint, resolve_constraint
 from vlm.inference.parsing import parse_prediction
 from vlm.inference.store import Prediction, Store
+from vlm.inference.token_scores import Generated
 from vlm.inference.transformers_backend import TransformersGenerator
 from vlm.inference.vllm_backend import VLLM_KEYS, VllmGenerator, as_bool, choose_backend, merged_model
 from vlm.lf.cli import find_llamafactory_cli
@@ -214,10 +215,12 @@ def run_hashes(settings: dict[str, Any], prompt: str, spec: PredictSpec, backend
 
 
 def _generator(backend: str, settings: dict[str, Any], spec: PredictSpec, chunk_dir: Path,
-               pending: list[dict[str, Any]], constraint: Constraint) -> Callable[[list[dict[str, Any]]], list[str]]:
-    """A function from a chunk of records to their raw generations, for the chosen backend."""
+               pending: list[dict[str, Any]], constraint: Constraint
+               ) -> Callable[[list[dict[str, Any]]], list[Generated]]:
+    """A function from a chunk of records to their raw generations, for the chosen backend (LLaMA-Factory's
+    do_predict writes text only: its answers have no token scores)."""
     if backend == "llamafactory":
-        return lambda chunk: _run_chunk(chunk, settings, spec, chunk_dir)
+        return lambda chunk: [Generated(text) for text in _run_chunk(chunk, settings, spec, chunk_dir)]
 
     _, info = read_dataset_info(settings["dataset_dir"])
     if backend == "transformers":
@@ -352,14 +355,14 @@ def run_predict(spec: PredictSpec, show_progress: bool = True) -> dict[str, Any]
                     if not chunk:
                         continue
                 t0 = time.perf_counter()
-                raws = generate(chunk)
+                gens = generate(chunk)
                 latency = (time.perf_counter() - t0) / len(chunk)
                 rows = []
-                for doc, raw in zip(chunk, raws):
-                    parsed = parse_prediction(raw)
-                    rows.append(Prediction(spec.group, spec.split, doc["id"], raw, parsed.value, parsed.error,
+                for doc, gen in zip(chunk, gens):
+                    parsed = parse_prediction(gen.text)
+                    rows.append(Prediction(spec.group, spec.split, doc["id"], gen.text, parsed.value, parsed.error,
                                            parsed.repairs, ground_truth(doc), latency,
-                                           **hashes))
+                                           **hashes, scores=gen.scores))
                 store.put_many(rows, replaceable)
                 predicted += len(rows)
                 if bar:

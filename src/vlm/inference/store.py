@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vlm.errors import VlmError
+from vlm.inference.token_scores import TokenScores, as_json, pack, unpack
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     prompt_hash TEXT,
     gen_hash TEXT,
     created REAL NOT NULL,
+    token_scores BLOB,
     PRIMARY KEY (grp, split, doc_id)
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,6 +63,14 @@ class Prediction:
     adapter_hash: str | None = None
     prompt_hash: str | None = None
     gen_hash: str | None = None
+    scores: TokenScores | None = None  # the tokens' log-probabilities; None in rows stored before they were kept
+
+
+# Columns added after the first stores were written: (name, type). A store opened for writing gets them
+# (``_migrate``); a reader selects NULL for one its file lacks, so old stores read as they are.
+_ADDED = (("token_scores", "BLOB"),)
+_COLUMNS = ("grp, split, doc_id, raw, parsed, parse_error, repairs, ground_truth, latency_s, model_hash, "
+            "adapter_hash, prompt_hash, gen_hash, created, token_scores")
 
 
 class Store:
@@ -74,6 +84,8 @@ class Store:
     def __init__(self, path: str | Path, write: bool = False):
         self.path = Path(path)
         self.db = _open_for_writing(self.path) if write else _open_read_only(self.path)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(predictions)")}
+        self._scores_column = "token_scores" if "token_scores" in have else "NULL"
 
     def close(self) -> None:
         self.db.close()
@@ -125,11 +137,12 @@ class Store:
                         f"settings by another run (e.g. {min(other)}); this run stopped before mixing them in",
                         hint="run one vlm predict per group at a time; use a new --group name for other settings.")
             self.db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO predictions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(p.group, p.split, p.doc_id, p.raw,
                   None if p.parsed is None else json.dumps(p.parsed, ensure_ascii=False),
                   p.parse_error, json.dumps(p.repairs), json.dumps(p.ground_truth, ensure_ascii=False),
-                  p.latency_s, p.model_hash, p.adapter_hash, p.prompt_hash, p.gen_hash, now) for p in preds],
+                  p.latency_s, p.model_hash, p.adapter_hash, p.prompt_hash, p.gen_hash, now, pack(p.scores))
+                 for p in preds],
             )
 
     def last_run(self, group: str, split: str) -> dict[str, Any] | None:
@@ -145,12 +158,13 @@ class Store:
     def load(self, group: str, split: str) -> list[Prediction]:
         rows = self.db.execute(
             "SELECT grp, split, doc_id, raw, parsed, parse_error, repairs, ground_truth, latency_s, model_hash, "
-            "adapter_hash, prompt_hash, gen_hash FROM predictions WHERE grp=? AND split=? ORDER BY doc_id",
+            f"adapter_hash, prompt_hash, gen_hash, {self._scores_column} FROM predictions WHERE grp=? AND split=? "
+            "ORDER BY doc_id",
             (group, split),
         )
         return [
             Prediction(r[0], r[1], r[2], r[3], None if r[4] is None else json.loads(r[4]), r[5], json.loads(r[6]),
-                       json.loads(r[7]), r[8], r[9], r[10], r[11], r[12])
+                       json.loads(r[7]), r[8], r[9], r[10], r[11], r[12], unpack(r[13]))
             for r in rows
         ]
 
@@ -160,7 +174,7 @@ class Store:
             {"id": p.doc_id, "group": p.group, "split": p.split, "prediction": p.raw, "parsed": p.parsed,
              "parse_error": p.parse_error, "repairs": p.repairs, "ground_truth": p.ground_truth,
              "latency_s": p.latency_s, "model_hash": p.model_hash, "adapter_hash": p.adapter_hash,
-             "prompt_hash": p.prompt_hash, "gen_hash": p.gen_hash}
+             "prompt_hash": p.prompt_hash, "gen_hash": p.gen_hash, "token_scores": as_json(p.scores)}
             for p in self.load(group, split)
         ]
 
@@ -243,7 +257,21 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
                        hint="check that it is a file you can write, or pass another --store.") from None
     _check_schema(db, path, before)
     db.execute("PRAGMA journal_mode=WAL")  # readers are not blocked while a run commits chunks
+    _migrate(db)
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns newer versions write to a store made before them; its rows keep NULL there. Under the
+    write lock (taken only when a column is missing), so two runs opening the same old store do not both add it."""
+    if {name for name, _ in _ADDED} <= {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        have = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
+        for name, kind in _ADDED:
+            if name not in have:
+                db.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
 
 
 def _create(path: Path) -> None:

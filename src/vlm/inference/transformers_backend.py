@@ -27,6 +27,7 @@ from typing import Any
 
 from vlm.errors import VlmError
 from vlm.inference.constrain import Constraint, GrammarMasks
+from vlm.inference.token_scores import Generated, TokenScores, answer_length, token_ends
 from vlm.lf.data import quiet
 from vlm.lf.inputs import PromptEncoder
 
@@ -35,7 +36,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class TransformersGenerator:
-    """One model for the whole run; ``generate`` takes a chunk of records and returns raw texts in order."""
+    """One model for the whole run; ``generate`` takes a chunk of records and returns raw texts in order, each
+    with its tokens' log-probabilities (``vlm.inference.token_scores``)."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
                  batch_size: int, constraint: Constraint | None = None):
@@ -50,8 +52,8 @@ class TransformersGenerator:
             width = self.model.get_output_embeddings().weight.shape[0]
             self.masks = GrammarMasks(constraint, self.encoder.tokenizer, width, self.encoder.stop_token_ids)
 
-    def generate(self, records: list[dict[str, Any]]) -> list[str]:
-        texts: list[str] = []
+    def generate(self, records: list[dict[str, Any]]) -> list[Generated]:
+        texts: list[Generated] = []
         for start in range(0, len(records), self.batch_size):
             texts += self._generate(records[start: start + self.batch_size])
         return texts
@@ -64,10 +66,18 @@ class TransformersGenerator:
             rows += self._answer_ids(records[start: start + self.batch_size])
         return rows
 
-    def _generate(self, records: list[dict[str, Any]]) -> list[str]:
-        return self.encoder.tokenizer.batch_decode(self._answer_ids(records), skip_special_tokens=True)
-
     def _answer_ids(self, records: list[dict[str, Any]]) -> list[list[int]]:
+        out, prompt_length = self._run(records)
+        return out.sequences[:, prompt_length:].tolist()
+
+    def _generate(self, records: list[dict[str, Any]]) -> list[Generated]:
+        out, prompt_length = self._run(records)
+        answers = out.sequences[:, prompt_length:]
+        texts = self.encoder.tokenizer.batch_decode(answers.tolist(), skip_special_tokens=True)
+        return [Generated(text, scores) for text, scores in zip(texts, self._scores(out.logits, answers, texts))]
+
+    def _run(self, records: list[dict[str, Any]]) -> tuple[Any, int]:
+        """``generate``'s output (sequences and the raw logits of every step) and the prompts' padded length."""
         import torch
 
         inputs = self.encoder.batch(records, self.model)
@@ -79,8 +89,29 @@ class TransformersGenerator:
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
                                       repetition_penalty=self.repetition_penalty,
                                       logits_processor=[self.masks.processor()] if self.masks else None,
-                                      eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
-        return out[:, inputs["input_ids"].shape[1]:].tolist()
+                                      eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
+                                      output_logits=True, return_dict_in_generate=True)
+        return out, inputs["input_ids"].shape[1]
+
+    def _scores(self, logits: tuple, answers: Any, texts: list[str]) -> list[TokenScores | None]:
+        """Each answer's token log-probabilities under the model's raw logits (what any logits processor
+        saw before it changed them), up to its first stop token, with the tokens' character ends."""
+        import torch
+
+        if not logits:
+            return [TokenScores((), ()) if not t else None for t in texts]
+        chosen = answers[:, : len(logits)].to(logits[0].device)
+        # step by step: one (batch, vocab) float copy at a time, not the whole (batch, steps, vocab) stack
+        logprobs = torch.stack([step.float().gather(-1, chosen[:, t: t + 1]).squeeze(-1)
+                                - torch.logsumexp(step.float(), dim=-1) for t, step in enumerate(logits)], dim=1)
+        logprobs = logprobs.tolist()
+        stop = set(self.encoder.stop_token_ids)
+        out: list[TokenScores | None] = []
+        for ids, lp, text in zip(chosen.tolist(), logprobs, texts):
+            n = answer_length(ids, stop)
+            ends = token_ends(self.encoder.tokenizer, ids[:n], text)
+            out.append(None if ends is None else TokenScores(tuple(lp[:n]), ends))
+        return out
 
 
 def _load_model(settings: dict[str, Any], encoder: Any) -> Any:

@@ -34,6 +34,7 @@ from typing import Any
 from vlm.errors import VlmError
 from vlm.fsutil import atomic_write_json, atomic_write_text
 from vlm.inference.constrain import Constraint, grammar_text
+from vlm.inference.token_scores import Generated, TokenScores, token_ends
 from vlm.lf.cli import find_llamafactory_cli, merge_config
 from vlm.lf.inputs import PromptEncoder  # noqa: F401  (re-exported: the vLLM prompt encoder)
 from vlm.procs import log_tail, run_child
@@ -117,7 +118,8 @@ def merged_model(settings: dict[str, Any], adapter_hash: str, cache_dir: Path) -
 
 
 class VllmGenerator:
-    """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order."""
+    """One ``vllm.LLM`` for the whole run; ``generate`` takes a chunk of records, returns raw texts in order, each
+    with its tokens' log-probabilities."""
 
     def __init__(self, settings: dict[str, Any], dataset_info: dict[str, Any], max_new_tokens: int,
                  merged: Path | None = None, max_images: int = 1, constraint: Constraint | None = None):
@@ -180,16 +182,36 @@ class VllmGenerator:
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True,
                                      stop_token_ids=self.encoder.stop_token_ids,
                                      repetition_penalty=_number(settings, "repetition_penalty", 1.0, float),
-                                     structured_outputs=structured)
+                                     structured_outputs=structured,
+                                     # the sampled token's log-probability (vLLM adds it beside the top 1),
+                                     # from the raw logits (its default logprobs_mode)
+                                     logprobs=1)
 
-    def generate(self, records: list[dict[str, Any]]) -> list[str]:
+    def generate(self, records: list[dict[str, Any]]) -> list[Generated]:
         with stdout_to_stderr():
             return self._generate(records)
 
-    def _generate(self, records: list[dict[str, Any]]) -> list[str]:
+    def _generate(self, records: list[dict[str, Any]]) -> list[Generated]:
         prompts = [self.encoder.encode(record)[0] for record in records]
         outputs = self.llm.generate(prompts, self.params, use_tqdm=False, lora_request=self.lora)
-        return [out.outputs[0].text if out.outputs else "" for out in outputs]
+        return [generated(out, self.encoder.tokenizer) for out in outputs]
+
+
+def generated(output: Any, tokenizer: Any) -> Generated:
+    """The text and token scores of one ``vllm.RequestOutput``: ``outputs[0]`` has ``text``, ``token_ids`` and
+    ``logprobs``, a list (one per generated token) of ``{token_id: Logprob}`` that holds the sampled token."""
+    if not output.outputs:
+        return Generated("")
+    first = output.outputs[0]
+    ids, steps = list(first.token_ids or []), first.logprobs
+    if steps is None or len(steps) != len(ids):
+        return Generated(first.text)
+    try:
+        logprobs = tuple(float(step[tok].logprob) for tok, step in zip(ids, steps))
+    except (KeyError, AttributeError, TypeError):
+        return Generated(first.text)
+    ends = token_ends(tokenizer, ids, first.text)
+    return Generated(first.text, None if ends is None else TokenScores(logprobs, ends))
 
 
 @contextlib.contextmanager

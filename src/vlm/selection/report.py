@@ -22,6 +22,11 @@ SELECTION_PLOT = "selection.png"
 NAMES = {"f1": "field F1", "ted_accuracy": "nTED accuracy", "valid_json": "valid JSON"}
 
 
+def _name(metric: str) -> str:
+    """A metric's label: coverage@0.99 is the share of fields kept at 99% precision (needs token scores)."""
+    return NAMES.get(metric, metric)
+
+
 def _other(metric: str) -> str:
     return "ted_accuracy" if metric == "f1" else "f1"
 
@@ -37,7 +42,7 @@ def _num(value: float | None) -> str:
 
 def table(rows: list[dict[str, Any]], metric: str, several: bool):
     """The ranking as a rich table: the chosen metric first, then the others and the gap to the best."""
-    name, other = NAMES[metric], _other(metric)
+    name, other = _name(metric), _other(metric)
     t = Table(title=f"{rows[0]['documents']} documents; ranked by {name}; "
                     "gaps to the best with 95% paired-bootstrap CIs")
     for col in ("#", *(["run"] if several else []), "checkpoint", "step", name, NAMES[other], "valid JSON",
@@ -57,7 +62,7 @@ def table(rows: list[dict[str, Any]], metric: str, several: bool):
 
 def verdict(rows: list[dict[str, Any]], metric: str, several: bool) -> list[str]:
     """The winner, and in plain words whether the data can tell it from the runners-up."""
-    name, other = NAMES[metric], NAMES[_other(metric)]
+    name, other = _name(metric), NAMES[_other(metric)]
     best = rows[0]
     m = best["metrics"]
     lines = [f"best by {name}: {_who(best, several)}" + (f" (step {best['step']})" if best["step"] is not None else "")
@@ -99,7 +104,7 @@ def plot_run(output_dir: Path, rows: list[dict[str, Any]], metric: str, split: s
         top.plot(steps, [r["metrics"][key] for r in points], style, label=f"{NAMES[key]} ({split})")
     best = rows[0]
     if best["step"] is not None:
-        top.axvline(best["step"], color="grey", linestyle=":", label=f"best by {NAMES[metric]}: {best['label']}")
+        top.axvline(best["step"], color="grey", linestyle=":", label=f"best by {_name(metric)}: {best['label']}")
     for r in points:
         if r["tied"]:
             top.plot([r["step"]], [r["metrics"][metric]], "o", markersize=12, markerfacecolor="none",

@@ -21,6 +21,8 @@ from typing import Any
 
 from vlm.errors import VlmError
 from vlm.evaluation.compare import Group, align, bootstrap_delta, groups_from_store
+from vlm.evaluation.confidence_metrics import coverage_at_precision, coverage_delta_ci
+from vlm.evaluation.confidence_report import field_table
 from vlm.evaluation.metrics import aggregate, score_documents
 from vlm.fsutil import LockedError, atomic_write_json, now, try_lock
 from vlm.inference.predict import PredictSpec, prediction_status, run_predict
@@ -40,6 +42,7 @@ from vlm.training.checkpoints import (
 from vlm.training.config import load_config
 
 METRICS = ("f1", "ted_accuracy")
+_COVERAGE = re.compile(r"coverage@(0?\.\d+)$")  # coverage@0.99: share of fields acceptable unread at that precision
 SWEEP_STATUS = "sweep_status.json"
 LEADERBOARD = "leaderboard.json"
 
@@ -232,18 +235,44 @@ def _predict(candidates: list[Candidate], statuses: dict[str, Any], opts: Select
         c.seconds, c.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
 
 
+def coverage_target(metric: str) -> float | None:
+    """The precision of a ``coverage@P`` metric (None for the other metrics)."""
+    m = _COVERAGE.match(metric)
+    return float(m.group(1)) if m else None
+
+
+def _field_tables(groups: list[Group], target: float) -> dict[str, dict]:
+    """Each group's scored fields (as vlm evaluate reads them); refused when a group has no token scores."""
+    tables = {}
+    for g in groups:
+        rows = [{"valid": a.valid, "repairs": a.repairs, "ground_truth": gt} for a, gt in zip(g.answers, g.gts)]
+        table = field_table(g, rows)
+        if table is None:  # (a table without fields is a model that extracted nothing: coverage 0)
+            raise VlmError(f"--metric coverage@{target:g} needs token scores, and group {g.name!r} has none",
+                           hint="predict the checkpoints again with this version: vlm select ... --overwrite.")
+        tables[g.name] = table
+    return tables
+
+
 def _score(candidates: list[Candidate], ids: list[str], opts: SelectOptions):
-    """Per group: the documents' scores and their aggregate metrics, read as vlm evaluate reads store groups."""
+    """Per group: the documents' scores and their aggregate metrics, read as vlm evaluate reads store groups.
+    With a ``coverage@P`` metric, also each group's field table (else an empty dict)."""
     names = list(dict.fromkeys(c.group for c in candidates if not c.reuse))
     wanted = set(ids)
     groups = []
     for g in groups_from_store(opts.store, names, opts.split):
         keep = [k for k, d in enumerate(g.ids) if d in wanted]  # an earlier run without --limit stored more
         groups.append(Group(g.name, [g.ids[k] for k in keep], [g.answers[k] for k in keep],
-                            [g.gts[k] for k in keep], raws=[g.raws[k] for k in keep] if g.raws else None))
+                            [g.gts[k] for k in keep], raws=[g.raws[k] for k in keep] if g.raws else None,
+                            scores=[g.scores[k] for k in keep] if g.scores else None))
     order, groups = align(groups)
     scores = {g.name: score_documents(g.preds, g.gts, [a.valid for a in g.answers]) for g in groups}
-    return len(order), scores, {name: aggregate(s) for name, s in scores.items()}
+    metrics = {name: aggregate(s) for name, s in scores.items()}
+    target = coverage_target(opts.metric)
+    tables = _field_tables(groups, target) if target is not None else {}
+    for name, table in tables.items():
+        metrics[name][opts.metric] = coverage_at_precision(table["confidence"], table["label"], target)
+    return len(order), scores, metrics, tables
 
 
 def _group(c: Candidate) -> str:
@@ -252,7 +281,7 @@ def _group(c: Candidate) -> str:
 
 def _ranked(candidates: list[Candidate], metrics: dict[str, dict], metric: str) -> list[Candidate]:
     """Best first by the metric, then the other main metric, then the earlier step (fewer steps, same score)."""
-    other = METRICS[1 - METRICS.index(metric)]
+    other = METRICS[1 - METRICS.index(metric)] if metric in METRICS else "f1"
 
     def key(item: tuple[int, Candidate]):
         k, c = item
@@ -262,16 +291,23 @@ def _ranked(candidates: list[Candidate], metrics: dict[str, dict], metric: str) 
     return [c for _, c in sorted(enumerate(candidates), key=key)]
 
 
-def _rows(ranked: list[Candidate], scores, metrics, n_docs: int, opts: SelectOptions) -> list[dict[str, Any]]:
+def _rows(ranked: list[Candidate], scores, metrics, n_docs: int, opts: SelectOptions,
+          tables: dict[str, dict] | None = None) -> list[dict[str, Any]]:
     """Table rows, best first, each with its gap to the best and that gap's paired-bootstrap 95% CI."""
     best, rows = ranked[0], []
     for rank, c in enumerate(ranked, 1):
         m = metrics[_group(c)]
         gap, tied = None, False
         if c is not best:
-            ci = ([0.0, 0.0] if _group(c) == _group(best) else
-                  list(bootstrap_delta(scores[_group(best)], scores[_group(c)], n_docs, opts.resamples, opts.seed)
-                       .get(opts.metric, (0.0, 0.0))))
+            target = coverage_target(opts.metric)
+            if _group(c) == _group(best):
+                ci = [0.0, 0.0]
+            elif target is not None:
+                ci = coverage_delta_ci(tables[_group(best)], tables[_group(c)], n_docs, target, opts.resamples,
+                                       opts.seed)
+            else:
+                ci = list(bootstrap_delta(scores[_group(best)], scores[_group(c)], n_docs, opts.resamples, opts.seed)
+                          .get(opts.metric, (0.0, 0.0)))
             gap = {"delta": m[opts.metric] - metrics[_group(best)][opts.metric], "ci95": ci}
             tied = ci[1] >= 0  # the interval of (this - best) reaches 0: the data cannot order them
         rows.append({
@@ -306,8 +342,9 @@ def _record(rows: list[dict[str, Any]], opts: SelectOptions, run: Run | None, ex
 def select_runs(configs: list[Path], opts: SelectOptions, show_progress: bool = True) -> dict[str, Any]:
     """Predict, score and rank every saved model of ``configs``' runs; write each run's selection.json and
     selection.png, and with several runs the overall leaderboard. Returns what ``--json`` prints."""
-    if opts.metric not in METRICS:
-        raise VlmError(f"--metric {opts.metric!r} is not one of {', '.join(METRICS)}")
+    if opts.metric not in METRICS and coverage_target(opts.metric) is None:
+        raise VlmError(f"--metric {opts.metric!r} is not one of {', '.join(METRICS)}, coverage@P",
+                       hint="e.g. --metric coverage@0.99: the share of fields acceptable unread at 99% precision.")
     opts.keep()
     configs = list(dict.fromkeys(Path(c) for c in configs))
     if not configs:
@@ -347,12 +384,12 @@ def _select_locked(runs: list[Run], opts: SelectOptions, show_progress: bool) ->
         c.reuse = earlier if earlier is not c else None
     ids, statuses = _plan(candidates, opts)
     _predict(candidates, statuses, opts, show_progress)
-    n_docs, scores, metrics = _score(candidates, ids, opts)
-    overall = _rows(_ranked(candidates, metrics, opts.metric), scores, metrics, n_docs, opts)
+    n_docs, scores, metrics, tables = _score(candidates, ids, opts)
+    overall = _rows(_ranked(candidates, metrics, opts.metric), scores, metrics, n_docs, opts, tables)
     result: dict[str, Any] = {"metric": opts.metric, "split": opts.split, "documents": n_docs,
                               "store": str(opts.store), "runs": []}
     for run in runs:
-        rows = _rows(_ranked(run.candidates, metrics, opts.metric), scores, metrics, n_docs, opts)
+        rows = _rows(_ranked(run.candidates, metrics, opts.metric), scores, metrics, n_docs, opts, tables)
         plot = None
         if opts.plot:
             plot = str(plot_run(run.output_dir, rows, opts.metric, opts.split))

@@ -65,7 +65,12 @@
       const parts = state.sort.split(":");
       const sg = parseInt(parts[0], 10);
       const dir = parts[1] === "desc" ? -1 : 1;
-      out.sort(function (a, b) { return dir * (a[0].ted[sg] - b[0].ted[sg]) || a[1] - b[1]; });
+      if (parts[1] === "conf") {  // least confident field first; documents without scores last
+        const key = function (d) { return d.conf[sg] === null ? Infinity : d.conf[sg]; };
+        out.sort(function (a, b) { return (key(a[0]) - key(b[0])) || a[1] - b[1]; });
+      } else {
+        out.sort(function (a, b) { return dir * (a[0].ted[sg] - b[0].ted[sg]) || a[1] - b[1]; });
+      }
     }
     return out.map(function (p) { return p[0]; });
   }
@@ -82,6 +87,12 @@
       td.textContent = c.t;
     }
     if (c) td.title = c.s;
+    if (c && c.p !== undefined) {  // the field's confidence: a coloured bar and the number
+      td.classList.add(c.p >= 0.9 ? "conf-hi" : c.p >= 0.5 ? "conf-mid" : "conf-lo");
+      td.dataset.conf = String(c.p);
+      td.appendChild(el("span", "conf", c.p.toFixed(2)));
+      td.title = c.s + ", confidence " + c.p.toFixed(3);
+    }
     return td;
   }
 
@@ -105,7 +116,8 @@
     DATA.groups.forEach(function (name, g) {
       const failed = doc.failed[g].length ? " (" + doc.failed[g].join(", ") + ")" : "";
       title.appendChild(el("span", "badge " + doc.verdict[g],
-        name + ": nTED " + doc.ted[g].toFixed(3) + ", " + (doc.valid[g] ? doc.verdict[g] : "not JSON") + failed));
+        name + ": nTED " + doc.ted[g].toFixed(3) + ", " + (doc.valid[g] ? doc.verdict[g] : "not JSON") + failed
+        + (doc.conf[g] === null ? "" : ", least confident field " + doc.conf[g].toFixed(2))));
     });
     if (doc.label.length) title.appendChild(el("span", "badge label", "label-error candidate: " + doc.label.join(", ")));
     body.appendChild(title);
