@@ -173,3 +173,38 @@ def test_vllm_stores_token_scores_close_to_the_transformers_backends(work):
             diffs = [abs(a - b) for a, b in zip(row.scores.logprobs, hf[doc_id].scores.logprobs)]
             # (vLLM may leave the stop token out of its token ids: at most that one token less)
             assert 0 <= len(hf[doc_id].scores) - len(row.scores) <= 1 and max(diffs) < 0.1, (doc_id, max(diffs))
+
+
+def test_vllm_constrained_answers_of_the_2b_architecture_fit_the_schema(work, tmp_path):
+    """The issue's case: a random model with Qwen2-VL-2B's architecture (bench/train_cost_model.py's ``build_2b``:
+    151,936 vocabulary rows, 28 layers) predicted by vLLM with --constrain schema. A random model of that size
+    writes anything; held to the grammar, every answer that closes within the token limit is CORD-schema JSON."""
+    import jsonschema
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_cost_model import build_2b
+
+    from vlm.inference.constrain import cord_json_schema
+
+    build_2b(tmp_path / "model-2b")
+    config = yaml.safe_load((work / "train.yaml").read_text())
+    config.update(model_name_or_path=str(tmp_path / "model-2b"), output_dir=str(tmp_path / "unused"))
+    (tmp_path / "2b.yaml").write_text(yaml.safe_dump(config))
+    result = _run("predict", "--group", "schema-2b", "--config", str(tmp_path / "2b.yaml"), "--no-adapter",
+                  "--backend", "vllm", "--store", str(tmp_path / "store.sqlite"), "--max-new-tokens", "512",
+                  "--constrain", "schema", "--json", *VLLM_ARGS, cwd=tmp_path)
+    assert result["predicted"] == 16
+    from vlm.inference.store import Store
+
+    with Store(tmp_path / "store.sqlite") as store:
+        answers = [p.raw for p in store.load("schema-2b", "test")]
+    finished = 0
+    for raw in answers:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue  # still open at --max-new-tokens
+        jsonschema.validate(value, cord_json_schema())
+        finished += 1
+    print(f"\n2B architecture, vLLM, --constrain schema: {finished}/16 answers closed, all in the schema")
+    assert finished > 0

@@ -72,69 +72,21 @@ def evaluate(
     if task is Task.qa:
         _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json)
         return
-    from vlm.errors import VlmError
-    from vlm.evaluation.compare import (
-        evaluate_groups,
-        fixed_and_broken,
-        group_from_file,
-        groups_from_store,
-        worst_documents,
-    )
-    from vlm.evaluation.outputs import write_extraction_report
-    from vlm.evaluation.report import print_tables
-    from vlm.output import info, out, print_json
+    from vlm.evaluation.evaluate import EvaluateSpec, as_json_result, evaluate_extraction, print_evaluation
+    from vlm.output import info, print_json
 
-    if output:
-        from vlm.fsutil import ensure_dir
-
-        ensure_dir(output, "--output folder")  # before the work, not after it
-    loaded = []
     if groups:
         check_store(store)
-        loaded += groups_from_store(store, groups, split)
-    for path in predictions or []:
-        loaded.append(group_from_file(path))
-    if not loaded:
-        raise VlmError("nothing to evaluate", hint="pass --groups NAME [NAME ...] or --predictions FILE [FILE ...].")
-    cal = None
-    if calibration is not None:
-        from vlm.evaluation.calibration import read
-
-        cal = read(calibration)
-    result = evaluate_groups(loaded, resamples=resamples, seed=seed, calibration=cal)
-    extra = {}
-    if "format_content" in result:  # groups predicted under different --constrain settings
-        extra["format_content"] = result["format_content"]
-    if worst:
-        extra["worst"] = {g: worst_documents(result, g, worst) for g in result["groups"]}
-    if changes:
-        extra["changes"] = {g: fixed_and_broken(result, g) for g in list(result["groups"])[1:]}
-    from vlm.evaluation import trust
-
-    aligned: dict | None = {} if output else None  # alignments made for the candidates, reused by report.html
-    # the candidates feed only --label-errors and the files: --json alone never prints them
-    candidates = trust.label_error_candidates(result, aligned) if output or label_errors is not None else []
-    if label_errors is not None:
-        extra["label_errors"] = candidates[:label_errors]
-    if output:
-        paths = write_extraction_report(result, output, candidates, 20 if label_errors is None else label_errors,
-                                        store=store if groups else None, split=split, aligned=aligned)
+    spec = EvaluateSpec(groups=groups, predictions=predictions, split=split, store=store, output=output, worst=worst,
+                        changes=changes, resamples=resamples, seed=seed, label_errors=label_errors,
+                        calibration=calibration)
+    result, extra, paths = evaluate_extraction(spec)
+    if paths:
         info("wrote " + ", ".join(str(p) for p in paths))
     if as_json:
-        print_json({name: {k: v for k, v in g.items()} for name, g in result["groups"].items()} | extra)
-        return
-    print_tables(result, show_fields=fields)
-    from vlm.evaluation.confidence_report import confidence_lines
-
-    for line in confidence_lines(result):
-        out.print(f"field confidence: {line}", highlight=False)
-    trust.print_trust(result, extra.get("label_errors"))
-    for g, rows in extra.get("worst", {}).items():
-        out.print(f"[bold]{worst} worst documents of {g}[/bold]: "
-                  + ", ".join(f"{r['id']} ({r['ted_accuracy']:.3f})" for r in rows))
-    for g, ch in extra.get("changes", {}).items():
-        out.print(f"[bold]{g}[/bold] fixed {len(ch['fixed'])}: " + ", ".join(r["id"] for r in ch["fixed"][:20]))
-        out.print(f"[bold]{g}[/bold] broke {len(ch['broken'])}: " + ", ".join(r["id"] for r in ch["broken"][:20]))
+        print_json(as_json_result(result, extra))
+    else:
+        print_evaluation(result, extra, show_fields=fields, worst=worst)
 
 
 def _evaluate_qa(groups, predictions, split, store, output, worst, resamples, seed, as_json) -> None:
