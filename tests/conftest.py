@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import build_tiny_model, make_awkward_data, make_toy_dataset, shared_dir
+from helpers import build_tiny_model, make_awkward_data, make_toy_dataset, shared_dir, train_lora_run
 
 
 def pytest_configure(config) -> None:
@@ -41,6 +41,14 @@ def medium_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built once per run for every test that fine-tunes it."""
     return shared_dir(tmp_path_factory, "medium-model", lambda d: build_tiny_model(d / "model", "--size", "medium")) / \
         "model"
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
+    """The medium model LoRA-trained by ``vlm train`` until it reproduces its four receipts (helpers.train_lora_run),
+    once per run for every test that needs a trained adapter (learning, parity). Read only: copy it to write
+    (helpers.copy_run)."""
+    return shared_dir(tmp_path_factory, "lora-run", lambda d: train_lora_run(d, medium_model))
 
 
 @pytest.fixture

@@ -273,6 +273,27 @@ def write_receipts(root: Path) -> Path:
     return root
 
 
+# The LoRA recipe that makes the medium model reproduce its four receipts. Measured: at rank 32 and lr 5e-3 LoRA on
+# this random model was still at loss 1.7 after 80 steps; at full rank (128) and lr 1e-3 it reaches 0.002 in 80 steps
+# (about 45 s on 2 cores) and reproduces all four.
+LORA_PIXELS = 20000
+LORA_RECIPE = ["--epochs", "80", "--batch-size", "4", "--lora-rank", "128", "learning_rate=1e-3", "bf16=false",
+               "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={LORA_PIXELS}",
+               "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
+               "val_size=0", "eval_strategy=no", "logging_steps=10"]
+
+
+def train_lora_run(root: Path, model: Path) -> Path:
+    """A run folder: ``model`` (linked), four receipts per split in data/, run.yaml, and the LoRA adapter in
+    saves/lora that ``vlm train`` made from them with ``LORA_RECIPE``."""
+    (root / "model").symlink_to(model)
+    write_receipts(root / "data")
+    vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
+        "--output-dir", "saves/lora", *LORA_RECIPE, cwd=root)
+    vlm("train", "run.yaml", cwd=root)
+    return root
+
+
 # ---------------------------------------------------------------- training configs and a stand-in llamafactory-cli
 
 

@@ -24,27 +24,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ENV, VLM, copy_run, vlm, write_receipts
+from helpers import ENV, LORA_PIXELS, VLM, copy_run, vlm
 
-PIXELS = 20000
-# Measured: at rank 32 and lr 5e-3 LoRA on this random model was still at loss 1.7 after 80 steps; at full
-# rank (128) and lr 1e-3 it reaches 0.002 in 80 steps (about 1.5 min on 2 cores) and reproduces all four.
-TRAIN = ["--epochs", "80", "--batch-size", "4", "--lora-rank", "128", "learning_rate=1e-3", "bf16=false",
-         "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={PIXELS}",
-         "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
-         "val_size=0", "eval_strategy=no", "logging_steps=10"]
+PIXELS = LORA_PIXELS
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
-    """A run folder: medium model, four receipts, a LoRA adapter that has learned them, both groups predicted
-    (batches of 3, so one batch is left-padded and one is not)."""
-    root = tmp_path_factory.mktemp("learning")
-    (root / "model").symlink_to(medium_model)  # built once per run (conftest), only read
-    write_receipts(root / "data")
-    vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
-        "--output-dir", "saves/lora", *TRAIN, cwd=root)
-    vlm("train", "run.yaml", cwd=root)
+def trained_run(tmp_path_factory: pytest.TempPathFactory, lora_run: Path) -> Path:
+    """A run folder: medium model, four receipts, a LoRA adapter that has learned them (conftest's ``lora_run``,
+    trained once per run), both groups predicted (batches of 3, so one batch is left-padded and one is not)."""
+    root = copy_run(lora_run, tmp_path_factory.mktemp("learning") / "run")
     for group, extra in (("vanilla-model", ["--no-adapter"]), ("finetuned-model", [])):
         vlm("predict", "--group", group, "--config", "run.yaml", "--split", "train", "--max-new-tokens", "48",
             "--batch-size", "3", *extra, cwd=root)

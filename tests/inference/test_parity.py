@@ -17,17 +17,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_vlm, vlm, write_receipts
+from helpers import copy_run, run_vlm
 
 from vlm.commands.common import NEAR_TIE as CLI_NEAR_TIE
 from vlm.inference.parity import NEAR_TIE, first_divergence, verdict
 
-PIXELS = 20000
-# The recipe of tests/inference/test_learning.py: loss 0.003 after 80 steps (about 45 s on 2 cores).
-TRAIN = ["--epochs", "80", "--batch-size", "4", "--lora-rank", "128", "learning_rate=1e-3", "bf16=false",
-         "gradient_accumulation_steps=1", "preprocessing_num_workers=1", f"image_max_pixels={PIXELS}",
-         "save_steps=100000", "overwrite_output_dir=true", "warmup_ratio=0", "lr_scheduler_type=constant",
-         "val_size=0", "eval_strategy=no", "logging_steps=10"]
 SHORT = ["--verify-max-new-tokens", "64"]  # the receipts' answers are 39 tokens
 # Scaling this merged weight by 2 changes the greedy answer of every receipt (measured: margins 2-11 logits on
 # the adapter's side). A doubled MLP weight of layer 1 did not: the answers stayed byte-identical.
@@ -35,14 +29,10 @@ CORRUPT = "model.layers.0.self_attn.o_proj.weight"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Path:
-    """Medium model, four receipts, a LoRA adapter that has learned them, and its merge checked by --verify."""
-    root = tmp_path_factory.mktemp("parity")
-    (root / "model").symlink_to(medium_model)
-    write_receipts(root / "data")
-    vlm("render-config", "run.yaml", "--model", str(root / "model"), "--dataset-dir", "data",
-        "--output-dir", "saves/lora", *TRAIN, cwd=root)
-    vlm("train", "run.yaml", cwd=root)
+def run(tmp_path_factory: pytest.TempPathFactory, lora_run: Path) -> Path:
+    """Medium model, four receipts, a LoRA adapter that has learned them (conftest's ``lora_run``), and its merge
+    checked by --verify."""
+    root = copy_run(lora_run, tmp_path_factory.mktemp("parity") / "run")
     r = run_vlm("merge", "run.yaml", "--export-dir", "merged", "--verify", "4", *SHORT, "--json", cwd=root)
     (root / "merge.json").write_text(r.stdout)
     (root / "merge.rc").write_text(str(r.returncode))
