@@ -116,6 +116,7 @@ def test_answers_without_token_scores_have_no_confidence_and_export_accepts_noth
     parsed = parse_prediction(raw)
     assert field_confidences(raw, parsed.value, parsed.valid, None) is None
     assert document_confidence(None) is None
+    assert document_confidence([]) == 0.0  # scored, nothing extracted: sorted first, not last
     row = accepted_fields({"id": "d", "prediction": raw, "token_scores": None}, 0.5)
     assert row["fields"] == [] and "no token scores" in row["note"]
     low = raw.index("40,000")

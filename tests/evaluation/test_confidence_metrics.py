@@ -106,3 +106,24 @@ def test_calibration_says_when_it_cannot():
     none = calibration.fit(unreachable, 0.9)
     assert none["threshold"] is None and "no confidence threshold" in none["reason"]
     assert "no threshold" in apply_calibration(none, _table(200, 1))["message"]
+
+
+def test_risk_coverage_of_tied_scores_does_not_depend_on_their_order():
+    """The rule ranking has few levels, so most fields tie; a document's extra (always wrong) fields come last in
+    its list. AURC over a tie is its expectation over the tie's orders, not the input order's."""
+    assert cm.risk_coverage([1, 1, 1, 1], [0, 0, 1, 1])[0] == cm.risk_coverage([1, 1, 1, 1], [1, 1, 0, 0])[0] == 0.5
+    r = np.random.default_rng(3)
+    scores = r.choice([0.2, 0.5, 0.8], size=30)
+    labels = (r.random(30) < scores).astype(float)
+    shuffled = r.permutation(30)
+    assert abs(cm.risk_coverage(scores, labels)[0] - cm.risk_coverage(scores[shuffled], labels[shuffled])[0]) < 1e-12
+
+
+def test_a_handful_of_accepted_fields_does_not_reach_a_high_target():
+    """400 scored fields, 10 above the threshold and 9 of them right: precision 0.9, whose CI reaches 1.0. That is
+    not 99% precision shown: with fewer than 1 / (1 - 0.99) accepted fields one error is already below it."""
+    conf = np.r_[np.full(10, 0.999), np.full(390, 0.5)]
+    label = np.r_[np.ones(9), np.zeros(1), (np.arange(390) % 2).astype(float)]
+    table = {"confidence": conf, "label": label, "doc": np.arange(400.0)}
+    got = apply_calibration({"target_precision": 0.99, "threshold": 0.99}, table, resamples=300)
+    assert not got["reached"] and "too few accepted fields" in got["message"], got

@@ -123,6 +123,9 @@ def test_a_json_schema_file_constrains_the_answers(tmp_path: Path, tiny_model: P
     ("{not json", "is not valid JSON"),
     ("[1, 2]", "holds a JSON list, not a JSON Schema object"),
     ('{"type": "array", "items": {"type": "string"}}', "describes a 'array', but vlm predicts JSON objects"),
+    # no root type: {} or a root anyOf compiles to a grammar that lets strings and lists through
+    ("{}", 'has no "type": "object" at the top level'),
+    ('{"anyOf": [{"type": "string"}, {"type": "object"}]}', 'has no "type": "object" at the top level'),
     ('{"type": "object", "properties": {"a": {"type": "strng"}}}', "cannot be compiled to a grammar"),
 ])
 def test_a_bad_json_schema_file_is_refused_naming_it(tmp_path: Path, content: str | None, message: str):

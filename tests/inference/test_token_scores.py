@@ -47,11 +47,14 @@ def _predict(model: Path, data: Path, store: Path, *extra: str) -> dict:
     return json.loads(r.stdout)
 
 
-def _teacher_forced(model_dir: Path, data: Path, records: list[dict]) -> list[tuple[str, list[int], list[float]]]:
+def _teacher_forced(model_dir: Path, data: Path, records: list[dict], constrain: str = "none"
+                    ) -> list[tuple[str, list[int], list[float]]]:
     """(text, ids, log-probabilities) of greedy answers recomputed one document at a time: greedy ids from a plain
-    generate, then one forward pass over prompt + answer ids."""
+    generate (held to the grammar when ``constrain`` is not none), then one forward pass over prompt + answer ids:
+    the model's own probabilities, whatever the grammar allowed."""
     import torch
 
+    from vlm.inference.constrain import GrammarMasks, resolve_constraint
     from vlm.inference.transformers_backend import TransformersGenerator
     from vlm.lf.data import read_dataset_info
 
@@ -60,11 +63,16 @@ def _teacher_forced(model_dir: Path, data: Path, records: list[dict]) -> list[tu
                 "adapter_name_or_path": None}
     gen = TransformersGenerator(settings, read_dataset_info(str(data))[1], MAX_NEW, 1)
     tok, model, stop = gen.encoder.tokenizer, gen.model, set(gen.encoder.stop_token_ids)
+    masks = None
+    if constrain != "none":
+        masks = GrammarMasks(resolve_constraint(constrain), tok, model.get_output_embeddings().weight.shape[0],
+                             gen.encoder.stop_token_ids)
     out = []
     for record in records:
         inputs = gen.encoder.batch([record], model)
         with torch.inference_mode():
             seq = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False,
+                                 logits_processor=[masks.processor()] if masks else None,
                                  eos_token_id=list(stop), pad_token_id=tok.pad_token_id)
         prompt_len = inputs["input_ids"].shape[1]
         ids = seq[0, prompt_len:].tolist()
@@ -82,13 +90,17 @@ def _teacher_forced(model_dir: Path, data: Path, records: list[dict]) -> list[tu
 
 
 @pytest.mark.slow
-def test_stored_logprobs_equal_a_teacher_forced_forward_pass(tmp_path: Path, tiny_model: Path, exported: Path):
+@pytest.mark.parametrize("constrain", ["none", "schema"])
+def test_stored_logprobs_equal_a_teacher_forced_forward_pass(tmp_path: Path, tiny_model: Path, exported: Path,
+                                                             constrain: str):
+    """Also under --constrain: xgrammar masks the logits in place, and generate hands its processors the tensor it
+    would keep as the raw logits; the stored numbers must still be the model's, not the grammar's."""
     store = tmp_path / "preds.sqlite"
-    _predict(tiny_model, exported, store)
+    _predict(tiny_model, exported, store, "--constrain", constrain)
     with Store(store) as s:
         rows = {p.doc_id: p for p in s.load("g", "test")}
     records = json.loads((exported / "cord_test.json").read_text())
-    reference = _teacher_forced(tiny_model, exported, records)
+    reference = _teacher_forced(tiny_model, exported, records, constrain)
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model)

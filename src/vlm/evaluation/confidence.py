@@ -135,10 +135,12 @@ def field_confidences(raw: Any, parsed: dict | None, valid: bool,
 
 
 def document_confidence(fields: list[FieldConfidence] | None) -> float | None:
-    """A document's confidence: its least confident field's (None without scores or fields)."""
-    if not fields:
+    """A document's confidence: its least confident field's; 0 for a scored answer with no field in it (prose, or
+    JSON with nothing extracted: nothing there can be trusted, so "least confident first" puts it first); None
+    without token scores."""
+    if fields is None:
         return None
-    return min(f.confidence for f in fields)
+    return min((f.confidence for f in fields), default=0.0)
 
 
 def accepted_fields(row: dict[str, Any], min_confidence: float) -> dict[str, Any]:

@@ -107,13 +107,19 @@ def ece(conf: Any, labels: Any, bins: int = BINS) -> float | None:
 
 
 def risk_coverage(scores: Any, labels: Any, points: int = 200) -> tuple[float | None, list[list[float]]]:
-    """(AURC, [[coverage, accuracy of kept], ...]): most confident first; ties kept in input order."""
+    """(AURC, [[coverage, accuracy of kept], ...]): most confident first. Fields of equal score cannot be told
+    apart, so within a tie each is counted at the tie's mean accuracy (the expectation over the tie's orders): the
+    input order, e.g. a document's extra fields listed last, must not move the curve."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, float)
     n = len(scores)
     if not n:
         return None, []
     order = np.argsort(-scores, kind="stable")
-    kept_right = np.cumsum(labels[order])
+    ranked, right = scores[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # where each run of equal scores begins
+    sizes = np.diff(np.r_[starts, n])
+    right = np.repeat(np.add.reduceat(right, starts) / sizes, sizes)
+    kept_right = np.cumsum(right)
     k = np.arange(1, n + 1)
     risk = 1 - kept_right / k
     step = max(1, n // points)

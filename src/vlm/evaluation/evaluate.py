@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from vlm.errors import VlmError
 from vlm.evaluation import trust
 from vlm.evaluation.calibration import read as read_calibration
@@ -86,7 +88,7 @@ def print_evaluation(result: dict[str, Any], extra: dict[str, Any], show_fields:
     for)."""
     print_tables(result, show_fields=show_fields)
     for line in confidence_lines(result):
-        out.print(f"field confidence: {line}", highlight=False)
+        out.print(f"field confidence: {escape(line)}", highlight=False)  # "[n/a, n/a]" is not markup
     trust.print_trust(result, extra.get("label_errors"))
     for g, rows in extra.get("worst", {}).items():
         out.print(f"[bold]{worst} worst documents of {g}[/bold]: "

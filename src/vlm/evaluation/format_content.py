@@ -7,8 +7,8 @@ the other question: did the fine-tune teach reading, or only the format?
 
 When the compared groups differ in constraint, ``vlm evaluate`` reports, per group:
 
-* format: valid JSON (strict, no repairs), answers inside the schema (valid JSON, no key outside it), and answers
-  cut at the token limit;
+* format: valid JSON (strict, no repairs), answers inside CORD's schema (valid JSON, no key outside it; n/a for a
+  group held to its own ``--json-schema`` file), and answers cut at the token limit;
 * content: field F1 and nTED accuracy over all documents (what the main table shows), and over only the documents
   that every group answered with valid JSON, where format cannot be the difference.
 """
@@ -45,12 +45,17 @@ def format_and_content(groups: list[Any], scores: dict[str, Any], labels: dict[s
     out: dict[str, Any] = {"documents": n, "all_valid_documents": len(both), "groups": {}}
     for g in groups:
         answers = g.answers
-        in_schema = sum(a.valid and a.value is not None and not unknown_keys(a.value) for a in answers)
+        label = labels.get(g.name) or "none"
+        # "inside the schema" is judged by CORD's keys (vlm.schema); a group held to its own --json-schema file
+        # would be judged against a schema it was never given, so its cell is n/a
+        own_schema = label.startswith("schema (") and label != "schema (cord)"
+        in_schema = None if own_schema else sum(a.valid and a.value is not None and not unknown_keys(a.value)
+                                                for a in answers) / n
         truncated = sum("truncated" in a.repairs for a in answers)
         whole = aggregate(scores[g.name])
         entry: dict[str, Any] = {
             "constrain": labels.get(g.name) or "unknown",
-            "format": {"valid_json": sum(a.valid for a in answers) / n, "in_schema": in_schema / n,
+            "format": {"valid_json": sum(a.valid for a in answers) / n, "in_schema": in_schema,
                        "truncated": truncated / n},
             "content": {k: whole[k] for k in CONTENT},
         }

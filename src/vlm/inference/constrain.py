@@ -154,8 +154,9 @@ def _read_schema(path: Path) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise VlmError(f"--json-schema {path} holds a JSON {type(schema).__name__}, not a JSON Schema object",
                        hint='e.g. {"type": "object", "properties": {"total": {"type": "string"}}}.')
-    if schema.get("type", "object") != "object":
-        raise VlmError(f"--json-schema {path} describes a {schema.get('type')!r}, but vlm predicts JSON objects",
+    if schema.get("type") != "object":  # {} or a root anyOf/$ref would let strings and lists through
+        what = f"describes a {schema['type']!r}" if "type" in schema else 'has no "type": "object" at the top level'
+        raise VlmError(f"--json-schema {path} {what}, but vlm predicts JSON objects",
                        hint='give the schema "type": "object" at the top level.')
     return schema
 
@@ -210,4 +211,4 @@ class GrammarMasks:
     def processor(self) -> Any:
         from xgrammar.contrib.hf import LogitsProcessor
 
-        return LogitsProcessor(self.compiled)
+        return LogitsProcessor(self.compiled)  # masks in place: vlm's score recorder runs before it

@@ -369,7 +369,11 @@ def _verify_inputs(config: Path, merged: dict[str, Any], verify: VerifySpec
     try:
         with_adapter = resolve_settings(PredictSpec(group="verify", config=config,
                                                     adapter=str(merged["adapter_name_or_path"]), split=VERIFY_SPLIT))
-        return with_adapter, load_documents(with_adapter["dataset_dir"], with_adapter["dataset"])[: verify.documents]
+        records = load_documents(with_adapter["dataset_dir"], with_adapter["dataset"])[: verify.documents]
     except VlmError as e:
         raise VlmError(f"cannot verify the merge: {e.message}",
                        hint=f"{e.hint + '; or ' if e.hint else ''}merge with --no-verify.") from None
+    if not records:
+        raise VlmError(f"cannot verify the merge: {with_adapter['dataset']} has no documents",
+                       hint="export a validation split with documents, or merge with --no-verify.")
+    return with_adapter, records

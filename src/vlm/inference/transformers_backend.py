@@ -67,51 +67,86 @@ class TransformersGenerator:
         return rows
 
     def _answer_ids(self, records: list[dict[str, Any]]) -> list[list[int]]:
-        out, prompt_length = self._run(records)
-        return out.sequences[:, prompt_length:].tolist()
+        sequences, prompt_length, _ = self._run(records)
+        return sequences[:, prompt_length:].tolist()
 
     def _generate(self, records: list[dict[str, Any]]) -> list[Generated]:
-        out, prompt_length = self._run(records)
-        answers = out.sequences[:, prompt_length:]
+        sequences, prompt_length, logprobs = self._run(records)
+        answers = sequences[:, prompt_length:]
         texts = self.encoder.tokenizer.batch_decode(answers.tolist(), skip_special_tokens=True)
-        return [Generated(text, scores) for text, scores in zip(texts, self._scores(out.logits, answers, texts))]
+        return [Generated(text, scores) for text, scores in zip(texts, self._scores(logprobs, answers, texts))]
 
-    def _run(self, records: list[dict[str, Any]]) -> tuple[Any, int]:
-        """``generate``'s output (sequences and the raw logits of every step) and the prompts' padded length."""
+    def _run(self, records: list[dict[str, Any]]) -> tuple[Any, int, Any]:
+        """The generated sequences, the prompts' padded length, and each step's chosen-token log-probability under
+        the raw logits ((batch, steps), None when nothing was generated)."""
         import torch
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
         inputs = self.encoder.batch(records, self.model)
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
         if "pixel_values" in inputs:  # the vision tower runs in the model's dtype
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         tokenizer = self.encoder.tokenizer
+        prompt_length = inputs["input_ids"].shape[1]
+        # The recorder runs first, on the raw logits; the penalty and the grammar mask come after it, in that
+        # order (the order generate would use). Passing the penalty as our own processor (and 1.0 to generate)
+        # is what puts it after the recorder: generate runs its own processors before the ones it is given.
+        recorder = _ChosenLogprobs(prompt_length)
+        processors = [recorder]
+        if self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.masks:
+            processors.append(self.masks.processor())
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                                      repetition_penalty=self.repetition_penalty,
-                                      logits_processor=[self.masks.processor()] if self.masks else None,
-                                      eos_token_id=self.encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
-                                      output_logits=True, return_dict_in_generate=True)
-        return out, inputs["input_ids"].shape[1]
+            sequences = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                            num_beams=1, repetition_penalty=1.0,
+                                            logits_processor=LogitsProcessorList(processors),
+                                            eos_token_id=self.encoder.stop_token_ids,
+                                            pad_token_id=tokenizer.pad_token_id)
+            return sequences, prompt_length, recorder.finish(sequences)
 
-    def _scores(self, logits: tuple, answers: Any, texts: list[str]) -> list[TokenScores | None]:
+    def _scores(self, logprobs: Any, answers: Any, texts: list[str]) -> list[TokenScores | None]:
         """Each answer's token log-probabilities under the model's raw logits (what any logits processor
         saw before it changed them), up to its first stop token, with the tokens' character ends."""
-        import torch
-
-        if not logits:
+        if logprobs is None:
             return [TokenScores((), ()) if not t else None for t in texts]
-        chosen = answers[:, : len(logits)].to(logits[0].device)
-        # step by step: one (batch, vocab) float copy at a time, not the whole (batch, steps, vocab) stack
-        logprobs = torch.stack([step.float().gather(-1, chosen[:, t: t + 1]).squeeze(-1)
-                                - torch.logsumexp(step.float(), dim=-1) for t, step in enumerate(logits)], dim=1)
-        logprobs = logprobs.tolist()
+        chosen = answers[:, : logprobs.shape[1]]
         stop = set(self.encoder.stop_token_ids)
         out: list[TokenScores | None] = []
-        for ids, lp, text in zip(chosen.tolist(), logprobs, texts):
+        for ids, lp, text in zip(chosen.tolist(), logprobs.tolist(), texts):
             n = answer_length(ids, stop)
             ends = token_ends(self.encoder.tokenizer, ids[:n], text)
             out.append(None if ends is None else TokenScores(tuple(lp[:n]), ends))
         return out
+
+
+class _ChosenLogprobs:
+    """A logits processor that records, step by step, the log-probability of the token each row chose, under the
+    raw logits it is handed (it changes nothing). It keeps one step's (batch, vocab) distribution at a time:
+    generate's ``output_logits`` keeps every step's, which for Qwen2-VL's 151,936-token vocabulary is about 5 GB
+    for a batch of 8 running 1,024 tokens."""
+
+    def __init__(self, prompt_length: int):
+        self.prompt_length = prompt_length
+        self.previous: Any = None  # log-softmax of the last step's raw logits, (batch, vocab)
+        self.steps: list[Any] = []  # per finished step, (batch,)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if input_ids.shape[1] > self.prompt_length:  # the last column is the token chosen at the previous step
+            self.steps.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: Any) -> Any:
+        """(batch, steps) log-probabilities of every generated token, or None when none was generated."""
+        import torch
+
+        if self.previous is None:
+            return None
+        last = self.previous.gather(-1, sequences[:, -1:].to(self.previous.device)).squeeze(-1)
+        return torch.stack([*self.steps, last], dim=1).cpu()
 
 
 def _load_model(settings: dict[str, Any], encoder: Any) -> Any:
