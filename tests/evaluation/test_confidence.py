@@ -166,3 +166,25 @@ def test_a_prediction_file_with_token_scores_gives_the_stores_confidence(tmp_pat
     a, b = from_store["groups"]["finetuned-model"]["confidence"], from_file["groups"]["finetuned-model"]["confidence"]
     assert a["fields"] > 0 and {k: a[k] for k in ("fields", "auroc", "auroc_ci95", "ece", "aurc")} == \
         {k: b[k] for k in ("fields", "auroc", "auroc_ci95", "ece", "aurc")}
+
+
+def test_a_single_row_the_truth_holds_as_a_list_keeps_its_confidence():
+    """The truth lists ``total`` as rows (CORD has such documents), the prediction writes one object: align's
+    prediction path must be the one prediction_fields gives the field, or the field silently loses its confidence."""
+    from vlm.evaluation.docdiff import align
+
+    gt = {"total": [{"total_price": "5"}, {"total_price": "6"}]}
+    pred = {"total": {"total_price": "5"}}
+    paths = {path for path, _ in prediction_fields(pred)}
+    aligned = [row["pred_path"] for row in align(gt, pred) if row.get("pred_path")]
+    assert aligned and set(aligned) == paths, (aligned, paths)
+
+
+def test_a_non_finite_token_score_gives_no_confidence_rather_than_a_nan():
+    raw = '{"total": {"total_price": "40,000"}}'
+    parsed = parse_prediction(raw)
+    scores = _char_scores(raw, set())
+    bad = raw.index("40,000") + 2
+    scores = TokenScores(tuple(float("nan") if k == bad else x for k, x in enumerate(scores.logprobs)), scores.ends)
+    (field,) = field_confidences(raw, parsed.value, parsed.valid, scores)
+    assert field.min is None and field.confidence == 0.0

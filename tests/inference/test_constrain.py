@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import jsonschema
@@ -177,6 +178,10 @@ def test_the_constraint_is_part_of_the_generation_hash(tmp_path: Path):
     (tmp_path / "sub" / "a.json").write_text((tmp_path / "a.json").read_text())
     assert run(constrain="schema", json_schema=tmp_path / "sub" / "a.json")[1]["gen_hash"] == made["a"]
     assert run(constrain="schema")[0]["grammar"]["any_order"] is True
+    # the grammar as compiled (json: any keys) and the library's version are part of the setting
+    assert run(constrain="schema")[0]["grammar"]["strict_mode"] is True
+    assert run(constrain="json")[0]["grammar"]["strict_mode"] is False
+    assert run(constrain="schema")[0]["grammar"]["version"] == metadata.version("xgrammar")
 
 
 def test_the_constrain_option_offers_the_library_choices():

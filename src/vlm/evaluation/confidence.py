@@ -127,6 +127,8 @@ def field_confidences(raw: Any, parsed: dict | None, valid: bool,
     out = []
     for (path, text), (span, exact) in zip(fields, value_spans(raw, fields)):
         lps = _token_range(scores, span) if span else []
+        if not all(math.isfinite(x) for x in lps):  # an overflowed (float16) score: no confidence, not a NaN one
+            lps = []
         probs = [math.exp(x) for x in lps]
         out.append(FieldConfidence(path, text, span, min(probs) if probs else None,
                                    sum(probs) / len(probs) if probs else None, len(probs),

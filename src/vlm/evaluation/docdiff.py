@@ -72,14 +72,21 @@ def _paired_leaves(gt: dict, pred: dict) -> list[tuple[str, str | None, str | No
         g, p = gt.get(key), pred.get(key)
         if key in LIST_GROUPS or isinstance(g, list) or isinstance(p, list):
             g_rows, p_rows = _rows(g), _rows(p)
+            # the prediction path follows the prediction's own shape (what prediction_fields numbers): a single
+            # row the truth holds as a list is not indexed in the prediction unless its key is a list group
+            indexed = key in LIST_GROUPS or isinstance(p, list)
+
+            def own(pi: int) -> str:
+                return f"{key}[{pi}]" if indexed else key
+
             for gi, pi in _pair_rows(g_rows, p_rows):
                 if gi is not None and pi is not None:
                     out += _merge(_leaves(g_rows[gi], f"{key}[{gi}]"), _leaves(p_rows[pi], f"{key}[{gi}]"),
-                                  (f"{key}[{gi}]", f"{key}[{pi}]"))
+                                  (f"{key}[{gi}]", own(pi)))
                 elif gi is not None:
                     out += [(path, text, None, None) for path, text in _leaves(g_rows[gi], f"{key}[{gi}]")]
                 else:
-                    out += [(path, None, text, f"{key}[{pi}]" + path[len(f"{key}[+{pi}]"):])
+                    out += [(path, None, text, own(pi) + path[len(f"{key}[+{pi}]"):])
                             for path, text in _leaves(p_rows[pi], f"{key}[+{pi}]")]
         else:
             out += _merge(_leaves(g, key) if g is not None else [], _leaves(p, key) if p is not None else [])

@@ -39,6 +39,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,22 @@ class Constraint:
         the hashes of unconstrained runs are what they were before constraints existed."""
         if not self.active:
             return {}
+        # strict_mode as grammar_text compiles it (json: any keys); the library's version, because a new xgrammar
+        # may build other masks from the same options, and a group must not mix rows of two
+        grammar = {**GRAMMAR_OPTIONS, "strict_mode": self.kind == "schema", "version": _xgrammar_version()}
         return {"constrain": self.kind, "schema_source": self.name, "schema_hash": self.schema_hash(),
-                "grammar": GRAMMAR_OPTIONS}
+                "grammar": grammar}
 
     def label(self) -> str:
         """``schema (cord)``, ``schema (FILE NAME)``, ``json`` or ``none``: for reports."""
         return f"{self.kind} ({self.name})" if self.kind == "schema" else self.kind
+
+
+def _xgrammar_version() -> str | None:
+    try:
+        return metadata.version("xgrammar")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def resolve_constraint(kind: str, json_schema: Path | None = None) -> Constraint:
