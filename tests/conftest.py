@@ -11,7 +11,14 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import build_tiny_model, make_awkward_data, make_toy_dataset, shared_dir, train_lora_run
+from helpers import (
+    build_tiny_model,
+    export_sample,
+    make_awkward_data,
+    make_toy_dataset,
+    shared_dir,
+    train_lora_run,
+)
 
 
 def pytest_configure(config) -> None:
@@ -49,6 +56,13 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, medium_model: Path) -> Pa
     once per run for every test that needs a trained adapter (learning, parity). Read only: copy it to write
     (helpers.copy_run)."""
     return shared_dir(tmp_path_factory, "lora-run", lambda d: train_lora_run(d, medium_model))
+
+
+@pytest.fixture(scope="session")
+def sample_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six test receipts from scripts/make_cord_sample.py exported with CORD's real prompt (helpers.export_sample),
+    once per run for the prediction tests. Read only."""
+    return shared_dir(tmp_path_factory, "sample-export", export_sample) / "data"
 
 
 @pytest.fixture

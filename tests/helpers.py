@@ -248,20 +248,20 @@ RECEIPT_COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (30, 30, 30)]
 RECEIPT_SIZES = [(84, 112), (112, 84), (140, 112), (112, 140)]  # under 20000 pixels: neither resizer changes them
 
 
-def write_receipts(root: Path) -> Path:
-    """Four receipts per split in the export's layout, each image a colour and size of its own."""
+def write_receipt_splits(root: Path, splits: dict[str, list[tuple[tuple[int, int, int], tuple[int, int], dict]]]
+                         ) -> Path:
+    """Receipts in the export's layout, registered as ``cord_<split>``: per split, (colour, size, answer) of each
+    receipt, its image a plain colour of that size and its target the answer's compact JSON."""
     from PIL import Image
 
     info = {}
-    for split in ("train", "validation", "test"):
+    for split, receipts in splits.items():
         (root / "images" / split).mkdir(parents=True)
         records = []
-        for i, (colour, size) in enumerate(zip(RECEIPT_COLOURS, RECEIPT_SIZES)):
-            image = root / "images" / split / f"{split}-{i:05d}.png"
+        for j, (colour, size, answer) in enumerate(receipts):
+            image = root / "images" / split / f"{split}-{j:05d}.png"
             Image.new("RGB", size, colour).save(image)
-            answer = {"menu": [{"nm": f"item {i}", "cnt": "1", "price": f"{i + 1}0,000"}],
-                      "total": {"total_price": f"{i + 1}0,000"}}
-            records.append({"id": f"{split}-{i:05d}", "images": [str(image)], "messages": [
+            records.append({"id": f"{split}-{j:05d}", "images": [str(image)], "messages": [
                 {"role": "user", "content": "<image>Extract the receipt as JSON."},
                 {"role": "assistant", "content": json.dumps(answer, separators=(",", ":"))}]})
         (root / f"cord_{split}.json").write_text(json.dumps(records))
@@ -271,6 +271,24 @@ def write_receipts(root: Path) -> Path:
                                           "assistant_tag": "assistant"}}
     (root / "dataset_info.json").write_text(json.dumps(info))
     return root
+
+
+def write_receipts(root: Path) -> Path:
+    """Four receipts per split in the export's layout, each image a colour and size of its own."""
+    receipts = [(colour, size, {"menu": [{"nm": f"item {i}", "cnt": "1", "price": f"{i + 1}0,000"}],
+                                "total": {"total_price": f"{i + 1}0,000"}})
+                for i, (colour, size) in enumerate(zip(RECEIPT_COLOURS, RECEIPT_SIZES))]
+    return write_receipt_splits(root, {split: receipts for split in ("train", "validation", "test")})
+
+
+def export_sample(root: Path, test: int = 6) -> Path:
+    """``test`` receipts from scripts/make_cord_sample.py (plus 2 train, 1 validation), exported with CORD's real
+    prompt by ``vlm save-cord-dataset-in-sharegpt-format --split test`` into root/data."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
+                    "--train", "2", "--validation", "1", "--test", str(test)], check=True, capture_output=True)
+    subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
+                    "--split", "test"], check=True, capture_output=True, env=ENV)
+    return root / "data"
 
 
 # The LoRA recipe that makes the medium model reproduce its four receipts. Measured: at rank 32 and lr 5e-3 LoRA on

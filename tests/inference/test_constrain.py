@@ -9,33 +9,18 @@ has the trained model. vLLM's structured outputs: tests/inference/test_vllm_gpu.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import jsonschema
 import pytest
-from helpers import ENV, ROOT, VLM, invoke, shared_dir, vlm
+from helpers import invoke, vlm
 
 from vlm.errors import VlmError
 from vlm.inference.constrain import CONSTRAINTS, cord_json_schema
 from vlm.inference.store import Prediction, Store
 
 MAX_NEW_TOKENS = "320"  # the random tiny model closes the CORD grammar within about 250 tokens (measured)
-
-
-def _export_sample(root: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
-                    "--train", "2", "--validation", "1", "--test", "6"], check=True, capture_output=True)
-    subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
-                    "--split", "test"], check=True, capture_output=True, env=ENV)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """Six test receipts from the sample generator, with CORD's real prompt, exported (tests only read it)."""
-    return shared_dir(tmp_path_factory, "constrain-export", _export_sample) / "data"
 
 
 def _predict(tiny_model: Path, data: Path, store: Path, group: str, *extra: str) -> list[str]:
@@ -66,10 +51,10 @@ def _strict(raw: str):
 
 @pytest.mark.slow
 def test_a_random_model_writes_schema_valid_json_only_when_constrained(tmp_path: Path, tiny_model: Path,
-                                                                        exported: Path):
+                                                                        sample_export: Path):
     store = tmp_path / "preds.sqlite"
-    vlm(*_predict(tiny_model, exported, store, "vanilla"), cwd=tmp_path)
-    vlm(*_predict(tiny_model, exported, store, "vanilla-schema", "--constrain", "schema"), cwd=tmp_path)
+    vlm(*_predict(tiny_model, sample_export, store, "vanilla"), cwd=tmp_path)
+    vlm(*_predict(tiny_model, sample_export, store, "vanilla-schema", "--constrain", "schema"), cwd=tmp_path)
     free, held = _answers(store, "vanilla"), _answers(store, "vanilla-schema")
     assert len(free) == len(held) == 6
     assert all(_strict(raw) is None for raw in free.values()), free  # not one valid answer without the grammar
@@ -102,14 +87,14 @@ def test_a_random_model_writes_schema_valid_json_only_when_constrained(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_json_schema_file_constrains_the_answers(tmp_path: Path, tiny_model: Path, exported: Path):
+def test_a_json_schema_file_constrains_the_answers(tmp_path: Path, tiny_model: Path, sample_export: Path):
     schema = {"type": "object", "properties": {"total": {"type": "string", "maxLength": 12},
                                                "paid": {"type": "boolean"}},
               "required": ["total", "paid"], "additionalProperties": False}
     (tmp_path / "invoice.json").write_text(json.dumps(schema))
     store = tmp_path / "preds.sqlite"
-    out = json.loads(vlm(*_predict(tiny_model, exported, store, "invoice", "--constrain", "schema", "--json-schema",
-                                   str(tmp_path / "invoice.json"), "--json"), cwd=tmp_path).stdout)
+    out = json.loads(vlm(*_predict(tiny_model, sample_export, store, "invoice", "--constrain", "schema",
+                                   "--json-schema", str(tmp_path / "invoice.json"), "--json"), cwd=tmp_path).stdout)
     assert out["constrain"] == "schema (invoice.json)"
     answers = _answers(store, "invoice")
     assert len(answers) == 6

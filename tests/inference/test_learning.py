@@ -144,13 +144,11 @@ def _write_held_out(root: Path) -> Path:
     slightly changed, and that receipt's answer; odd ones have a colour and a size never trained on and a new
     name and price. Every receipt has ``cnt`` 1, as every trained one has: structure and frequent values
     are known, the rest is not."""
-    from helpers import RECEIPT_COLOURS, RECEIPT_SIZES
-    from PIL import Image
+    from helpers import RECEIPT_COLOURS, RECEIPT_SIZES, write_receipt_splits
 
-    info = {}
+    splits = {}
     for split, offset in (("validation", 0), ("test", 1)):
-        (root / "images" / split).mkdir(parents=True)
-        records = []
+        receipts = []
         for j in range(HELD_OUT):
             i = (j // 2 + offset) % 4
             if j % 2 == 0:
@@ -159,19 +157,10 @@ def _write_held_out(root: Path) -> Path:
             else:
                 colour = ((97 * j) % 200 + 40, (53 * j + 90) % 200 + 30, (31 * j + 150) % 200 + 20)
                 size, name, price = (96 + 4 * (j % 4), 96 + 2 * (j % 5)), f"item {j + 10}", f"{j + 7}5,500"
-            image = root / "images" / split / f"{split}-{j:05d}.png"
-            Image.new("RGB", size, colour).save(image)
-            answer = {"menu": [{"nm": name, "cnt": "1", "price": price}], "total": {"total_price": price}}
-            records.append({"id": f"{split}-{j:05d}", "images": [str(image)], "messages": [
-                {"role": "user", "content": "<image>Extract the receipt as JSON."},
-                {"role": "assistant", "content": json.dumps(answer, separators=(",", ":"))}]})
-        (root / f"cord_{split}.json").write_text(json.dumps(records))
-        info[f"cord_{split}"] = {"file_name": f"cord_{split}.json", "formatting": "sharegpt",
-                                 "columns": {"messages": "messages", "images": "images"},
-                                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                          "assistant_tag": "assistant"}}
-    (root / "dataset_info.json").write_text(json.dumps(info))
-    return root
+            receipts.append((colour, size, {"menu": [{"nm": name, "cnt": "1", "price": price}],
+                                            "total": {"total_price": price}}))
+        splits[split] = receipts
+    return write_receipt_splits(root, splits)
 
 
 @pytest.mark.slow

@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ENV, ROOT, VLM, shared_dir, sigkill_while_store_locked
-
-
-def _export_sample(root: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
-                    "--train", "2", "--validation", "1", "--test", "6"], check=True, capture_output=True)
-    subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
-                    "--split", "test"], check=True, capture_output=True, env=ENV)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """Six test receipts from the sample generator, exported and registered (once per run; tests only read it)."""
-    return shared_dir(tmp_path_factory, "predict-export", _export_sample) / "data"
+from helpers import ENV, VLM, sigkill_while_store_locked
 
 
 def _predict_cmd(tiny_model: Path, data: Path, store: Path, *extra: str) -> list[str]:
@@ -40,9 +26,9 @@ def _rows(store: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, tiny_model: Path, exported: Path):
+def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, tiny_model: Path, sample_export: Path):
     store = tmp_path / "preds.sqlite"
-    proc = subprocess.Popen(_predict_cmd(tiny_model, exported, store, "--chunk-size", "1"), env=ENV,
+    proc = subprocess.Popen(_predict_cmd(tiny_model, sample_export, store, "--chunk-size", "1"), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -53,7 +39,7 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
     before = _rows(store)
     assert 2 <= len(before) < 6, f"kill landed after {len(before)} documents"
 
-    r = subprocess.run([*_predict_cmd(tiny_model, exported, store, "--chunk-size", "2"), "--json"], env=ENV,
+    r = subprocess.run([*_predict_cmd(tiny_model, sample_export, store, "--chunk-size", "2"), "--json"], env=ENV,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
@@ -62,15 +48,15 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
     assert len(after) == 6
     assert all(after[d] == before[d] for d in before)  # finished documents were not redone
 
-    again = json.loads(subprocess.run([*_predict_cmd(tiny_model, exported, store), "--json"], env=ENV,
+    again = json.loads(subprocess.run([*_predict_cmd(tiny_model, sample_export, store), "--json"], env=ENV,
                                       capture_output=True, text=True).stdout)
     assert again["predicted"] == 0
-    redo = json.loads(subprocess.run([*_predict_cmd(tiny_model, exported, store), "--overwrite", "--json"], env=ENV,
-                                     capture_output=True, text=True).stdout)
+    redo = json.loads(subprocess.run([*_predict_cmd(tiny_model, sample_export, store), "--overwrite", "--json"],
+                                     env=ENV, capture_output=True, text=True).stdout)
     assert redo["predicted"] == 6
 
     # A different generation setting under the same group name is refused, not silently mixed.
-    mixed = subprocess.run([*_predict_cmd(tiny_model, exported, store), "--max-new-tokens", "33"], env=ENV,
+    mixed = subprocess.run([*_predict_cmd(tiny_model, sample_export, store), "--max-new-tokens", "33"], env=ENV,
                            capture_output=True, text=True)
     assert mixed.returncode == 2 and "--overwrite" in mixed.stderr
 
@@ -86,9 +72,10 @@ def test_sigkill_mid_predict_then_resume_predicts_only_missing(tmp_path: Path, t
 
 
 @pytest.mark.slow  # a vlm child process that loads LLaMA-Factory (about 6 s of CPU each)
-def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, exported: Path):
+def test_adapter_dir_without_adapter_is_a_clear_error(tmp_path: Path, sample_export: Path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model_name_or_path: m\ntemplate: qwen2_vl\ndataset_dir: {exported}\noutput_dir: {tmp_path}/none\n")
+    cfg.write_text(f"model_name_or_path: m\ntemplate: qwen2_vl\ndataset_dir: {sample_export}\n"
+                   f"output_dir: {tmp_path}/none\n")
     r = subprocess.run([*VLM, "predict", "--group", "g", "--config", str(cfg)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no LoRA adapter" in r.stderr and "--no-adapter" in r.stderr
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import ENV, ROOT, VLM, shared_dir
+from helpers import ENV, VLM, export_sample, shared_dir
 
 from vlm.inference.store import Store
 from vlm.inference.token_scores import TokenScores, pack, token_ends, unpack
@@ -25,16 +24,10 @@ from vlm.inference.vllm_backend import generated
 MAX_NEW = 24
 
 
-def _export_sample(root: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cord_sample.py"), str(root / "sample"),
-                    "--train", "2", "--validation", "1", "--test", "4"], check=True, capture_output=True)
-    subprocess.run([*VLM, "save-cord-dataset-in-sharegpt-format", str(root / "data"), "--source", str(root / "sample"),
-                    "--split", "test"], check=True, capture_output=True, env=ENV)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    return shared_dir(tmp_path_factory, "token-scores-export", _export_sample) / "data"
+    """Four test receipts from the sample generator, exported (once per run; tests only read it)."""
+    return shared_dir(tmp_path_factory, "token-scores-export", lambda d: export_sample(d, test=4)) / "data"
 
 
 def _predict(model: Path, data: Path, store: Path, *extra: str) -> dict:
