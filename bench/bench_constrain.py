@@ -24,27 +24,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_predict import prepare  # the shared setup: sample, model, export
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def prepare(work: Path, docs: int, size: str) -> None:
-    py, vlm = sys.executable, [sys.executable, "-m", "vlm.cli"]
-    for cmd in ([py, str(ROOT / "scripts/make_cord_sample.py"), "sample", "--train", "2", "--validation", "0",
-                 "--test", str(docs)],
-                [py, str(ROOT / "scripts/make_tiny_qwen2vl.py"), "model", "--size", size],
-                [*vlm, "save-cord-dataset-in-sharegpt-format", "data", "--source", "sample", "--split", "test"]):
-        r = subprocess.run(cmd, cwd=work, env=ENV, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
 
 
 class TokenCount:

@@ -35,6 +35,16 @@ def run(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
+def prepare(work: Path, docs: int, size: str) -> None:
+    """The setup every prediction bench shares, in ``work``: ``docs`` test receipts from make_cord_sample.py, a
+    random Qwen2-VL of ``size`` (make_tiny_qwen2vl.py) in ``model``, and their export in ``data``."""
+    py, vlm = sys.executable, [sys.executable, "-m", "vlm.cli"]
+    run([py, str(ROOT / "scripts/make_cord_sample.py"), "sample", "--train", "2", "--validation", "0",
+         "--test", str(docs)], work)
+    run([py, str(ROOT / "scripts/make_tiny_qwen2vl.py"), "model", "--size", size], work)
+    run([*vlm, "save-cord-dataset-in-sharegpt-format", "data", "--source", "sample", "--split", "test"], work)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=16)
@@ -45,13 +55,10 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
-    py, vlm = sys.executable, [sys.executable, "-m", "vlm.cli"]
+    vlm = [sys.executable, "-m", "vlm.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run([py, str(ROOT / "scripts/make_cord_sample.py"), "sample", "--train", "2", "--validation", "0",
-             "--test", str(args.docs)], work)
-        run([py, str(ROOT / "scripts/make_tiny_qwen2vl.py"), "model", "--size", args.model_size], work)
-        run([*vlm, "save-cord-dataset-in-sharegpt-format", "data", "--source", "sample", "--split", "test"], work)
+        prepare(work, args.docs, args.model_size)
         common = ["--model", "model", "--dataset-dir", "data", "--dataset", "cord_test", "--no-adapter",
                   "--max-new-tokens", str(args.max_new_tokens), "--chunk-size", str(args.docs),
                   "template=qwen2_vl", "image_max_pixels=16384", "cutoff_len=1024"]

@@ -19,24 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+from bench_predict import prepare, run  # the shared setup: sample, model, export
 
 
 def _generation_times(work: Path, args) -> dict[str, float]:
@@ -137,14 +128,11 @@ def main() -> None:
     p.add_argument("--model-size", choices=("tiny", "medium", "small"), default="medium")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    py, vlm = sys.executable, [sys.executable, "-m", "vlm.cli"]
+    vlm = [sys.executable, "-m", "vlm.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _run([py, str(ROOT / "scripts/make_cord_sample.py"), "sample", "--train", "2", "--validation", "0",
-              "--test", str(args.docs)], work)
-        _run([py, str(ROOT / "scripts/make_tiny_qwen2vl.py"), "model", "--size", args.model_size], work)
-        _run([*vlm, "save-cord-dataset-in-sharegpt-format", "data", "--source", "sample", "--split", "test"], work)
-        _run([*vlm, "predict", "--group", "g", "--backend", "transformers", "--model", "model", "--dataset-dir",
+        prepare(work, args.docs, args.model_size)
+        run([*vlm, "predict", "--group", "g", "--backend", "transformers", "--model", "model", "--dataset-dir",
               "data", "--no-adapter", "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
               str(args.batch_size), "--store", "predictions.sqlite", "template=qwen2_vl", "image_max_pixels=16384",
               "cutoff_len=1024", "infer_dtype=float32"], work)
